@@ -1,0 +1,200 @@
+"""The run configuration: YAML validated by pydantic, with one-line errors that name the field.
+
+Every config has a top-level ``seed`` and ``budget.evaluations``; the ``strategy`` section is
+validated by the model its ``name`` registers (see :mod:`evomerge.search.registry`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+from .plugins import resolve_spec
+from .search.registry import STRATEGIES
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Budget(_Section):
+    evaluations: int = Field(gt=0, description="Children to evaluate (one forward pass each).")
+
+
+class FitnessSection(_Section):
+    plugin: str = Field(description="'path/to/file.py:Class' or 'package.module:Class'.")
+    options: dict[str, Any] = Field({}, description="Keyword arguments for the plug-in class.")
+
+
+class GaussianSeeds(_Section):
+    kind: Literal["gaussian"] = "gaussian"
+    count: int = Field(2, ge=1, description="Number of seed models.")
+    std: float = Field(0.01, gt=0, description="Each seed parameter ~ N(0, std^2).")
+
+
+class PluginSeeds(_Section):
+    kind: Literal["plugin"]
+    count: int = Field(2, ge=1, description="Number of seed models.")
+    options: dict[str, Any] = Field({}, description="Keyword arguments for make_seeds().")
+
+
+class LocalEvaluatorSection(_Section):
+    kind: Literal["local"] = "local"
+    device: str = Field("cpu", description="torch device for scoring: cpu, cuda, cuda:1, ...")
+
+
+class RayEvaluatorSection(_Section):
+    kind: Literal["ray"]
+    workers: int = Field(2, ge=1, description="Ray actors, each with its own fitness instance.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per worker (fractions allowed).")
+    address: str | None = Field(
+        None, description="Existing cluster ('auto' or HOST:PORT); none: start Ray here."
+    )
+
+
+class RunConfig(_Section):
+    """A whole search: what to evolve, how, where to score it, and for how long."""
+
+    seed: int = Field(description="Seed of every random draw of the run.")
+    name: str | None = Field(None, description="Run name (default: the config file's stem).")
+    budget: Budget
+    batch: int = Field(1, ge=1, description="Children asked from one archive state.")
+    checkpoint_every: int = Field(5000, ge=1, description="Evaluations between checkpoints.")
+    history_every: int = Field(1000, ge=1, description="Evaluations between history records.")
+    keep_last: int = Field(3, ge=1, description="Checkpoints kept (older ones are pruned).")
+    fitness: FitnessSection
+    seeds: Annotated[GaussianSeeds | PluginSeeds, Field(discriminator="kind")] = GaussianSeeds()
+    strategy: Any = Field(description="Search strategy; 'name' picks it (m2n2, ga).")
+    evaluator: Annotated[
+        LocalEvaluatorSection | RayEvaluatorSection, Field(discriminator="kind")
+    ] = LocalEvaluatorSection()
+
+    def to_dict(self) -> dict:
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["strategy"] = self.strategy.model_dump(mode="json")
+        return data
+
+
+def _hint(model: type[BaseModel] | None, loc: tuple, err: dict) -> str:
+    if err["type"] == "extra_forbidden" and model is not None:
+        fields = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
+        known = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(fields)}"
+        return f"unknown key; {known}"
+    if err["type"] == "missing":
+        return "required key is missing"
+    if err["type"] == "union_tag_invalid":
+        return f"{err['msg']}"
+    return f"{err['msg']} (got {err.get('input')!r})"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def format_validation(
+    source: str, exc: ValidationError, model: type[BaseModel], prefix: tuple = ()
+) -> str:
+    """All errors of a ValidationError on one line: ``file: a.b: what; hint``."""
+    parts = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _TAGS))
+        path = ".".join(str(p) for p in prefix + loc) or "(top level)"
+        parts.append(f"{path}: {_hint(model, loc, err)}")
+    return f"{source}: " + "; ".join(parts)
+
+
+_TAGS = {"gaussian", "plugin", "local", "ray"}
+
+
+def _validate_strategy(source: str, raw: Any):
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ConfigError(
+            f"{source}: strategy: must be a mapping with a 'name' ({', '.join(STRATEGIES)})"
+        )
+    entry = STRATEGIES.get(raw["name"])
+    if entry is None:
+        close = difflib.get_close_matches(str(raw["name"]), list(STRATEGIES), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(STRATEGIES)}"
+        raise ConfigError(f"{source}: strategy.name: unknown strategy '{raw['name']}'; {hint}")
+    try:
+        return entry.config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation(source, exc, entry.config, ("strategy",))) from None
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{source} '{item}': expected KEY=VALUE, e.g. budget.evaluations=500")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source} '{item}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value) if value else None
+    return raw
+
+
+def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
+    """Validate a raw mapping; relative plug-in paths are looked up in ``bases``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping of keys to values")
+    raw = dict(raw)
+    strategy_raw = raw.get("strategy")
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation(source, exc, RunConfig)) from None
+    strategy = _validate_strategy(source, strategy_raw)
+    if cfg.seeds.count > strategy.archive_size:
+        raise ConfigError(
+            f"{source}: seeds.count: {cfg.seeds.count} seeds do not fit an archive of "
+            f"{strategy.archive_size}; raise strategy.archive_size or lower seeds.count"
+        )
+    try:
+        plugin = resolve_spec(cfg.fitness.plugin, list(bases))
+    except Exception as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    fitness = cfg.fitness.model_copy(update={"plugin": plugin})
+    return cfg.model_copy(update={"strategy": strategy, "fitness": fitness})
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read, override and validate a config file."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, list(overrides))
+    return validate(raw, str(path), bases=[Path.cwd(), path.resolve().parent])

@@ -1,0 +1,1 @@
+"""Genome layer: search spaces and variation operators."""

@@ -1,0 +1,1 @@
+"""Interface layer: the command line and terminal progress."""

@@ -1,0 +1,111 @@
+"""The ``evomerge`` command: run and resume searches.
+
+Exit codes: 0 success; 1 the run failed while working (a plug-in raised, a worker died);
+2 bad input (config, arguments, files, run directory); 130 interrupted (checkpoint saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .. import __version__
+from ..config import load_config, validate
+from ..errors import EvomergeError
+from ..search import loop
+from ..search.rundir import RunDir
+from .progress import Progress
+
+EXAMPLES_RUN = """examples:
+  evomerge run configs/quickstart.yaml
+  evomerge run configs/m2n2_digits.yaml --out populations/m2n2-s1 --set seed=1
+  evomerge run configs/m2n2_digits.yaml --set evaluator.kind=ray --set evaluator.workers=2
+"""
+
+
+def _default_out(config_path: str, name: str | None) -> Path:
+    stem = name or Path(config_path).stem
+    return Path("populations") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _finish(search, progress: Progress) -> int:
+    try:
+        summary = search.loop()
+    finally:
+        search.evaluator.close()
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
+    progress.message(
+        f"done: {summary['evaluations']} evaluations in {summary['wall_seconds']:.1f} s "
+        f"({summary['evaluations_per_second']:.0f}/s); member {summary['member']}: {metrics}"
+    )
+    print(f"results: {search.run.path / 'summary.json'}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    cfg = load_config(args.config, args.set or [])
+    out = Path(args.out) if args.out else _default_out(args.config, cfg.name)
+    progress = Progress(quiet=args.quiet)
+    progress.message(f"run {out}: {cfg.strategy.name}, seed {cfg.seed}")
+    search = loop.start(cfg, RunDir(out), progress)
+    return _finish(search, progress)
+
+
+def cmd_resume(args) -> int:
+    run = RunDir(args.run_dir)
+    cfg = validate(run.read_config(), str(run.path / "config.yaml"))
+    progress = Progress(quiet=args.quiet)
+    search = loop.reopen(run, cfg, progress)
+    progress.message(f"resuming {run.path} at {search.state.evaluations} evaluations")
+    return _finish(search, progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evomerge", description="Evolutionary model fusion: search for the best merge."
+    )
+    parser.add_argument("--version", action="version", version=f"evomerge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="start a search from a config file",
+        epilog=EXAMPLES_RUN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("config", help="YAML config (see configs/)")
+    run.add_argument("--out", help="run directory (default: populations/<name>-<time>)")
+    run.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. seed=3"
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser(
+        "resume",
+        help="continue a stopped search from its last checkpoint",
+        epilog="example:\n  evomerge resume populations/quickstart-20260101-120000\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    resume.add_argument("run_dir", help="a run directory made by 'evomerge run'")
+    resume.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    resume.set_defaults(func=cmd_resume)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EvomergeError as exc:
+        print(f"evomerge: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("evomerge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

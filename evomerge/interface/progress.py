@@ -1,0 +1,81 @@
+"""Progress on the terminal: a live bar on a TTY, plain lines otherwise, nothing with --quiet."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+class Progress:
+    """Evaluations done, evaluations/s, best train score and ETA.
+
+    ``best`` is passed as a callable so it is computed only when a line is drawn.
+    """
+
+    def __init__(self, stream=None, quiet: bool = False, interval: float | None = None):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
+        self._bar = None
+
+    def start(self, total: int, done: int, label: str) -> None:
+        self.total, self.done0, self.t0, self.last = total, done, time.perf_counter(), 0.0
+        if self.quiet:
+            return
+        self.message(f"{label}; {done}/{total} evaluations done")
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]evaluations"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[rate]:.0f}/s  best {task.fields[best]:.4f}"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=True,
+            )
+            self._task = self._bar.add_task("run", total=total, completed=done, rate=0.0, best=0.0)
+            self._bar.start()
+
+    def update(self, done: int, best) -> None:
+        if self.quiet:
+            return
+        now = time.perf_counter()
+        if now - self.last < self.interval and done < self.total:
+            return
+        self.last = now
+        rate = (done - self.done0) / max(now - self.t0, 1e-9)
+        best_value = best() if callable(best) else best
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, rate=rate, best=best_value)
+        else:
+            eta = (self.total - done) / rate if rate > 0 else 0.0
+            pct = 100.0 * done / self.total
+            self.message(
+                f"{done}/{self.total} evaluations ({pct:.0f}%)  {rate:.0f}/s  "
+                f"best train {best_value:.4f}  ETA {_fmt_eta(eta)}"
+            )
+
+    def message(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.console.print(text)
+        else:
+            print(f"[evomerge] {text}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

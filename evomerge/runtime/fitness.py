@@ -1,0 +1,58 @@
+"""The fitness plug-in contract: score candidate models on examples, one score per example.
+
+A plug-in is a class named in the config (``fitness/digits.py:Digits``). Each worker makes one
+instance with the config's ``fitness.options`` as keyword arguments and calls :meth:`setup`
+once; after that it only receives candidates. Per-example scores (higher is better) are what
+niche-preserving archives compete over, so :meth:`score` returns a matrix, not a mean.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class Fitness(ABC):
+    """Base class for fitness plug-ins.
+
+    Subclasses set :attr:`num_params` and :attr:`num_examples` in :meth:`setup` and implement
+    :meth:`score`. :meth:`metrics` (held-out figures for reports) and :meth:`make_seeds` (seed
+    models the plug-in knows how to make, e.g. pre-trained experts) are optional.
+    """
+
+    #: Length of a candidate's flat parameter vector.
+    num_params: int = 0
+    #: Number of training examples; example ids run from 0 to ``num_examples - 1``.
+    num_examples: int = 0
+    #: Name of the per-example score, used for the train metric (``train_<score_name>``).
+    score_name: str = "score"
+    #: True when every score is >= 0 (required by resource competition).
+    nonnegative: bool = True
+
+    def __init__(self, **options):
+        if options:
+            raise TypeError(f"unexpected fitness options: {', '.join(sorted(options))}")
+
+    @abstractmethod
+    def setup(self, device: torch.device) -> None:
+        """Load data and the model skeleton onto ``device``. Called once per worker."""
+
+    @abstractmethod
+    def score(self, params: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Score a batch of candidates.
+
+        ``params`` is ``(B, num_params)`` float32 on the worker's device; ``example_ids`` is a
+        1-D int64 tensor of training example ids, or None for all of them. Returns a
+        ``(B, len(example_ids))`` float tensor, one score per candidate and example.
+        """
+
+    def metrics(self, params: torch.Tensor) -> dict[str, float]:
+        """Held-out metrics of one candidate (``(num_params,)``), e.g. ``test_accuracy``."""
+        return {}
+
+    def make_seeds(self, count: int, seed: int, **options) -> torch.Tensor:
+        """Return ``(count, num_params)`` seed models made by the plug-in itself."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot make seeds; use seeds.kind: gaussian"
+        )

@@ -1,0 +1,121 @@
+"""One fitness plug-in instance, set up once, behind checks that turn its failures into one line.
+
+The same host runs in-process (local evaluator) and inside each Ray actor (ray evaluator), so
+both paths score candidates with identical code.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+
+from ..errors import EvomergeError, PluginError
+from ..plugins import load_object
+from .fitness import Fitness
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+
+
+class FitnessHost:
+    """Loads the plug-in named by ``spec``, calls ``setup(device)``, and checks every result."""
+
+    def __init__(self, spec, options, device="cpu", source=None, threads=None):
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.spec = spec
+        self.name = spec.rsplit("/", 1)[-1]
+        cls = load_object(spec, source=source)
+        if not (isinstance(cls, type) and issubclass(cls, Fitness)):
+            raise PluginError(
+                f"fitness.plugin: {self.name} is not a subclass of evomerge.Fitness", exit_code=2
+            )
+        try:
+            self.fitness = cls(**options)
+        except TypeError as exc:
+            sig = inspect.signature(cls.__init__)
+            raise PluginError(
+                f"fitness.options: {self.name} rejected the options ({exc}); it accepts {sig}",
+                exit_code=2,
+            ) from None
+        except Exception as exc:
+            raise PluginError(f"fitness.options: {self.name}: {_describe(exc)}", exit_code=2) from None
+        self.device = torch.device(device)
+        self._call("setup", self.device)
+        f = self.fitness
+        if f.num_params <= 0 or f.num_examples <= 0:
+            raise PluginError(
+                f"fitness {self.name}: setup() must set num_params and num_examples > 0 "
+                f"(got {f.num_params}, {f.num_examples})"
+            )
+
+    def _call(self, method, *args, **kwargs):
+        try:
+            return getattr(self.fitness, method)(*args, **kwargs)
+        except EvomergeError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"fitness {self.name}: {method}() raised {_describe(exc)}") from exc
+
+    def info(self) -> dict:
+        f = self.fitness
+        return {
+            "num_params": int(f.num_params),
+            "num_examples": int(f.num_examples),
+            "score_name": str(f.score_name),
+            "nonnegative": bool(f.nonnegative),
+        }
+
+    def score(self, params: np.ndarray, example_ids: np.ndarray | None = None) -> np.ndarray:
+        """Score ``(B, num_params)`` candidates; returns checked ``(B, E)`` float32 scores."""
+        p = torch.from_numpy(np.require(params, np.float32, ["C", "W"])).to(self.device)
+        ids = None if example_ids is None else torch.as_tensor(example_ids).to(self.device)
+        with torch.no_grad():
+            out = self._call("score", p, ids)
+        expected = (len(p), self.fitness.num_examples if ids is None else len(ids))
+        if not isinstance(out, torch.Tensor | np.ndarray) or tuple(out.shape) != expected:
+            got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
+            raise PluginError(
+                f"fitness {self.name}: score() returned {got} for {expected[0]} candidates; "
+                f"expected shape {expected} (one score per candidate and example)"
+            )
+        out = torch.as_tensor(out).detach().to("cpu", torch.float32).numpy()
+        bad = ~np.isfinite(out)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise PluginError(
+                f"fitness {self.name}: score() returned {out[row, col]} for candidate {row}, "
+                f"example {col}; scores must be finite numbers"
+            )
+        return out
+
+    def metrics(self, params: np.ndarray) -> dict[str, float]:
+        p = torch.from_numpy(np.require(params, np.float32, ["C", "W"])).to(self.device)
+        with torch.no_grad():
+            out = self._call("metrics", p)
+        try:
+            return {str(k): float(v) for k, v in dict(out).items()}
+        except (TypeError, ValueError):
+            raise PluginError(
+                f"fitness {self.name}: metrics() must return a mapping of names to numbers"
+            ) from None
+
+    def make_seeds(self, count: int, seed: int, options: dict) -> np.ndarray:
+        try:
+            out = self.fitness.make_seeds(count, seed, **options)
+        except NotImplementedError as exc:
+            raise PluginError(f"seeds.kind: {exc}", exit_code=2) from None
+        except TypeError as exc:
+            raise PluginError(f"seeds.options: {self.name}.make_seeds(): {exc}", exit_code=2) from None
+        except Exception as exc:
+            raise PluginError(f"fitness {self.name}: make_seeds() raised {_describe(exc)}") from exc
+        out = torch.as_tensor(out).detach().to("cpu", torch.float32)
+        expected = (count, self.fitness.num_params)
+        if tuple(out.shape) != expected:
+            raise PluginError(
+                f"fitness {self.name}: make_seeds() returned {tuple(out.shape)}, expected {expected}"
+            )
+        return out.numpy()

@@ -1,0 +1,151 @@
+"""Ray evaluation: a pool of actors, each holding its own set-up copy of the fitness plug-in.
+
+Actors receive genomes (flat parameter vectors), never plug-in objects, and return scores.
+With no ``address`` an embedded Ray is started on this machine; with one (``auto`` or
+``HOST:PORT``) the pool joins that cluster. A batch is split into one chunk per worker and the
+chunks are handed to whichever actor is free (order of results is preserved).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+from ..errors import EvomergeError, PluginError
+from ..plugins import read_source
+from .host import FitnessHost
+
+
+class _Worker:
+    """The Ray actor body: a FitnessHost living in its own process."""
+
+    def __init__(self, spec, options, device, source, threads):
+        self.host = FitnessHost(spec, options, device, source=source, threads=threads)
+
+    def info(self):
+        return self.host.info()
+
+    def score(self, params):
+        return self.host.score(params)
+
+    def metrics(self, params):
+        return self.host.metrics(params)
+
+    def make_seeds(self, count, seed, options):
+        return self.host.make_seeds(count, seed, options)
+
+    def node(self):
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The user-facing error inside a Ray task error, if there is one."""
+    cause = getattr(exc, "cause", None)
+    while cause is not None and not isinstance(cause, EvomergeError):
+        cause = getattr(cause, "cause", None) or getattr(cause, "__cause__", None)
+    return cause if isinstance(cause, EvomergeError) else exc
+
+
+def start_ray(address: str | None, num_cpus: float | None = None) -> bool:
+    """Connect to ``address`` or start an embedded local Ray. Returns True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only embedded cluster
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level="WARNING",
+            log_to_driver=True,
+        )
+    else:
+        try:
+            ray.init(address=address, logging_level="WARNING")
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise EvomergeError(
+                f"evaluator.address: cannot join Ray cluster at '{address}' ({exc}); "
+                "start one with 'ray start --head' or drop the address to run locally"
+            ) from None
+    return True
+
+
+class RayEvaluator:
+    """An actor pool of ``workers`` fitness hosts with ``num_cpus`` / ``num_gpus`` each."""
+
+    kind = "ray"
+
+    def __init__(self, spec, options, workers=2, num_cpus=1.0, num_gpus=0.0, address=None):
+        import ray
+        from ray.util import ActorPool
+
+        self._ray = ray
+        need = max(workers * num_cpus, os.cpu_count() or 1)
+        self._owns_ray = start_ray(address, num_cpus=math.ceil(need) if address is None else None)
+        device = "cuda" if num_gpus > 0 else "cpu"
+        actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(_Worker)
+        source = read_source(spec)
+        threads = max(1, int(num_cpus))
+        self.actors = [
+            actor.remote(spec, options, device, source, threads) for _ in range(workers)
+        ]
+        infos = self._get([a.info.remote() for a in self.actors])
+        self.info = infos[0]
+        self.workers = workers
+        self.device = device
+        self._pool = ActorPool(self.actors)
+
+    def _get(self, refs):
+        try:
+            return self._ray.get(refs)
+        except self._ray.exceptions.RayError as exc:
+            err = _unwrap(exc)
+            if err is not exc:
+                raise err from None
+            first = str(exc).strip().splitlines()
+            raise PluginError(f"ray worker failed: {first[0] if first else type(exc).__name__}")
+
+    def score(self, params: torch.Tensor) -> torch.Tensor:
+        rows = params.numpy()
+        chunk = math.ceil(len(rows) / self.workers)
+        chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
+        try:
+            parts = list(self._pool.map(lambda a, c: a.score.remote(c), chunks))
+        except self._ray.exceptions.RayError as exc:
+            self._pool = self._fresh_pool()
+            err = _unwrap(exc)
+            if err is not exc:
+                raise err from None
+            raise PluginError(f"ray worker failed: {str(exc).strip().splitlines()[0]}") from None
+        return torch.from_numpy(np.concatenate(parts))
+
+    def _fresh_pool(self):
+        from ray.util import ActorPool
+
+        return ActorPool(self.actors)
+
+    def metrics(self, params: torch.Tensor) -> dict[str, float]:
+        return self._get(self.actors[0].metrics.remote(params.numpy()))
+
+    def make_seeds(self, count: int, seed: int, options: dict) -> torch.Tensor:
+        return torch.from_numpy(self._get(self.actors[0].make_seeds.remote(count, seed, options)))
+
+    def nodes(self) -> list[str]:
+        return self._get([a.node.remote() for a in self.actors])
+
+    def describe(self) -> str:
+        return f"ray evaluator: {self.workers} workers on {self.device}"
+
+    def close(self) -> None:
+        for a in self.actors:
+            self._ray.kill(a)
+        self.actors = []
+        if self._owns_ray:
+            self._ray.shutdown()

@@ -1,0 +1,1 @@
+"""Search layer: strategies (ask/tell), the competition archive, the run loop, checkpoints."""

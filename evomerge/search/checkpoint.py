@@ -1,0 +1,109 @@
+"""Checkpoints: a strategy's state as safetensors + JSON, with a sha256 manifest. No pickle.
+
+Layout: ``checkpoints/<evaluations, 10 digits>/{state.safetensors, state.json, manifest.json}``.
+A checkpoint is assembled in a hidden temporary folder and renamed into place, so a kill at any
+moment leaves either the complete checkpoint or none; older ones are pruned only afterwards.
+Loading verifies the manifest and reads tensors with safetensors, which never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import RunDirError
+from .files import fsync_dir, sha256_file
+
+FORMAT = 1
+STATE_FILES = ("state.safetensors", "state.json")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    meta: dict
+
+
+def _name(evaluations: int) -> str:
+    return f"{evaluations:010d}"
+
+
+def save(root: Path, tensors: dict[str, torch.Tensor], meta: dict, keep_last: int) -> Path:
+    """Write a checkpoint named by ``meta['evaluations']``; keep the newest ``keep_last``."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / _name(int(meta["evaluations"]))
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "state.safetensors")
+    (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **meta}, indent=1))
+    manifest = {name: sha256_file(tmp / name) for name in STATE_FILES}
+    (tmp / "manifest.json").write_text(json.dumps({"sha256": manifest}, indent=1))
+    for name in (*STATE_FILES, "manifest.json"):
+        fd = os.open(tmp / name, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    if final.exists():  # re-written after a resume: identical content by determinism
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    fsync_dir(root)
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete-looking checkpoint folders, oldest first (temporary folders are ignored)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def verify(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` is unusable, or None if its manifest matches."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "manifest.json is missing or unreadable"
+    for name in STATE_FILES:
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if sha256_file(path / name) != manifest.get(name):
+            return f"{name} does not match its sha256 in manifest.json"
+    return None
+
+
+def load(path: Path) -> Checkpoint:
+    problem = verify(path)
+    if problem:
+        raise RunDirError(f"{path}: {problem}")
+    try:
+        tensors = load_file(path / "state.safetensors")
+        meta = json.loads((path / "state.json").read_text())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RunDirError(f"{path}: unreadable checkpoint ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise RunDirError(
+            f"{path}: checkpoint format {meta.get('format')} is not {FORMAT}; "
+            "resume it with the evomerge version that wrote it"
+        )
+    return Checkpoint(path, tensors, meta)
+
+
+def load_latest(root: Path, warn=lambda msg: None) -> Checkpoint:
+    """The newest checkpoint that verifies; damaged newer ones are reported through ``warn``."""
+    candidates = list_checkpoints(root)
+    for path in reversed(candidates):
+        problem = verify(path)
+        if problem is None:
+            return load(path)
+        warn(f"skipping damaged checkpoint {path}: {problem}")
+    raise RunDirError(f"{root}: no usable checkpoint; the run cannot be resumed, start it again")

@@ -1,0 +1,198 @@
+"""The run loop: ask, evaluate, tell; record history; checkpoint; write the summary.
+
+Start-up work that can fail on bad input (loading the plug-in, making and scoring the seeds)
+happens before the run directory is created, so a failed start leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..errors import EvomergeError, PluginError
+from ..runtime import make_evaluator
+from . import checkpoint
+from .keys import child_generator
+from .registry import make_strategy
+from .rundir import RunDir
+
+SEED_STREAM = 1 << 63  # key indices at and above this are reserved for seed models
+
+
+class NullProgress:
+    def start(self, total: int, done: int, label: str) -> None: ...
+    def update(self, done: int, best) -> None: ...
+    def message(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """What a checkpoint must agree with: the whole config except the budget."""
+    data = cfg.to_dict()
+    data.pop("budget", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def gaussian_seeds(seed: int, count: int, n: int, std: float) -> torch.Tensor:
+    return torch.stack(
+        [torch.randn(n, generator=child_generator(seed, SEED_STREAM + i)) * std for i in range(count)]
+    )
+
+
+@dataclass
+class Search:
+    """One search in progress: its config, strategy, evaluator, state and run directory."""
+
+    cfg: RunConfig
+    run: RunDir
+    strategy: object
+    evaluator: object
+    state: object
+    wall_offset: float
+    progress: object
+
+    # -- scoring -----------------------------------------------------------------------------
+    def score(self, params: torch.Tensor) -> torch.Tensor:
+        scores = self.evaluator.score(params)
+        if self.cfg.strategy.alpha > 0 and bool((scores < 0).any()):
+            row, col = np.argwhere(scores.numpy() < 0)[0]
+            raise PluginError(
+                f"fitness: score {scores[row, col].item()} for candidate {row}, example {col} is "
+                "negative; resource competition (alpha > 0) needs scores >= 0"
+            )
+        return scores
+
+    # -- records -----------------------------------------------------------------------------
+    def wall(self) -> float:
+        return self.wall_offset + (time.perf_counter() - self._t0)
+
+    def best_metrics(self) -> tuple[int, dict]:
+        member, params, scores = self.strategy.best(self.state)
+        name = f"train_{self.evaluator.info['score_name']}"
+        metrics = {name: scores.mean().item(), **self.evaluator.metrics(params)}
+        return member, metrics
+
+    def record(self) -> dict:
+        member, metrics = self.best_metrics()
+        stats = self.strategy.stats(self.state)
+        rec = {
+            "evaluations": self.state.evaluations,
+            "wall_seconds": round(self.wall(), 3),
+            "best_train_score": stats["train_score"]["max"],
+            "member": member,
+            "metrics": metrics,
+            **stats,
+        }
+        self.run.append_history(rec)
+        return rec
+
+    def save(self) -> None:
+        tensors, meta = self.strategy.state_to_tensors(self.state)
+        meta = {
+            **meta,
+            "wall_seconds": self.wall(),
+            "seed": self.cfg.seed,
+            "strategy": self.cfg.strategy.name,
+            "config_sha256": config_digest(self.cfg),
+        }
+        checkpoint.save(self.run.checkpoints, tensors, meta, self.cfg.keep_last)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def loop(self) -> dict:
+        cfg, budget = self.cfg, self.cfg.budget.evaluations
+        self.progress.start(budget, self.state.evaluations, self.evaluator.describe())
+        try:
+            while self.state.evaluations < budget:
+                n = min(cfg.batch, budget - self.state.evaluations)
+                children = self.strategy.ask(self.state, n)
+                scores = self.score(children.params)
+                self.state = self.strategy.tell(self.state, children, scores)
+                done = self.state.evaluations
+                if done // cfg.history_every > (done - n) // cfg.history_every or done == budget:
+                    self.record()
+                if done // cfg.checkpoint_every > (done - n) // cfg.checkpoint_every:
+                    self.save()
+                self.progress.update(done, lambda: self.strategy.best(self.state)[2].mean().item())
+        except KeyboardInterrupt:
+            self.save()
+            self.progress.close()
+            raise EvomergeError(
+                f"interrupted at {self.state.evaluations} evaluations; checkpoint saved, "
+                f"continue with 'evomerge resume {self.run.path}'",
+                exit_code=130,
+            ) from None
+        self.save()
+        self.progress.close()
+        return self.summary()
+
+    def summary(self) -> dict:
+        member, metrics = self.best_metrics()
+        wall = self.wall()
+        summary = {
+            "evaluations": self.state.evaluations,
+            "member": member,
+            "metrics": metrics,
+            "wall_seconds": round(wall, 3),
+            "evaluations_per_second": round(self.state.evaluations / max(wall, 1e-9), 1),
+            "seed": self.cfg.seed,
+            "strategy": self.cfg.strategy.name,
+            "evaluator": self.evaluator.kind,
+            "run_dir": str(self.run.path),
+        }
+        self.run.write_summary(summary)
+        return summary
+
+    def start_clock(self) -> None:
+        self._t0 = time.perf_counter()
+
+
+def start(cfg: RunConfig, run: RunDir, progress=None) -> Search:
+    """Prepare a new search; nothing is written until the seeds have been scored."""
+    progress = progress or NullProgress()
+    t0 = time.perf_counter()
+    evaluator = make_evaluator(cfg.evaluator, cfg.fitness)
+    try:
+        strategy = make_strategy(cfg.strategy, cfg.seed)
+        n = evaluator.info["num_params"]
+        seeds = cfg.seeds
+        if seeds.kind == "gaussian":
+            params = gaussian_seeds(cfg.seed, seeds.count, n, seeds.std)
+        else:
+            progress.message(f"making {seeds.count} seed models with the fitness plug-in")
+            params = evaluator.make_seeds(seeds.count, cfg.seed, dict(seeds.options))
+        search = Search(cfg, run, strategy, evaluator, None, 0.0, progress)
+        search._t0 = t0
+        search.state = strategy.init(params, search.score(params))
+        run.create(cfg.to_dict())
+        search.save()
+        search.record()
+        return search
+    except BaseException:
+        evaluator.close()
+        raise
+
+
+def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
+    """Continue a search from its newest intact checkpoint."""
+    progress = progress or NullProgress()
+    ckpt = checkpoint.load_latest(run.checkpoints, warn=progress.message)
+    meta = ckpt.meta
+    if meta.get("config_sha256") != config_digest(cfg):
+        raise EvomergeError(
+            f"{run.path}: config.yaml differs from the config checkpoint {ckpt.path.name} was "
+            "made with; restore it, or start a new run with the new config"
+        )
+    evaluator = make_evaluator(cfg.evaluator, cfg.fitness)
+    strategy = make_strategy(cfg.strategy, cfg.seed)
+    state = strategy.state_from_tensors(ckpt.tensors, meta)
+    run.truncate_history(state.evaluations)
+    run.clear_summary()
+    search = Search(cfg, run, strategy, evaluator, state, float(meta["wall_seconds"]), progress)
+    search.start_clock()
+    return search

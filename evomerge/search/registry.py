@@ -1,0 +1,41 @@
+"""Strategy registry: a name in the config -> (config model, factory).
+
+Users add their own without editing the package::
+
+    from evomerge import register_strategy
+    register_strategy("mine", MyConfig, MyStrategy)
+
+A strategy is built as ``factory(config, seed)`` and offers ``init / ask / tell / best / stats``
+and ``state_to_tensors / state_from_tensors`` (see :class:`evomerge.search.m2n2.M2N2`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from .m2n2 import M2N2, GAConfig, M2N2Config
+
+
+@dataclass(frozen=True)
+class StrategyEntry:
+    config: type[BaseModel]
+    factory: Callable
+
+
+STRATEGIES: dict[str, StrategyEntry] = {}
+
+
+def register_strategy(name: str, config: type[BaseModel], factory: Callable) -> None:
+    """Make ``strategy.name: <name>`` available in configs."""
+    STRATEGIES[name] = StrategyEntry(config, factory)
+
+
+def make_strategy(config: BaseModel, seed: int):
+    return STRATEGIES[config.name].factory(config, seed)
+
+
+register_strategy("m2n2", M2N2Config, M2N2)
+register_strategy("ga", GAConfig, M2N2)

@@ -1,0 +1,82 @@
+"""The run directory: resolved config, checkpoints, history and summary of one search.
+
+``config.yaml`` (the resolved config), ``checkpoints/``, ``history.jsonl`` (one JSON record
+per line) and ``summary.json`` (written when the run ends). Everything is text or safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ..errors import RunDirError
+from .files import write_atomic
+
+CONFIG = "config.yaml"
+HISTORY = "history.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+
+
+class RunDir:
+    """Paths and small-file I/O of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def create(self, config: dict) -> None:
+        """Make the directory for a new run; refuses one that already holds a run."""
+        if (self.path / CONFIG).exists() or (self.path.exists() and any(self.path.iterdir())):
+            raise RunDirError(
+                f"{self.path}: already exists and is not empty; resume it with "
+                f"'evomerge resume {self.path}' or choose another --out"
+            )
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
+        except OSError as exc:
+            raise RunDirError(f"{self.path}: cannot create the run directory ({exc.strerror})")
+
+    def read_config(self) -> dict:
+        if not (self.path / CONFIG).is_file():
+            what = "does not exist" if not self.path.exists() else "is not an evomerge run"
+            raise RunDirError(
+                f"{self.path}: {what} (no {CONFIG}); start a run with 'evomerge run CONFIG'"
+            )
+        try:
+            return yaml.safe_load((self.path / CONFIG).read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise RunDirError(f"{self.path / CONFIG}: not valid YAML ({exc})") from None
+
+    def append_history(self, record: dict) -> None:
+        with open(self.path / HISTORY, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def history(self) -> list[dict]:
+        """Records written so far; a line cut short by a crash is ignored."""
+        out = []
+        path = self.path / HISTORY
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
+
+    def truncate_history(self, evaluations: int) -> None:
+        """Drop records after ``evaluations`` (they are re-made when a run resumes)."""
+        kept = [r for r in self.history() if r.get("evaluations", 0) <= evaluations]
+        write_atomic(self.path / HISTORY, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write_summary(self, summary: dict) -> None:
+        write_atomic(self.path / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+    def clear_summary(self) -> None:
+        (self.path / SUMMARY).unlink(missing_ok=True)
