@@ -86,9 +86,13 @@ def load_object(spec: str, field: str = "fitness.plugin", source: str | None = N
             ) from exc
         where = f"module {target}"
     if not hasattr(module, name):
-        found = [n for n, v in vars(module).items() if isinstance(v, type) and not n.startswith("_")]
+        found = [
+            n for n, v in vars(module).items() if isinstance(v, type) and not n.startswith("_")
+        ]
         close = difflib.get_close_matches(name, found, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"it defines: {', '.join(found) or 'none'}"
+        hint = (
+            f"did you mean '{close[0]}'?" if close else f"it defines: {', '.join(found) or 'none'}"
+        )
         raise PluginError(f"{field}: {where} has no '{name}'; {hint}", exit_code=2)
     return getattr(module, name)
 

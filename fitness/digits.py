@@ -95,7 +95,7 @@ class Digits(Fitness):
         init_std: float = 0.01,
         init_seed: int = 42,
     ) -> torch.Tensor:
-        """Weak experts as in the reference: N(0, init_std^2) init, full-batch Adam on a class group.
+        """Weak experts as in the reference: N(0, init_std^2) init, full-batch Adam per class group.
 
         ``init_seed`` (not the run seed) fixes them, so every run of a comparison starts from
         the same pair, as the reference does.

@@ -42,7 +42,9 @@ class FitnessHost:
                 exit_code=2,
             ) from None
         except Exception as exc:
-            raise PluginError(f"fitness.options: {self.name}: {_describe(exc)}", exit_code=2) from None
+            raise PluginError(
+                f"fitness.options: {self.name}: {_describe(exc)}", exit_code=2
+            ) from None
         self.device = torch.device(device)
         self._call("setup", self.device)
         f = self.fitness
@@ -109,13 +111,16 @@ class FitnessHost:
         except NotImplementedError as exc:
             raise PluginError(f"seeds.kind: {exc}", exit_code=2) from None
         except TypeError as exc:
-            raise PluginError(f"seeds.options: {self.name}.make_seeds(): {exc}", exit_code=2) from None
+            raise PluginError(
+                f"seeds.options: {self.name}.make_seeds(): {exc}", exit_code=2
+            ) from None
         except Exception as exc:
             raise PluginError(f"fitness {self.name}: make_seeds() raised {_describe(exc)}") from exc
         out = torch.as_tensor(out).detach().to("cpu", torch.float32)
         expected = (count, self.fitness.num_params)
         if tuple(out.shape) != expected:
             raise PluginError(
-                f"fitness {self.name}: make_seeds() returned {tuple(out.shape)}, expected {expected}"
+                f"fitness {self.name}: make_seeds() returned {tuple(out.shape)}, "
+                f"expected {expected}"
             )
         return out.numpy()

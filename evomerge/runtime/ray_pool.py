@@ -93,9 +93,7 @@ class RayEvaluator:
         actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(_Worker)
         source = read_source(spec)
         threads = max(1, int(num_cpus))
-        self.actors = [
-            actor.remote(spec, options, device, source, threads) for _ in range(workers)
-        ]
+        self.actors = [actor.remote(spec, options, device, source, threads) for _ in range(workers)]
         infos = self._get([a.info.remote() for a in self.actors])
         self.info = infos[0]
         self.workers = workers
@@ -110,7 +108,8 @@ class RayEvaluator:
             if err is not exc:
                 raise err from None
             first = str(exc).strip().splitlines()
-            raise PluginError(f"ray worker failed: {first[0] if first else type(exc).__name__}")
+            msg = first[0] if first else type(exc).__name__
+            raise PluginError(f"ray worker failed: {msg}") from None
 
     def score(self, params: torch.Tensor) -> torch.Tensor:
         rows = params.numpy()

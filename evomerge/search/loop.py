@@ -41,7 +41,10 @@ def config_digest(cfg: RunConfig) -> str:
 
 def gaussian_seeds(seed: int, count: int, n: int, std: float) -> torch.Tensor:
     return torch.stack(
-        [torch.randn(n, generator=child_generator(seed, SEED_STREAM + i)) * std for i in range(count)]
+        [
+            torch.randn(n, generator=child_generator(seed, SEED_STREAM + i)) * std
+            for i in range(count)
+        ]
     )
 
 

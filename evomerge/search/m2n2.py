@@ -174,7 +174,11 @@ class M2N2:
         means = state.scores.mean(dim=1)[filled]
         return {
             "archive_size": int(filled.sum()),
-            "fitness": {"min": fit.min().item(), "mean": fit.mean().item(), "max": fit.max().item()},
+            "fitness": {
+                "min": fit.min().item(),
+                "mean": fit.mean().item(),
+                "max": fit.max().item(),
+            },
             "train_score": {"mean": means.mean().item(), "max": means.max().item()},
         }
 

@@ -41,7 +41,9 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
         except OSError as exc:
-            raise RunDirError(f"{self.path}: cannot create the run directory ({exc.strerror})")
+            raise RunDirError(
+                f"{self.path}: cannot create the run directory ({exc.strerror})"
+            ) from None
 
     def read_config(self) -> dict:
         if not (self.path / CONFIG).is_file():
