@@ -18,11 +18,12 @@ def slerp_coefficients(t: float, omega: float, sin_omega: float) -> tuple[float,
 
 
 def parent_angle(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """The ONE angle between the whole parent vectors, and its sine."""
-    norms = math.sqrt(torch.dot(a, a).item() * torch.dot(b, b).item())
+    """The ONE angle between the whole parent vectors, and its sine (float64 sums)."""
+    a64, b64 = a.double(), b.double()
+    norms = math.sqrt(torch.dot(a64, a64).item() * torch.dot(b64, b64).item())
     if norms == 0.0 or not math.isfinite(norms):
         return 0.0, 0.0  # undefined angle: fall back to linear interpolation
-    omega = math.acos(min(1.0, max(-1.0, torch.dot(a, b).item() / norms)))
+    omega = math.acos(min(1.0, max(-1.0, torch.dot(a64, b64).item() / norms)))
     return omega, math.sin(omega)
 
 

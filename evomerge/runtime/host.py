@@ -20,6 +20,19 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
 
 
+def aligned_rows(params: np.ndarray) -> torch.Tensor:
+    """Copy ``(B, N)`` rows so each starts on a 64-byte boundary.
+
+    BLAS kernels may round differently for differently aligned inputs; with every row aligned
+    alike a candidate gets the same scores alone, in any batch position, locally or on Ray.
+    """
+    b, n = params.shape
+    stride = -(-n // 16) * 16
+    buf = torch.empty(b, stride, dtype=torch.float32)
+    buf.numpy()[:, :n] = params
+    return buf[:, :n]
+
+
 class FitnessHost:
     """Loads the plug-in named by ``spec``, calls ``setup(device)``, and checks every result."""
 
@@ -73,7 +86,7 @@ class FitnessHost:
 
     def score(self, params: np.ndarray, example_ids: np.ndarray | None = None) -> np.ndarray:
         """Score ``(B, num_params)`` candidates; returns checked ``(B, E)`` float32 scores."""
-        p = torch.from_numpy(np.require(params, np.float32, ["C", "W"])).to(self.device)
+        p = aligned_rows(params).to(self.device)
         ids = None if example_ids is None else torch.as_tensor(example_ids).to(self.device)
         with torch.no_grad():
             out = self._call("score", p, ids)

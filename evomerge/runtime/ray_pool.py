@@ -23,9 +23,17 @@ class _Worker:
     """The Ray actor body: a FitnessHost living in its own process."""
 
     def __init__(self, spec, options, device, source, threads):
-        self.host = FitnessHost(spec, options, device, source=source, threads=threads)
+        # A failed set-up is kept and raised by info(): errors raised by an actor's
+        # constructor reach the driver only as text, task errors keep their type.
+        self.error = None
+        try:
+            self.host = FitnessHost(spec, options, device, source=source, threads=threads)
+        except EvomergeError as exc:
+            self.error = exc
 
     def info(self):
+        if self.error is not None:
+            raise self.error
         return self.host.info()
 
     def score(self, params):

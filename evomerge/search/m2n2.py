@@ -95,7 +95,7 @@ class M2N2:
             next_id=0,
         )
         for i in range(k):
-            state = self._insert(state, i, seed_params[i].float(), seed_scores[i].float())
+            state = self._insert(state, i, seed_params[i].float().clone(), seed_scores[i].float())
         return replace(state, next_id=k)
 
     def _insert(self, state: ArchiveState, cid: int, params, scores, scores_buf=None):
@@ -153,7 +153,9 @@ class M2N2:
         """Insert the children in order; returns a new state (the old one is not modified)."""
         buf = state.scores.clone()
         for i, cid in enumerate(children.ids):
-            state = self._insert(state, cid, children.params[i], scores[i].float(), buf)
+            # Each member owns its memory: BLAS results can depend on a vector's alignment,
+            # so a member must look the same whether it came from a batch or a checkpoint.
+            state = self._insert(state, cid, children.params[i].clone(), scores[i].float(), buf)
         n = len(children.ids)
         return replace(
             state, scores=buf, evaluations=state.evaluations + n, next_id=state.next_id + n
@@ -193,8 +195,10 @@ class M2N2:
     def state_from_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> ArchiveState:
         ids = tuple(int(i) for i in tensors["ids"])
         return ArchiveState(
-            params=tuple(None if i < 0 else tensors["params"][r] for r, i in enumerate(ids)),
-            scores=tensors["scores"],
+            params=tuple(
+                None if i < 0 else tensors["params"][r].clone() for r, i in enumerate(ids)
+            ),
+            scores=tensors["scores"].clone(),
             ids=ids,
             evaluations=int(meta["evaluations"]),
             next_id=int(meta["next_id"]),

@@ -1,0 +1,131 @@
+"""M2N2 and GA on digits, from scratch and from pre-trained seeds, beside the reference figures.
+
+Runs every (setting, strategy, batch, seed) combination one after another in this process (so
+each run has the machine to itself), appends each result to a JSON file as it finishes (a
+re-run skips what is done), then prints a markdown table of mean +- standard error.
+
+    python bench/m2n2_digits.py                      # the full benchmark (about 45 minutes)
+    python bench/m2n2_digits.py --seeds 2 --scratch-evals 5000 --pretrained-evals 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from evomerge.config import apply_overrides, read_yaml, validate
+from evomerge.search import loop
+from evomerge.search.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {
+    "scratch": ROOT / "configs/m2n2_digits.yaml",
+    "pretrained": ROOT / "configs/m2n2_digits_pretrained.yaml",
+}
+# 10-seed means read off the reference's published figure (DESIGN.md section 4).
+REFERENCE = {
+    ("scratch", "m2n2"): 87.0,
+    ("scratch", "ga"): 68.0,
+    ("pretrained", "m2n2"): 68.5,
+    ("pretrained", "ga"): 52.0,
+}
+
+
+def run_one(setting: str, strategy: str, batch: int, seed: int, evals: int) -> dict:
+    raw = read_yaml(CONFIGS[setting])
+    sets = [
+        f"seed={seed}",
+        f"batch={batch}",
+        f"budget.evaluations={evals}",
+        f"strategy.name={strategy}",
+        "history_every=1000000",
+        f"checkpoint_every={evals}",
+    ]
+    if strategy == "ga":
+        raw["strategy"].pop("alpha", None)
+        raw["strategy"].pop("attraction", None)
+    cfg = validate(apply_overrides(raw, sets), str(CONFIGS[setting]), bases=[ROOT])
+    with tempfile.TemporaryDirectory() as tmp:
+        search = loop.start(cfg, RunDir(Path(tmp) / "run"))
+        try:
+            summary = search.loop()
+        finally:
+            search.evaluator.close()
+    return {
+        "setting": setting,
+        "strategy": strategy,
+        "batch": batch,
+        "seed": seed,
+        "evaluations": evals,
+        "test_accuracy": summary["metrics"]["test_accuracy"],
+        "train_accuracy": summary["metrics"]["train_accuracy"],
+        "wall_seconds": summary["wall_seconds"],
+    }
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    m = statistics.fmean(values)
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return m, se
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| seeds | strategy | batch | evaluations | test accuracy % (mean ± s.e.) | "
+        "reference % | wall s per run (mean ± s.e.) | runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted(
+        {(r["setting"], r["strategy"], r["batch"], r["evaluations"]) for r in results},
+        key=lambda k: (k[0] != "scratch", k[1], k[2]),
+    )
+    for setting, strategy, batch, evals in keys:
+        rows = [
+            r
+            for r in results
+            if (r["setting"], r["strategy"], r["batch"], r["evaluations"])
+            == (setting, strategy, batch, evals)
+        ]
+        acc = mean_se([100 * r["test_accuracy"] for r in rows])
+        wall = mean_se([r["wall_seconds"] for r in rows])
+        ref = REFERENCE.get((setting, strategy))
+        lines.append(
+            f"| {setting} | {strategy} | {batch} | {evals:,} | {acc[0]:.1f} ± {acc[1]:.1f}"
+            f" | {ref if ref else '-'} | {wall[0]:.1f} ± {wall[1]:.1f} | {len(rows)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--scratch-evals", type=int, default=50_000)
+    ap.add_argument("--pretrained-evals", type=int, default=10_000)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--strategies", nargs="+", default=["m2n2", "ga"])
+    ap.add_argument("--settings", nargs="+", default=["scratch", "pretrained"])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/out/m2n2_digits.json")
+    args = ap.parse_args()
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(args.out.read_text()) if args.out.exists() else []
+    done = {(r["setting"], r["strategy"], r["batch"], r["seed"], r["evaluations"]) for r in results}
+    for setting in args.settings:
+        evals = args.scratch_evals if setting == "scratch" else args.pretrained_evals
+        for seed in range(args.seeds):
+            for strategy in args.strategies:
+                for batch in args.batches:
+                    if (setting, strategy, batch, seed, evals) in done:
+                        continue
+                    r = run_one(setting, strategy, batch, seed, evals)
+                    results.append(r)
+                    args.out.write_text(json.dumps(results, indent=1))
+                    print(json.dumps(r), flush=True)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

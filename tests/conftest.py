@@ -1,0 +1,52 @@
+"""Shared fixtures: paths, a config writer, and one real local Ray for the Ray tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = f"{ROOT / 'fitness' / 'digits.py'}:Digits"
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+def base_config(**changes) -> dict:
+    """A small, fast M2N2 digits config (local evaluator)."""
+    cfg = {
+        "seed": 0,
+        "budget": {"evaluations": 300},
+        "batch": 1,
+        "checkpoint_every": 100,
+        "history_every": 50,
+        "fitness": {"plugin": DIGITS},
+        "seeds": {"kind": "gaussian", "count": 2, "std": 0.01},
+        "strategy": {"name": "m2n2", "archive_size": 8, "mutation_std": 0.01},
+        "evaluator": {"kind": "local"},
+    }
+    cfg.update(changes)
+    return cfg
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    def write(cfg: dict | str, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(cfg if isinstance(cfg, str) else yaml.safe_dump(cfg))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real embedded Ray with 2 CPUs, shared by all Ray tests of the session."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,52 @@
+"""Fitness plug-ins that misbehave in one way each, for the bad-input tests."""
+
+import torch
+
+from evomerge import Fitness
+
+
+class Small(Fitness):
+    """A tiny well-behaved fitness: 4 parameters, 6 examples, score = sigmoid(p . x_j) > 0.5."""
+
+    num_params = 4
+
+    def setup(self, device):
+        self.x = torch.tensor(
+            [[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [1, 1, 0, 0], [0, 0, 1, 1]],
+            device=device,
+        )
+        self.num_examples = len(self.x)
+
+    def score(self, params, example_ids=None):
+        return (params @ self.x.T > 0).float()
+
+
+class Raises(Small):
+    def score(self, params, example_ids=None):
+        raise ValueError("the data server is down")
+
+
+class SetupRaises(Small):
+    def setup(self, device):
+        raise FileNotFoundError("data/train.jsonl")
+
+
+class WrongShape(Small):
+    def score(self, params, example_ids=None):
+        return torch.zeros(len(params))
+
+
+class ReturnsNaN(Small):
+    def score(self, params, example_ids=None):
+        out = super().score(params)
+        out[0, 2] = float("nan")
+        return out
+
+
+class Negative(Small):
+    def score(self, params, example_ids=None):
+        return super().score(params) - 1.0
+
+
+class NotAFitness:
+    pass

@@ -1,0 +1,75 @@
+"""Checkpoints: safetensors + JSON with a manifest; damage is detected and skipped."""
+
+import json
+
+import pytest
+import torch
+
+from evomerge.errors import RunDirError
+from evomerge.search import checkpoint
+
+
+def save(root, evaluations, keep_last=5):
+    tensors = {"params": torch.full((2, 3), float(evaluations)), "ids": torch.tensor([0, 1])}
+    return checkpoint.save(root, tensors, {"evaluations": evaluations}, keep_last)
+
+
+def test_round_trip_and_pruning(tmp_path):
+    for e in (0, 10, 20, 30):
+        save(tmp_path, e, keep_last=2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["0000000020", "0000000030"]
+    ck = checkpoint.load_latest(tmp_path)
+    assert ck.meta["evaluations"] == 30 and ck.tensors["params"][0, 0] == 30.0
+    manifest = json.loads((ck.path / "manifest.json").read_text())["sha256"]
+    assert set(manifest) == {"state.safetensors", "state.json"}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete_manifest"])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
+    save(tmp_path, 10)
+    newest = save(tmp_path, 20)
+    target = newest / "state.safetensors"
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[:40])
+    elif damage == "flip":
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 0xFF
+        target.write_bytes(bytes(data))
+    else:
+        (newest / "manifest.json").unlink()
+    warnings = []
+    ck = checkpoint.load_latest(tmp_path, warn=warnings.append)
+    assert ck.meta["evaluations"] == 10
+    assert len(warnings) == 1 and "0000000020" in warnings[0]
+
+
+def test_no_usable_checkpoint_is_a_clear_error(tmp_path):
+    newest = save(tmp_path, 10)
+    (newest / "state.json").write_text("{}")
+    with pytest.raises(RunDirError, match="no usable checkpoint"):
+        checkpoint.load_latest(tmp_path)
+
+
+def test_a_pickle_where_the_state_should_be_is_refused_without_running(tmp_path):
+    import pickle
+
+    ran = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(ran), "w"))
+
+    newest = save(tmp_path, 10)
+    (newest / "state.safetensors").write_bytes(pickle.dumps(Payload()))
+    # even with a manifest that matches, safetensors refuses to parse a pickle
+    manifest = {n: checkpoint.sha256_file(newest / n) for n in checkpoint.STATE_FILES}
+    (newest / "manifest.json").write_text(json.dumps({"sha256": manifest}))
+    with pytest.raises(RunDirError, match="unreadable checkpoint"):
+        checkpoint.load(newest)
+    assert not ran.exists()
+
+
+def test_leftover_temporary_folders_are_ignored(tmp_path):
+    save(tmp_path, 10)
+    (tmp_path / ".tmp-0000000020-999").mkdir()
+    assert checkpoint.load_latest(tmp_path).meta["evaluations"] == 10

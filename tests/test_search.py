@@ -1,0 +1,112 @@
+"""End to end through the CLI: a search improves, writes its run directory, and resumes exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import base_config
+from safetensors.torch import load_file
+
+from evomerge.interface.cli import main
+from evomerge.search import checkpoint
+
+
+def final_state(run_dir):
+    last = checkpoint.list_checkpoints(run_dir / "checkpoints")[-1]
+    return load_file(last / "state.safetensors")
+
+
+def assert_same_archive(a, b):
+    sa, sb = final_state(a), final_state(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and sa[k].equal(sb[k]), k
+
+
+def test_short_run_improves_and_writes_its_run_directory(tmp_path, write_config, capsys):
+    cfg = write_config(base_config())
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--set", "budget.evaluations=400"]) == 0
+    assert str(out / "summary.json") in capsys.readouterr().out
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["evaluations"] for h in history] == list(range(0, 401, 50))
+    assert history[-1]["best_train_score"] > history[0]["best_train_score"] + 0.1
+    for key in ("wall_seconds", "fitness", "archive_size", "metrics"):
+        assert key in history[-1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluations"] == 400
+    assert set(summary["metrics"]) == {"train_accuracy", "test_accuracy"}
+    assert summary["metrics"]["train_accuracy"] == pytest.approx(history[-1]["best_train_score"])
+    assert isinstance(summary["member"], int) and summary["wall_seconds"] > 0
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["budget"]["evaluations"] == 400  # --set lands in the resolved config
+    names = [p.name for p in (out / "checkpoints").iterdir()]
+    assert sorted(names) == ["0000000200", "0000000300", "0000000400"]  # keep_last 3
+
+
+def test_same_seed_same_archive_and_batching(tmp_path, write_config):
+    cfg = write_config(base_config(batch=4))
+    for name in ("a", "b"):
+        assert main(["run", str(cfg), "--out", str(tmp_path / name), "-q"]) == 0
+    assert_same_archive(tmp_path / "a", tmp_path / "b")
+    assert main(["run", str(cfg), "--out", str(tmp_path / "c"), "-q", "--set", "seed=1"]) == 0
+    assert not final_state(tmp_path / "a")["params"].equal(final_state(tmp_path / "c")["params"])
+
+
+def test_kill_then_resume_is_bit_identical(tmp_path, write_config):
+    """SIGKILL a real run after its second checkpoint, resume it, compare with an unbroken run."""
+    cfg = write_config(
+        base_config(budget={"evaluations": 3000}, checkpoint_every=300, history_every=300, batch=2)
+    )
+    assert main(["run", str(cfg), "--out", str(tmp_path / "whole"), "-q"]) == 0
+
+    broken = tmp_path / "broken"
+    cmd = [sys.executable, "-m", "evomerge", "run", str(cfg), "--out", str(broken), "-q"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while len(checkpoint.list_checkpoints(broken / "checkpoints")) < 3:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (broken / "summary.json").exists()
+    assert main(["resume", str(broken), "-q"]) == 0
+    assert_same_archive(tmp_path / "whole", broken)
+    whole_hist = (tmp_path / "whole" / "history.jsonl").read_text().splitlines()
+    broken_hist = (broken / "history.jsonl").read_text().splitlines()
+    assert [json.loads(x)["evaluations"] for x in broken_hist] == [
+        json.loads(x)["evaluations"] for x in whole_hist
+    ]
+    assert (
+        json.loads((broken / "summary.json").read_text())["member"]
+        == json.loads((tmp_path / "whole" / "summary.json").read_text())["member"]
+    )
+
+
+def test_ray_run_equals_local_run(tmp_path, write_config, ray_local):
+    local = write_config(base_config(batch=4), "local.yaml")
+    ray_cfg = write_config(
+        base_config(batch=4, evaluator={"kind": "ray", "workers": 2, "num_cpus": 1}), "ray.yaml"
+    )
+    assert main(["run", str(local), "--out", str(tmp_path / "local"), "-q"]) == 0
+    assert main(["run", str(ray_cfg), "--out", str(tmp_path / "ray"), "-q"]) == 0
+    assert_same_archive(tmp_path / "local", tmp_path / "ray")
+
+
+def test_pretrained_seeds_ga_run(tmp_path, write_config):
+    cfg = base_config(
+        seeds={"kind": "plugin", "count": 2},
+        strategy={"name": "ga", "archive_size": 6},
+        budget={"evaluations": 100},
+    )
+    out = tmp_path / "ga"
+    assert main(["run", str(write_config(cfg)), "--out", str(out), "-q"]) == 0
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert history[0]["archive_size"] == 2 and history[0]["best_train_score"] > 0.45
+    assert history[-1]["best_train_score"] > history[0]["best_train_score"]
