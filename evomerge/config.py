@@ -191,10 +191,15 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read, override and validate a config file."""
+def load_config(path: str | Path, overrides: list[str] = (), address: str | None = None):
+    """Read, override and validate a config file; ``address`` makes the evaluator join a cluster."""
     path = Path(path)
     raw = read_yaml(path)
     if isinstance(raw, dict):
         raw = apply_overrides(raw, list(overrides))
+        if address:
+            section = raw.get("evaluator") if isinstance(raw.get("evaluator"), dict) else {}
+            if section.get("kind") != "ray":
+                section = {"kind": "ray"}
+            raw["evaluator"] = {**section, "address": address}
     return validate(raw, str(path), bases=[Path.cwd(), path.resolve().parent])

@@ -45,7 +45,7 @@ def _finish(search, progress: Progress) -> int:
 
 
 def cmd_run(args) -> int:
-    cfg = load_config(args.config, args.set or [])
+    cfg = load_config(args.config, args.set or [], address=args.address)
     out = Path(args.out) if args.out else _default_out(args.config, cfg.name)
     progress = Progress(quiet=args.quiet)
     progress.message(f"run {out}: {cfg.strategy.name}, seed {cfg.seed}")
@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: populations/<name>-<time>)")
     run.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. seed=3"
+    )
+    run.add_argument(
+        "--address",
+        metavar="HOST:PORT|auto",
+        help="evaluate on an existing Ray cluster (sets evaluator.kind=ray, evaluator.address)",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=cmd_run)

@@ -66,6 +66,8 @@ def start_ray(address: str | None, num_cpus: float | None = None) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside 'ray job submit'
+
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only embedded cluster
         ray.init(
@@ -96,7 +98,7 @@ class RayEvaluator:
 
         self._ray = ray
         need = max(workers * num_cpus, os.cpu_count() or 1)
-        self._owns_ray = start_ray(address, num_cpus=math.ceil(need) if address is None else None)
+        self._owns_ray = start_ray(address, num_cpus=math.ceil(need))
         device = "cuda" if num_gpus > 0 else "cpu"
         actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(_Worker)
         source = read_source(spec)
