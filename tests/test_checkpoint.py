@@ -1,6 +1,8 @@
 """Checkpoints: safetensors + JSON with a manifest; damage is detected and skipped."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -73,3 +75,18 @@ def test_leftover_temporary_folders_are_ignored(tmp_path):
     save(tmp_path, 10)
     (tmp_path / ".tmp-0000000020-999").mkdir()
     assert checkpoint.load_latest(tmp_path).meta["evaluations"] == 10
+
+
+def test_a_killed_writers_temporary_folder_is_cleaned_up(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    orphan = tmp_path / f".tmp-0000000010-{dead.stdout.strip()}"
+    orphan.mkdir()
+    (orphan / "state.safetensors").write_bytes(b"half")
+    save(tmp_path, 10)
+    assert not orphan.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["0000000010"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 
 import numpy as np
 import torch
@@ -59,6 +60,20 @@ def _unwrap(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, EvomergeError) else exc
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail in seconds, not minutes: Ray retries an unreachable GCS for a long time."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # 'auto', 'ray://...' and friends: let Ray resolve them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise EvomergeError(
+            f"evaluator.address: cannot join Ray cluster at '{address}' ({exc.strerror or exc}); "
+            "start one with 'ray start --head' or drop the address to run locally"
+        ) from None
+
+
 def start_ray(address: str | None, num_cpus: float | None = None) -> bool:
     """Connect to ``address`` or start an embedded local Ray. Returns True if we started it."""
     import ray
@@ -71,12 +86,14 @@ def start_ray(address: str | None, num_cpus: float | None = None) -> bool:
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only embedded cluster
         ray.init(
+            address="local",  # a new embedded instance, never a cluster left on this machine
             num_cpus=num_cpus,
             include_dashboard=False,
             logging_level="WARNING",
             log_to_driver=True,
         )
     else:
+        check_reachable(address)
         try:
             ray.init(address=address, logging_level="WARNING")
         except (ConnectionError, RuntimeError, ValueError) as exc:

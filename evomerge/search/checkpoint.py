@@ -57,7 +57,26 @@ def save(root: Path, tensors: dict[str, torch.Tensor], meta: dict, keep_last: in
     fsync_dir(root)
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+    _remove_orphans(root)
     return final
+
+
+def _remove_orphans(root: Path) -> None:
+    """Temporary folders left by a writer that was killed mid-write."""
+    for tmp in root.glob(".tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def list_checkpoints(root: Path) -> list[Path]:
