@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 the run failed while working (a plug-in raised, a worke
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,10 @@ def _finish(search, progress: Progress) -> int:
         f"done: {summary['evaluations']} evaluations in {summary['wall_seconds']:.1f} s "
         f"({summary['evaluations_per_second']:.0f}/s); member {summary['member']}: {metrics}"
     )
-    print(f"results: {search.run.path / 'summary.json'}")
+    try:
+        print(f"results: {search.run.path / 'summary.json'}", flush=True)
+    except BrokenPipeError:  # e.g. '| head' has exited; the results are written all the same
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

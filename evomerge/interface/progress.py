@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -58,7 +59,10 @@ class Progress:
         rate = (done - self.done0) / max(now - self.t0, 1e-9)
         best_value = best() if callable(best) else best
         if self._bar is not None:
-            self._bar.update(self._task, completed=done, rate=rate, best=best_value)
+            try:
+                self._bar.update(self._task, completed=done, rate=rate, best=best_value)
+            except BrokenPipeError:
+                self._reader_gone()
         else:
             eta = (self.total - done) / rate if rate > 0 else 0.0
             pct = 100.0 * done / self.total
@@ -70,10 +74,22 @@ class Progress:
     def message(self, text: str) -> None:
         if self.quiet:
             return
-        if self._bar is not None:
-            self._bar.console.print(text)
-        else:
-            print(f"[evomerge] {text}", file=self.stream, flush=True)
+        try:
+            if self._bar is not None:
+                self._bar.console.print(text)
+            else:
+                print(f"[evomerge] {text}", file=self.stream, flush=True)
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        """Whoever read our output (``| head``) has gone; the search itself goes on."""
+        self.quiet, self._bar = True, None
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())  # no second error when Python exits
+        except (OSError, AttributeError, ValueError):
+            pass
 
     def close(self) -> None:
         if self._bar is not None:
