@@ -6,6 +6,7 @@ re-run skips what is done), then prints a markdown table of mean +- standard err
 
     python bench/m2n2_digits.py                      # the full benchmark (about 45 minutes)
     python bench/m2n2_digits.py --seeds 2 --scratch-evals 5000 --pretrained-evals 2000
+    python bench/m2n2_digits.py --timing 5           # wall time against the forward-pass floor
 """
 
 from __future__ import annotations
@@ -89,6 +90,48 @@ def brute_force_slerp(points: int = 10_000) -> dict:
     return {"t": best_t, "train_accuracy": best, "test_accuracy": test, "evaluations": points}
 
 
+def forward_floor(evals: int = 50_000, batch: int = 1) -> float:
+    """Seconds for ``evals`` bare fitness calls (no strategy, no archive, no records): the floor
+    a run's wall time is compared with, measured in the same process and minute."""
+    import time
+
+    import torch
+
+    from evomerge.runtime.host import FitnessHost
+
+    host = FitnessHost(f"{ROOT / 'fitness/digits.py'}:Digits", {})
+    fitness = host.fitness
+    params = torch.randn(batch, fitness.num_params) * 0.1
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(evals // batch):
+            fitness.score(params)
+    return time.perf_counter() - t0
+
+
+def timing(repeats: int, evals: int) -> None:
+    """Wall seconds of the from-scratch M2N2 run beside the forward-pass floor, interleaved so
+    both see the same machine load; medians of ``repeats``."""
+    rows = []
+    for rep in range(repeats):
+        for batch in (1, 16):
+            floor = forward_floor(evals, batch)
+            wall = run_one("scratch", "m2n2", batch, rep, evals)["wall_seconds"]
+            rows.append((batch, wall, floor))
+            print(f"batch {batch} seed {rep}: run {wall:.1f} s, floor {floor:.1f} s", flush=True)
+    print(
+        "| batch | run wall s (median) | forward floor s (median) | run / floor (median) | runs |"
+    )
+    print("|---|---|---|---|---|")
+    for batch in (1, 16):
+        sel = [r for r in rows if r[0] == batch]
+        med = statistics.median
+        print(
+            f"| {batch} | {med(r[1] for r in sel):.1f} | {med(r[2] for r in sel):.1f} "
+            f"| {med(r[1] / r[2] for r in sel):.2f} | {len(sel)} |"
+        )
+
+
 def mean_se(values: list[float]) -> tuple[float, float]:
     m = statistics.fmean(values)
     se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
@@ -131,7 +174,16 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="+", default=["m2n2", "ga"])
     ap.add_argument("--settings", nargs="+", default=["scratch", "pretrained"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench/out/m2n2_digits.json")
+    ap.add_argument(
+        "--timing",
+        type=int,
+        metavar="N",
+        help="only time N from-scratch M2N2 runs per batch size against the forward-pass floor",
+    )
     args = ap.parse_args()
+    if args.timing:
+        timing(args.timing, args.scratch_evals)
+        return
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.out.read_text()) if args.out.exists() else []
