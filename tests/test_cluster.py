@@ -20,6 +20,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_cmd(cfg, out, address: str) -> list[str]:
+    return [sys.executable, "-m", "evomerge", "run", str(cfg), "--out", str(out)] + [
+        "--address",
+        address,
+    ]
+
+
 def test_run_joins_a_running_cluster(tmp_path, write_config):
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -44,18 +51,7 @@ def test_run_joins_a_running_cluster(tmp_path, write_config):
     try:
         cfg = write_config(base_config(batch=4, budget={"evaluations": 40}))
         out = tmp_path / "run"
-        cmd = [
-            sys.executable,
-            "-m",
-            "evomerge",
-            "run",
-            str(cfg),
-            "--out",
-            str(out),
-            "-q",
-            "--address",
-            f"127.0.0.1:{port}",
-        ]
+        cmd = [*run_cmd(cfg, out, f"127.0.0.1:{port}"), "-q"]
         deadline = time.time() + 90
         while True:  # the head takes a few seconds to accept drivers
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
@@ -75,17 +71,7 @@ def test_run_joins_a_running_cluster(tmp_path, write_config):
 def test_unreachable_cluster_is_one_line(tmp_path, write_config):
     cfg = write_config(base_config())
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "evomerge",
-            "run",
-            str(cfg),
-            "--out",
-            str(tmp_path / "r"),
-            "--address",
-            f"127.0.0.1:{free_port()}",
-        ],
+        run_cmd(cfg, tmp_path / "r", f"127.0.0.1:{free_port()}"),
         capture_output=True,
         text=True,
         timeout=180,
