@@ -63,6 +63,16 @@ def test_run_joins_a_running_cluster(tmp_path, write_config):
         assert summary["evaluator"] == "ray" and summary["evaluations"] == 40
         resolved = (out / "config.yaml").read_text()
         assert f"address: 127.0.0.1:{port}" in resolved
+        # 'auto' finds the same head through the record 'ray start' leaves on this machine
+        auto = subprocess.run(
+            [*run_cmd(cfg, tmp_path / "auto", "auto"), "-q"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert auto.returncode == 0, auto.stderr
+        assert json.loads((tmp_path / "auto/summary.json").read_text())["evaluations"] == 40
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import socket
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,18 +62,36 @@ def _unwrap(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, EvomergeError) else exc
 
 
+def _join_error(address: str, why: str) -> EvomergeError:
+    return EvomergeError(
+        f"evaluator.address: cannot join Ray cluster at '{address}' ({why}); "
+        "start one with 'ray start --head' or drop the address to run locally"
+    )
+
+
+def resolve_address(address: str) -> str:
+    """'auto' means the cluster ``ray start`` recorded on this machine, as Ray reads it."""
+    if address != "auto":
+        return address
+    record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        found = record.read_text().strip()
+    except OSError:
+        found = ""
+    if not found:
+        raise _join_error(address, f"no running cluster is recorded in {record}")
+    return found
+
+
 def check_reachable(address: str, timeout: float = 10.0) -> None:
     """Fail in seconds, not minutes: Ray retries an unreachable GCS for a long time."""
     host, sep, port = address.rpartition(":")
     if not sep or "://" in address or not port.isdigit():
-        return  # 'auto', 'ray://...' and friends: let Ray resolve them
+        return  # 'ray://...' (Ray Client) and friends: let Ray resolve them
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise EvomergeError(
-            f"evaluator.address: cannot join Ray cluster at '{address}' ({exc.strerror or exc}); "
-            "start one with 'ray start --head' or drop the address to run locally"
-        ) from None
+        raise _join_error(address, exc.strerror or str(exc)) from None
 
 
 def start_ray(address: str | None, num_cpus: float | None = None) -> bool:
@@ -93,14 +113,12 @@ def start_ray(address: str | None, num_cpus: float | None = None) -> bool:
             log_to_driver=True,
         )
     else:
+        address = resolve_address(address)
         check_reachable(address)
         try:
             ray.init(address=address, logging_level="WARNING")
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise EvomergeError(
-                f"evaluator.address: cannot join Ray cluster at '{address}' ({exc}); "
-                "start one with 'ray start --head' or drop the address to run locally"
-            ) from None
+            raise _join_error(address, str(exc)) from None
     return True
 
 
