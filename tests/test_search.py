@@ -58,8 +58,13 @@ def test_same_seed_same_archive_and_batching(tmp_path, write_config):
     assert not final_state(tmp_path / "a")["params"].equal(final_state(tmp_path / "c")["params"])
 
 
-def test_kill_then_resume_is_bit_identical(tmp_path, write_config):
-    """SIGKILL a real run after its second checkpoint, resume it, compare with an unbroken run."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_kill_then_resume_is_bit_identical(tmp_path, write_config, sig):
+    """Kill a real run after its second checkpoint, resume it, compare with an unbroken run.
+
+    SIGKILL loses the work since the last checkpoint; SIGTERM (a scheduler's stop) writes one
+    where the run stood and exits 130.
+    """
     cfg = write_config(
         base_config(budget={"evaluations": 3000}, checkpoint_every=300, history_every=300, batch=2)
     )
@@ -67,15 +72,22 @@ def test_kill_then_resume_is_bit_identical(tmp_path, write_config):
 
     broken = tmp_path / "broken"
     cmd = [sys.executable, "-m", "evomerge", "run", str(cfg), "--out", str(broken), "-q"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while len(checkpoint.list_checkpoints(broken / "checkpoints")) < 3:
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
     assert not (broken / "summary.json").exists()
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130 and "checkpoint saved" in err, err
+        newest = checkpoint.list_checkpoints(broken / "checkpoints")[-1]
+        stopped_at = int(newest.name)
+        assert 600 <= stopped_at < 3000 and f"interrupted at {stopped_at} evaluations" in err
     assert main(["resume", str(broken), "-q"]) == 0
     assert_same_archive(tmp_path / "whole", broken)
     whole_hist = (tmp_path / "whole" / "history.jsonl").read_text().splitlines()
