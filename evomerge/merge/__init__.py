@@ -1,0 +1,1 @@
+"""Merging checkpoints: lazy safetensors seeds, merge operators, recipes, streaming writer."""
