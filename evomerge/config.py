@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
+from .merge.recipe import RecipeSection
 from .plugins import resolve_spec
 from .search.registry import STRATEGIES
 
@@ -70,7 +71,10 @@ class RunConfig(_Section):
     keep_last: int = Field(3, ge=1, description="Checkpoints kept (older ones are pruned).")
     fitness: FitnessSection
     seeds: Annotated[GaussianSeeds | PluginSeeds, Field(discriminator="kind")] = GaussianSeeds()
-    strategy: Any = Field(description="Search strategy; 'name' picks it (m2n2, ga).")
+    strategy: Any = Field(description="Search strategy; 'name' picks it (m2n2, ga, cmaes, random).")
+    recipe: RecipeSection | None = Field(
+        None, description="Search merge recipes over the seeds instead of raw parameters."
+    )
     evaluator: Annotated[
         LocalEvaluatorSection | RayEvaluatorSection, Field(discriminator="kind")
     ] = LocalEvaluatorSection()
@@ -166,7 +170,21 @@ def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
     except ValidationError as exc:
         raise ConfigError(format_validation(source, exc, RunConfig)) from None
     strategy = _validate_strategy(source, strategy_raw)
-    if cfg.seeds.count > strategy.archive_size:
+    if cfg.recipe is not None and cfg.seeds.kind != "plugin":
+        raise ConfigError(
+            f"{source}: seeds.kind: a recipe merges seed models the plug-in makes; "
+            "set seeds.kind: plugin"
+        )
+    if (
+        cfg.recipe is not None
+        and cfg.recipe.base is not None
+        and cfg.recipe.base >= cfg.seeds.count
+    ):
+        raise ConfigError(
+            f"{source}: recipe.base: seed {cfg.recipe.base} does not exist "
+            f"(seeds.count is {cfg.seeds.count}; indices start at 0)"
+        )
+    if cfg.seeds.count > getattr(strategy, "archive_size", cfg.seeds.count):
         raise ConfigError(
             f"{source}: seeds.count: {cfg.seeds.count} seeds do not fit an archive of "
             f"{strategy.archive_size}; raise strategy.archive_size or lower seeds.count"

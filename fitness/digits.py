@@ -95,21 +95,41 @@ class Digits(Fitness):
         lr: float = 3e-3,
         init_std: float = 0.01,
         init_seed: int = 42,
+        shared_init: bool = False,
+        include_base: bool = False,
     ) -> torch.Tensor:
-        """Weak experts as in the reference: N(0, init_std^2) init, full-batch Adam per class group.
+        """Experts trained by full-batch Adam on class groups from N(0, init_std^2) inits.
 
+        The defaults make the reference's weak pair (10 steps, a different init per expert).
+        ``shared_init`` starts every expert from one init (the setting task vectors assume);
+        ``include_base`` returns a base first, for task-vector merges: the shared init, or,
+        for experts with inits of their own, zeros (the centre of their N(0, init_std^2) inits).
         ``init_seed`` (not the run seed) fixes them, so every run of a comparison starts from
-        the same pair, as the reference does.
+        the same models, as the reference does.
         """
-        if count != len(experts):
-            raise ValueError(f"seeds.count is {count} but {len(experts)} expert groups are given")
+        if count != len(experts) + include_base:
+            raise ValueError(
+                f"seeds.count is {count} but {len(experts)} expert groups"
+                f"{' plus the base' if include_base else ''} are given"
+            )
         seeds = []
         for i, classes in enumerate(experts):
             mask = torch.isin(self.y_train, torch.tensor(classes, device=self.device))
-            gen = torch.Generator().manual_seed(init_seed + i)
+            gen = torch.Generator().manual_seed(init_seed + (0 if shared_init else i))
             p = (torch.randn(NUM_PARAMS, generator=gen) * init_std).to(self.device)
+            if include_base and i == 0:
+                seeds.append(p if shared_init else torch.zeros_like(p))
             seeds.append(train(p, self.x_train[mask], self.y_train[mask], steps=steps, lr=lr))
         return torch.stack(seeds)
+
+    def param_layout(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Named tensors of the flat vector, in order, so recipes can group them by layer."""
+        return [
+            ("layers.0.weight", (IN, HIDDEN)),
+            ("layers.0.bias", (HIDDEN,)),
+            ("layers.1.weight", (HIDDEN, OUT)),
+            ("layers.1.bias", (OUT,)),
+        ]
 
 
 def train(params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float):

@@ -67,6 +67,34 @@ def cmd_resume(args) -> int:
     return _finish(search, progress)
 
 
+def cmd_merge(args) -> int:
+    """One-shot merge from an evomerge or mergekit YAML into a safetensors folder."""
+    from ..config import read_yaml
+    from ..merge.engine import run_merge
+    from ..merge.merge_config import load_merge_config
+
+    path = Path(args.config)
+    cfg = load_merge_config(path, read_yaml(path))
+    progress = Progress(quiet=args.quiet)
+    progress.message(f"merge {path} ({cfg.method}) -> {args.out}")
+    step = {"next": 0.0}
+
+    def tick(done: int, total: int) -> None:  # a line every 10 % of the tensors
+        if done / total >= step["next"]:
+            progress.message(f"{done}/{total} tensors")
+            step["next"] += 0.1
+
+    summary = run_merge(
+        cfg, Path(args.out), bases=[Path.cwd(), path.resolve().parent], progress=tick
+    )
+    progress.message(
+        f"done: {summary['tensors']} tensors, {summary['bytes_read'] / 1e9:.2f} GB read in "
+        f"{summary['wall_seconds']:.1f} s"
+    )
+    print(f"merged model: {summary['out_dir']}", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evomerge", description="Evolutionary model fusion: search for the best merge."
@@ -92,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     run.set_defaults(func=cmd_run)
+
+    merge = sub.add_parser(
+        "merge",
+        help="merge checkpoints once, from an evomerge or mergekit YAML",
+        epilog="examples:\n  evomerge merge configs/merge_ties.yaml --out merged/\n"
+        "  evomerge merge my-mergekit-recipe.yml --out merged/\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    merge.add_argument("config", help="merge YAML (evomerge's own, or mergekit's)")
+    merge.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
+    merge.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    merge.set_defaults(func=cmd_merge)
 
     resume = sub.add_parser(
         "resume",

@@ -6,10 +6,14 @@ from .fitness import Fitness
 from .local import LocalEvaluator
 
 
-def make_evaluator(section, fitness):
-    """Build the evaluator a config's ``evaluator`` section describes."""
+def make_evaluator(section, fitness, recipe: dict | None = None):
+    """Build the evaluator a config's ``evaluator`` section describes.
+
+    ``recipe`` (seeds to make and the recipe section) turns each worker's fitness into a
+    recipe fitness: candidates are then gene vectors, merged in the worker.
+    """
     if section.kind == "local":
-        return LocalEvaluator(fitness.plugin, fitness.options, section.device)
+        return LocalEvaluator(fitness.plugin, fitness.options, section.device, recipe=recipe)
     from .ray_pool import RayEvaluator
 
     return RayEvaluator(
@@ -19,6 +23,7 @@ def make_evaluator(section, fitness):
         num_cpus=section.num_cpus,
         num_gpus=section.num_gpus,
         address=section.address,
+        recipe=recipe,
     )
 
 

@@ -56,3 +56,10 @@ class Fitness(ABC):
         raise NotImplementedError(
             f"{type(self).__name__} cannot make seeds; use seeds.kind: gaussian"
         )
+
+    def param_layout(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Named tensors of the flat parameter vector, in order (for per-layer merge recipes).
+
+        The default is one tensor holding everything; override it to give recipes layers.
+        """
+        return [("params", (self.num_params,))]

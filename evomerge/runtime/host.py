@@ -36,7 +36,7 @@ def aligned_rows(params: np.ndarray) -> torch.Tensor:
 class FitnessHost:
     """Loads the plug-in named by ``spec``, calls ``setup(device)``, and checks every result."""
 
-    def __init__(self, spec, options, device="cpu", source=None, threads=None):
+    def __init__(self, spec, options, device="cpu", source=None, threads=None, recipe=None):
         if threads:
             torch.set_num_threads(int(threads))
         self.spec = spec
@@ -66,6 +66,21 @@ class FitnessHost:
                 f"fitness {self.name}: setup() must set num_params and num_examples > 0 "
                 f"(got {f.num_params}, {f.num_examples})"
             )
+        if recipe is not None:
+            self._use_recipe(recipe)
+
+    def _use_recipe(self, recipe: dict) -> None:
+        """Search merge recipes over the plug-in's seeds instead of its raw parameters."""
+        from ..merge.recipe import RecipeSection
+        from .recipe_fitness import RecipeFitness
+
+        seeds = self.make_seeds(recipe["count"], recipe["seed"], recipe["options"])
+        section = RecipeSection.model_validate(recipe["section"])
+        try:
+            self.fitness = RecipeFitness(self.fitness, section, torch.from_numpy(seeds))
+        except ValueError as exc:
+            raise PluginError(f"recipe: {exc}", exit_code=2) from None
+        self.fitness.setup(self.device)
 
     def _call(self, method, *args, **kwargs):
         try:
@@ -82,6 +97,17 @@ class FitnessHost:
             "num_examples": int(f.num_examples),
             "score_name": str(f.score_name),
             "nonnegative": bool(f.nonnegative),
+            **self._recipe_info(),
+        }
+
+    def _recipe_info(self) -> dict:
+        space = getattr(self.fitness, "space", None)
+        if space is None:
+            return {}
+        return {
+            "initial": space.initial(),
+            "layout": space.layout,
+            "num_seeds": len(self.fitness.seeds),
         }
 
     def score(self, params: np.ndarray, example_ids: np.ndarray | None = None) -> np.ndarray:

@@ -12,8 +12,8 @@ class LocalEvaluator:
 
     kind = "local"
 
-    def __init__(self, spec: str, options: dict, device: str = "cpu"):
-        self.host = FitnessHost(spec, options, device)
+    def __init__(self, spec: str, options: dict, device: str = "cpu", recipe: dict | None = None):
+        self.host = FitnessHost(spec, options, device, recipe=recipe)
         self.info = self.host.info()
         self.workers = 1
 

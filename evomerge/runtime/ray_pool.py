@@ -25,12 +25,14 @@ from .host import FitnessHost
 class _Worker:
     """The Ray actor body: a FitnessHost living in its own process."""
 
-    def __init__(self, spec, options, device, source, threads):
+    def __init__(self, spec, options, device, source, threads, recipe=None):
         # A failed set-up is kept and raised by info(): errors raised by an actor's
         # constructor reach the driver only as text, task errors keep their type.
         self.error = None
         try:
-            self.host = FitnessHost(spec, options, device, source=source, threads=threads)
+            self.host = FitnessHost(
+                spec, options, device, source=source, threads=threads, recipe=recipe
+            )
         except EvomergeError as exc:
             self.error = exc
 
@@ -127,7 +129,9 @@ class RayEvaluator:
 
     kind = "ray"
 
-    def __init__(self, spec, options, workers=2, num_cpus=1.0, num_gpus=0.0, address=None):
+    def __init__(
+        self, spec, options, workers=2, num_cpus=1.0, num_gpus=0.0, address=None, recipe=None
+    ):
         import ray
         from ray.util import ActorPool
 
@@ -138,7 +142,9 @@ class RayEvaluator:
         actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(_Worker)
         source = read_source(spec)
         threads = max(1, int(num_cpus))
-        self.actors = [actor.remote(spec, options, device, source, threads) for _ in range(workers)]
+        self.actors = [
+            actor.remote(spec, options, device, source, threads, recipe) for _ in range(workers)
+        ]
         infos = self._get([a.info.remote() for a in self.actors])
         self.info = infos[0]
         self.workers = workers

@@ -112,8 +112,10 @@ class Search:
         self.progress.start(budget, self.state.evaluations, self.evaluator.describe())
         try:
             while self.state.evaluations < budget:
-                n = min(cfg.batch, budget - self.state.evaluations)
-                children = self.strategy.ask(self.state, n)
+                children = self.strategy.ask(
+                    self.state, min(cfg.batch, budget - self.state.evaluations)
+                )
+                n = len(children.params)  # generational strategies ask whole generations
                 scores = self.score(children.params)
                 self.state = self.strategy.tell(self.state, children, scores)
                 done = self.state.evaluations
@@ -148,23 +150,47 @@ class Search:
             "evaluator": self.evaluator.kind,
             "run_dir": str(self.run.path),
         }
+        if self.cfg.recipe is not None:
+            summary["recipe"] = self.recipe_of(self.strategy.best(self.state)[1])
         self.run.write_summary(summary)
         return summary
 
+    def recipe_of(self, genes: torch.Tensor) -> dict:
+        """The merge parameters a gene vector stands for, group by group (for people)."""
+        from ..merge.recipe import RecipeSpace
+
+        info = self.evaluator.info
+        space = RecipeSpace(self.cfg.recipe, info["layout"], info["num_seeds"])
+        return {"method": self.cfg.recipe.method, "groups": space.decode(genes.tolist())}
+
     def start_clock(self) -> None:
         self._t0 = time.perf_counter()
+
+
+def recipe_spec(cfg: RunConfig) -> dict | None:
+    """What each worker needs to turn candidates (genes) into models: seeds and recipe."""
+    if cfg.recipe is None:
+        return None
+    return {
+        "section": cfg.recipe.model_dump(mode="json"),
+        "count": cfg.seeds.count,
+        "seed": cfg.seed,
+        "options": dict(cfg.seeds.options),
+    }
 
 
 def start(cfg: RunConfig, run: RunDir, progress=None) -> Search:
     """Prepare a new search; nothing is written until the seeds have been scored."""
     progress = progress or NullProgress()
     t0 = time.perf_counter()
-    evaluator = make_evaluator(cfg.evaluator, cfg.fitness)
+    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, recipe_spec(cfg))
     try:
         strategy = make_strategy(cfg.strategy, cfg.seed)
         n = evaluator.info["num_params"]
         seeds = cfg.seeds
-        if seeds.kind == "gaussian":
+        if cfg.recipe is not None:  # the search starts from the recipe's initial genes
+            params = torch.tensor([evaluator.info["initial"]], dtype=torch.float32)
+        elif seeds.kind == "gaussian":
             params = gaussian_seeds(cfg.seed, seeds.count, n, seeds.std)
         else:
             progress.message(f"making {seeds.count} seed models with the fitness plug-in")
@@ -191,7 +217,7 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
             f"{run.path}: config.yaml differs from the config checkpoint {ckpt.path.name} was "
             "made with; restore it, or start a new run with the new config"
         )
-    evaluator = make_evaluator(cfg.evaluator, cfg.fitness)
+    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, recipe_spec(cfg))
     strategy = make_strategy(cfg.strategy, cfg.seed)
     state = strategy.state_from_tensors(ckpt.tensors, meta)
     run.truncate_history(state.evaluations)

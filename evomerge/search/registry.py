@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from .cmaes import CMAES, CMAESConfig
 from .m2n2 import M2N2, GAConfig, M2N2Config
+from .random_search import RandomConfig, RandomSearch
 
 
 @dataclass(frozen=True)
@@ -39,3 +41,5 @@ def make_strategy(config: BaseModel, seed: int):
 
 register_strategy("m2n2", M2N2Config, M2N2)
 register_strategy("ga", GAConfig, M2N2)
+register_strategy("cmaes", CMAESConfig, CMAES)
+register_strategy("random", RandomConfig, RandomSearch)

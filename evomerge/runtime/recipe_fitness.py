@@ -1,0 +1,39 @@
+"""Scoring merge recipes: each candidate is a gene vector, materialised into the plug-in's model.
+
+The worker makes the seed models once (with the plug-in's ``make_seeds``), keeps them on its
+device, and for every candidate merges them in memory by the recipe and hands the merged flat
+parameters to the plug-in. Nothing goes to disk and only genes travel between processes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..merge.recipe import RecipeSection, RecipeSpace
+from .fitness import Fitness
+
+
+class RecipeFitness(Fitness):
+    """Presents a recipe space of ``dim`` genes to the search; scores through ``inner``."""
+
+    def __init__(self, inner: Fitness, section: RecipeSection, seeds: torch.Tensor):
+        self.inner = inner
+        self.seeds = seeds
+        self.space = RecipeSpace(section, inner.param_layout(), len(seeds))
+        self.num_params = self.space.dim
+        self.num_examples = inner.num_examples
+        self.score_name = inner.score_name
+        self.nonnegative = inner.nonnegative
+
+    def setup(self, device: torch.device) -> None:  # the inner plug-in is set up already
+        self.seeds = self.seeds.to(device)
+
+    def _merged(self, genes: torch.Tensor) -> torch.Tensor:
+        rows = [self.space.materialize(self.seeds, g.tolist()) for g in genes.cpu().double()]
+        return torch.stack(rows)
+
+    def score(self, params: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.inner.score(self._merged(params), example_ids)
+
+    def metrics(self, params: torch.Tensor) -> dict[str, float]:
+        return self.inner.metrics(self._merged(params.reshape(1, -1))[0])
