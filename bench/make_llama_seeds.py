@@ -46,7 +46,8 @@ def make(out: Path, size: str, models: int, shards: int, dtype: str) -> None:
                 t.copy_((state[name].float() + noise).to(t.dtype))
         base.save_pretrained(out / f"model_{i}", max_shard_size=shard)
         base.load_state_dict(state)
-    print(f"{out}: base and {models} fine-tunes, {total / 1e6:.0f} MB each, {shards} shards")
+    n = len(list((out / "base").glob("*.safetensors")))
+    print(f"{out}: base and {models} fine-tunes, {total / 1e6:.1f} MB each, {n} shard(s)")
 
 
 def main() -> None:
