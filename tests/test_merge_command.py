@@ -179,3 +179,41 @@ def test_mismatched_models_fail_in_one_line_and_write_nothing(tmp_path, models, 
     assert not (tmp_path / "out").exists()
     rc, _ = merge(tmp_path, {"method": "nope", "models": [{"path": str(p["a"])}]})
     assert rc == 2
+
+
+def test_merged_llama_loads_with_from_pretrained(tmp_path):
+    """A mergekit recipe over real (tiny) Llama folders gives a folder transformers loads, whose
+    weights are the linear merge of the inputs."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=64,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    models = [transformers.LlamaForCausalLM(cfg) for _ in range(2)]
+    for i, m in enumerate(models):
+        m.save_pretrained(tmp_path / f"m{i}", max_shard_size="20KB")
+    recipe = {
+        "merge_method": "linear",
+        "models": [
+            {"model": str(tmp_path / "m0"), "parameters": {"weight": 0.25}},
+            {"model": str(tmp_path / "m1"), "parameters": {"weight": 0.75}},
+        ],
+        "dtype": "float32",
+    }
+    (tmp_path / "mk.yml").write_text(yaml.safe_dump(recipe))
+    assert main(["merge", str(tmp_path / "mk.yml"), "--out", str(tmp_path / "out"), "-q"]) == 0
+    merged = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out")
+    expected = transformers.LlamaForCausalLM(cfg)
+    state = {
+        k: 0.25 * v + 0.75 * models[1].state_dict()[k] for k, v in models[0].state_dict().items()
+    }
+    expected.load_state_dict(state)
+    ids = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, expected(ids).logits, atol=1e-5)

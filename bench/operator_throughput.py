@@ -1,0 +1,68 @@
+"""Merge throughput per operator in GB/s of bytes touched, beside a plain ``torch.lerp_`` floor.
+
+Bytes touched = the inputs read (base and models) plus the output written, in float32. The
+floor is ``torch.lerp_`` over the same bytes (read two tensors, write one), measured in the same
+run, interleaved with the operators: the memory-bandwidth floor of the machine.
+
+    python bench/operator_throughput.py              # 16M-element tensors, median of 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from evomerge.merge.operators import get_merge_method
+
+CASES = {
+    "linear": ([{"weight": 0.5}] * 2, {}),
+    "task_arithmetic": ([{"weight": 0.5}] * 2, {}),
+    "ties": ([{"weight": 0.5, "density": 0.5}] * 2, {}),
+    "dare_linear": ([{"weight": 0.5, "density": 0.5}] * 2, {}),
+    "dare_ties": ([{"weight": 0.5, "density": 0.5}] * 2, {}),
+    "breadcrumbs": ([{"weight": 0.5, "density": 0.9, "gamma": 0.01}] * 2, {}),
+    "slerp": ([{}], {"t": 0.4}),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--numel", type=int, default=16 * 2**20)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(args.numel, generator=gen)
+    models = [base + 0.01 * torch.randn(args.numel, generator=gen) for _ in range(2)]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.numel:,} elements")
+    print("| operator | ms (median) | GB/s touched | lerp_ floor GB/s | ratio to floor |")
+    print("|---|---|---|---|---|")
+    for name, (model_params, params) in CASES.items():
+        method = get_merge_method(name)
+        ms = models[: len(model_params)]
+        inputs = ([base] if method.needs_base or name == "slerp" else []) + ms
+        touched = (len(inputs) + 1) * args.numel * 4
+        times, floors = [], []
+        for _ in range(args.repeats):
+            a, b = base.clone(), models[0]
+            t0 = time.perf_counter()
+            a.lerp_(b, 0.5)
+            floors.append(3 * args.numel * 4 / (time.perf_counter() - t0))
+            g = torch.Generator().manual_seed(1) if method.random else None
+            b_in = base if (method.needs_base or name == "slerp") else None
+            t0 = time.perf_counter()
+            method(b_in, ms, model_params, params, g)
+            times.append(time.perf_counter() - t0)
+        t, floor = statistics.median(times), statistics.median(floors)
+        rate = touched / t
+        print(
+            f"| {name} | {1000 * t:.0f} | {rate / 1e9:.2f} | {floor / 1e9:.2f} "
+            f"| {rate / floor:.2f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
