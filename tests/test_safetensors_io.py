@@ -207,6 +207,82 @@ def _pickle(tmp_path):
     return path
 
 
+def test_get_is_bit_exact_for_every_dtype_and_odd_shapes(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    tensors = {
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+        "flags": torch.tensor([True, False, True]),
+        "bytes": torch.arange(7, dtype=torch.uint8),
+        "i8": torch.arange(-3, 4, dtype=torch.int8),
+        "i16": torch.arange(5, dtype=torch.int16),
+        "i32": torch.arange(5, dtype=torch.int32),
+        "f64": torch.randn(3, 2, generator=g, dtype=torch.float64),
+        "f16": torch.randn(5, generator=g).half(),
+        "bf16": torch.randn(2, 3, 5, generator=g).bfloat16(),
+        "c64": torch.randn(3, generator=g, dtype=torch.complex64),
+    }
+    if hasattr(torch, "float8_e4m3fn"):
+        tensors["f8"] = torch.randn(9, generator=g).to(torch.float8_e4m3fn)
+    path = tmp_path / "all.safetensors"
+    save_file(tensors, str(path))
+    loaded = load_file(str(path))
+    with SeedModel(path) as m:
+        for name, t in tensors.items():
+            got = m.get(name)
+            assert same_bits(got, loaded[name]) and same_bits(got, t), name
+        assert m.get("scalar", dtype=torch.float64).item() == 2.5
+        a, b = m.get("f64"), m.get("f64")
+        a.add_(1)  # every get is its own memory
+        assert same_bits(b, tensors["f64"])
+
+
+def _rewrite_header(path, edit):
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    edit(header)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+
+
+def _overlap(header):  # move the last tensor one element earlier, onto its neighbour
+    last = max(
+        (e for k, e in header.items() if k != "__metadata__"), key=lambda e: e["data_offsets"]
+    )
+    last["data_offsets"] = [last["data_offsets"][0] - 4, last["data_offsets"][1] - 4]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: _rewrite_header(path, _overlap),
+        lambda path: path.write_bytes(path.read_bytes() + b"extra bytes"),
+    ],
+    ids=["overlap", "trailing"],
+)
+def test_offsets_must_tile_the_data_exactly(tmp_path, damage):
+    path = tmp_path / "m.safetensors"
+    save_file({"a": torch.zeros(4), "b": torch.ones(4)}, str(path))
+    damage(path)
+    with pytest.raises(EvomergeError) as err:
+        SeedModel(path)
+    assert "truncated or corrupt" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_file_cut_short_after_opening_is_one_clear_line(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"a": torch.zeros(16), "b": torch.ones(16)}, str(path))
+    with SeedModel(path) as m:
+        last = m.names()[-1]
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size - 8)
+        with pytest.raises(EvomergeError) as err:
+            m.get(last)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize(
     "make, named, pattern",
     [
@@ -443,3 +519,6 @@ def test_get_of_one_small_tensor_does_not_load_the_file(tmp_path):
         assert float(big[-1]) == 1.0 and big.sum().item() == big_count
         assert rss_bytes() - before > size / 2  # the measurement does see a real read
         del big
+        gc.collect()
+        # No memory map: once the tensor is dropped, none of the file stays in the process.
+        assert rss_bytes() - before < size / 8, (rss_bytes() - before, size)

@@ -1,8 +1,10 @@
 """Lazy safetensors seed models and a streaming sharded safetensors writer.
 
-Reading: a :class:`SeedModel` parses each file's JSON header (a few KB) and keeps one memory-mapped
-``safe_open`` handle per file; :meth:`SeedModel.get` copies out one tensor, so only the tensors
-in flight are ever resident, whatever the model's size.
+Reading: a :class:`SeedModel` parses each file's JSON header (a few KB) and keeps one open file
+descriptor per file; :meth:`SeedModel.get` reads one tensor's bytes with positional reads straight
+into a freshly allocated tensor. Nothing is memory-mapped, so no file-backed pages pile up in the
+process: only the tensors in flight are ever resident, whatever the model's size (the kernel's
+page cache may still keep the files, but that is reclaimable and not the process's memory).
 
 Writing: a :class:`ShardedWriter` knows every tensor's name, shape and dtype up front, so it fixes
 the shard layout and each shard's header before any data arrives, preallocates the shard files
@@ -30,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from ..errors import EvomergeError
 
@@ -38,6 +39,7 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 MAX_HEADER_BYTES = 100 * 2**20  # the limit the safetensors library itself enforces
 _WRITE_CHUNK = 256 * 2**20  # one pwrite call moves at most this much (Linux caps a call near 2 GiB)
+_READ_CHUNK = 256 * 2**20  # likewise for one read call
 
 _DTYPE_NAMES = {
     "F64": "float64",
@@ -92,7 +94,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msg
 
 @dataclass(frozen=True)
 class _TensorInfo:
-    """Where one tensor lives: file index, safetensors dtype, shape, data offsets."""
+    """Where one tensor lives: file index, safetensors dtype, shape, byte range in the file."""
 
     file: int
     dtype: str
@@ -113,7 +115,12 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def _read_header(path: Path) -> dict[str, _TensorInfo]:
-    """Parse and check one file's header without touching its data, in data-offset order."""
+    """Parse and check one file's header without touching its data, in data-offset order.
+
+    The checks are the safetensors library's own: every tensor's byte range matches its dtype and
+    shape, and the ranges tile the data region exactly (no gaps, no overlaps, nothing after).
+    Offsets in the result are absolute positions in the file.
+    """
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -138,7 +145,19 @@ def _read_header(path: Path) -> dict[str, _TensorInfo]:
     need = max((i.end for i in infos.values()), default=0)
     if need > data_bytes:
         raise _corrupt(path, f"tensors need {need} bytes of data but the file holds {data_bytes}")
-    return dict(sorted(infos.items(), key=lambda kv: (kv[1].begin, kv[1].end, kv[0])))
+    ordered = sorted(infos.items(), key=lambda kv: (kv[1].begin, kv[1].end, kv[0]))
+    pos = 0
+    for name, info in ordered:
+        if info.begin != pos:
+            raise _corrupt(path, f"tensor '{name}' starts at data offset {info.begin}, not {pos}")
+        pos = info.end
+    if pos != data_bytes:
+        raise _corrupt(path, f"tensors cover {pos} bytes of data but the file holds {data_bytes}")
+    start = 8 + n
+    return {
+        name: _TensorInfo(-1, i.dtype, i.shape, start + i.begin, start + i.end)
+        for name, i in ordered
+    }
 
 
 def _tensor_info(path: Path, name: str, entry: object) -> _TensorInfo:
@@ -160,12 +179,40 @@ def _tensor_info(path: Path, name: str, entry: object) -> _TensorInfo:
     return _TensorInfo(-1, dtype, shape, begin, end)
 
 
-def _open(path: Path):
-    """A memory-mapped safetensors handle; the library's own checks become one clear line."""
+def _open(path: Path) -> int:
+    """A read-only file descriptor, with the kernel told reads will be mostly sequential."""
     try:
-        return safe_open(str(path), framework="pt", device="cpu")
-    except Exception as exc:  # safetensors raises its own error types, and OSError
-        raise _corrupt(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise EvomergeError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:  # advice only; some file systems refuse it
+            pass
+    return fd
+
+
+def _read_at(fd: int, path: Path, buf: memoryview, offset: int) -> None:
+    """Fill all of ``buf`` from ``offset``, in bounded chunks, retrying short reads.
+
+    ``os.preadv`` reads straight into ``buf`` without moving the descriptor's position, so reads
+    of one file never interfere; where it is missing, a seek plus ``readinto`` does the same.
+    """
+    done = 0
+    try:
+        while done < len(buf):
+            part = buf[done : done + _READ_CHUNK]
+            if hasattr(os, "preadv"):
+                got = os.preadv(fd, [part], offset + done)
+            else:  # pragma: no cover - platforms without preadv
+                os.lseek(fd, offset + done, os.SEEK_SET)
+                got = os.readv(fd, [part])
+            if got == 0:
+                raise _corrupt(path, f"the file ended at byte {offset + done}; was it changed?")
+            done += got
+    except OSError as exc:
+        raise EvomergeError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def _shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None, Path | None]:
@@ -216,7 +263,7 @@ def _shard_path(folder: Path, index: Path, name: str, weight_map: dict[str, str]
 
 
 class SeedModel:
-    """A safetensors model on disk, read one tensor at a time through memory maps.
+    """A safetensors model on disk, read one tensor at a time with plain positional reads.
 
     ``path`` is a single ``.safetensors`` file, a folder with ``model.safetensors.index.json``
     (sharded Hugging Face layout; the index is authoritative: tensors a shard holds but the index
@@ -229,7 +276,7 @@ class SeedModel:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._handles: list = []
+        self._fds: list[int] = []
         self._is_folder = self.path.is_dir()
         self.files, weight_map, index = self._locate()
         self._info: dict[str, _TensorInfo] = {}
@@ -241,7 +288,12 @@ class SeedModel:
         for i, name in wanted:
             info = headers[i][name]
             self._info[name] = _TensorInfo(i, info.dtype, info.shape, info.begin, info.end)
-        self._handles = [_open(f) for f in self.files]
+        for f in self.files:
+            try:
+                self._fds.append(_open(f))
+            except BaseException:
+                self.close()
+                raise
 
     def _locate(self) -> tuple[list[Path], dict[str, str] | None, Path | None]:
         if self._is_folder:
@@ -292,11 +344,14 @@ class SeedModel:
         return self.files[self._entry(name).file]
 
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Read this one tensor (a copy out of the memory map), converted to ``dtype`` if given."""
+        """Read this one tensor from disk into new memory, converted to ``dtype`` if given."""
         e = self._entry(name)
-        if not self._handles:
+        if not self._fds:
             raise EvomergeError(f"{self.path}: the model was closed before reading '{name}'")
-        t = self._handles[e.file].get_tensor(name)
+        raw = torch.empty(e.end - e.begin, dtype=torch.uint8)
+        if e.end > e.begin:
+            _read_at(self._fds[e.file], self.files[e.file], memoryview(raw.numpy()), e.begin)
+        t = raw.view(ST_TO_TORCH[e.dtype]).reshape(e.shape)
         return t if dtype is None or t.dtype == dtype else t.to(dtype)
 
     def extra_files(self) -> list[Path]:
@@ -315,9 +370,9 @@ class SeedModel:
         )
 
     def close(self) -> None:
-        for h in self._handles:
-            h.__exit__(None, None, None)
-        self._handles = []
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
 
     def __enter__(self) -> SeedModel:
         return self
