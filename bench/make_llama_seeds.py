@@ -22,6 +22,24 @@ SIZES = {
 }
 
 
+def _save_in_shards(model, folder: Path, total: int, shards: int) -> str:
+    """Save with the smallest shard size that gives exactly ``shards`` files; returns it.
+
+    Shards are filled greedily in tensor order, so ``total / shards`` usually spills a small
+    extra shard: grow the limit by 2% steps until the count is right.
+    """
+    import shutil
+
+    for step in range(50):
+        shard = f"{int(total / shards * (1 + 0.02 * step)) // 2**20 + 1}MB"
+        if folder.exists():
+            shutil.rmtree(folder)
+        model.save_pretrained(folder, max_shard_size=shard)
+        if len(list(folder.glob("*.safetensors"))) <= shards:
+            return shard
+    return shard
+
+
 def make(out: Path, size: str, models: int, shards: int, dtype: str) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -35,8 +53,7 @@ def make(out: Path, size: str, models: int, shards: int, dtype: str) -> None:
     torch.manual_seed(0)
     base = LlamaForCausalLM(cfg).to(getattr(torch, dtype))
     total = sum(p.numel() * p.element_size() for p in base.parameters())
-    shard = f"{total // shards // 2**20 + 1}MB"
-    base.save_pretrained(out / "base", max_shard_size=shard)
+    shard = _save_in_shards(base, out / "base", total, shards)
     state = {k: v.clone() for k, v in base.state_dict().items()}  # the base, kept apart
     for i in range(models):
         gen = torch.Generator().manual_seed(1000 + i)

@@ -49,8 +49,8 @@ it only changes the dtype of mergekit's mask, not the result).
 * Magnitude trim (ties): keeps exactly ``k = int(density * n)`` entries, the largest ``|tau|``;
   equal magnitudes rank the lower flat index first, so ties are broken deterministically
   (mergekit's unstable argsort leaves them unspecified). ``density >= 1`` keeps everything,
-  ``k = 0`` keeps nothing (mergekit asserts). The threshold comes from a selection
-  (``numpy.partition``, O(n)), not a sort.
+  ``k = 0`` keeps nothing (mergekit asserts). The threshold comes from a sampled,
+  exact selection (:mod:`evomerge.merge.ranking`, O(n)), not a sort.
 * Breadcrumbs: with ``keep = int(density * n)`` and ``top = int(gamma * n)`` (``top`` lowered
   to ``n - keep`` when both do not fit), keeps the entries ranked ``top .. top + keep - 1`` from
   the largest magnitude, ties ranked as above. ``density >= 1`` keeps everything (gamma is not
@@ -58,9 +58,13 @@ it only changes the dtype of mergekit's mask, not the result).
   drops the whole task vector; here the ``keep`` largest are kept, as intended.
 * ``rescale`` after a magnitude or breadcrumbs trim multiplies the kept entries so the L1 norm
   of the task vector is unchanged (skipped when either norm is below 1e-7), as mergekit does.
-* DARE: entry ``i`` is kept when ``u_i < density`` for ``u = torch.rand(shape, generator)``
-  (one float32 draw per entry, models drawn in order from the one CPU generator: the same
-  seed gives the same tensor; ``generator=None`` uses torch's global generator). ``rescale``
+* DARE: each model gets its own numpy SFC64 stream, seeded by one ``torch.randint(0, 2**62)``
+  draw from ``generator`` (models in order; ``generator=None`` uses torch's global
+  generator). The stream's 64-bit outputs are cut into four 16-bit draws (low quarter
+  first) and entry ``i`` is kept when draw ``i`` is below ``round(density * 2**16)``, so
+  the keep probability is density to within 2**-17 (a density that rounds to 2**16 keeps
+  all, one that rounds to 0 drops all). The same seed gives the same tensor, whatever the
+  block size. (mergekit draws ``torch.bernoulli``: masks cannot match bit for bit.) ``rescale``
   divides the kept entries by ``density`` (the DARE paper, and mergekit before it switched to
   L1-norm matching). ``density >= 1`` draws nothing and keeps all; ``density <= 0`` drops all
   (mergekit divides 0 by 0 there).
@@ -75,14 +79,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
 
+import numpy as np
 import torch
 
 from ..genome.dense import slerp_coefficients
+from .ranking import RankCut, rank_cuts
 
 #: mergekit's SLERP: above this |cos(angle)| the tensors are colinear and interpolated linearly.
 DOT_THRESHOLD = 0.9995
@@ -92,8 +98,9 @@ NORM_EPS = 1e-8
 WEIGHT_EPS = 1e-8
 #: mergekit: L1 rescaling is skipped when either norm is below this.
 RESCALE_EPS = 1e-7
-#: Elements per float64 chunk when summing dot products (bounds the temporaries).
-_CHUNK = 1 << 22
+#: Entries per block of the fused per-tensor passes: a block's float32 temporaries
+#: (a few of 512 KiB) stay in a core's cache, so each extra operation costs little.
+BLOCK = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -216,161 +223,249 @@ def _work_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
 
 
-# --- magnitude ranking ----------------------------------------------------------------------
+# --- blocks ---------------------------------------------------------------------------------
 
 
-def _kth_largest(x: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
-    """The k-th largest |x| for each k in ``ks`` (1 <= k < numel), by selection, not sorting."""
-    if not ks:
-        return {}
-    n = x.numel()
-    mag = x.abs().reshape(-1)
-    if mag.device.type == "cpu":
-        arr = mag.numpy()
-        arr.partition([n - k for k in ks])  # O(n) introselect, in place on our own copy
-        return {k: float(arr[n - k]) for k in ks}
-    return {k: torch.kthvalue(mag, n - k + 1).values.item() for k in ks}
+def _slices(n: int, device: torch.device) -> Iterator[slice]:
+    """Flat slices of ``BLOCK`` entries on CPU (one slice on an accelerator)."""
+    step = BLOCK if device.type == "cpu" else max(n, 1)
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n))
 
 
-def _top_mask(mag: torch.Tensor, k: int, kth: Mapping[int, float]) -> torch.Tensor:
-    """Exactly the ``k`` largest of ``mag``; equal magnitudes rank lower flat index first."""
-    n = mag.numel()
-    if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=mag.device)
-    if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=mag.device)
-    v = kth[k]
-    mask = mag > v
-    short = k - int(torch.count_nonzero(mask))
-    if short > 0 and v > 0:  # tied zeros are zero whether kept or not: skip listing them
-        ties = torch.nonzero(mag == v).squeeze(1)  # ascending flat indices
-        mask[ties[:short]] = True
-    return mask
+# --- sparsifiers: (base, theta, model params, rescale, generator, dtype) -> _Keep or None ----
 
 
-def _rank_band(delta: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Mask of the entries ranked ``lo .. hi-1`` by magnitude (rank 0 the largest)."""
-    n = delta.numel()
-    kth = _kth_largest(delta, sorted({k for k in (lo, hi) if 0 < k < n}))
-    mag = delta.abs().reshape(-1)
-    mask = _top_mask(mag, hi, kth)
-    if lo > 0:
-        mask &= ~_top_mask(mag, lo, kth)
-    return mask
+class _Keep:
+    """Which entries of one task vector survive; ``start()`` gives a fresh block-order masker.
+
+    ``divide`` (DARE's rescale) divides the kept entries; ``l1`` asks for the L1-norm rescale.
+    """
+
+    divide: float | None = None
+    l1: bool = False
+
+    def start(self) -> Callable[[slice, torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
 
 
-def _apply_mask(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
-    """Zero the dropped entries in place; with ``rescale`` restore the L1 norm (mergekit)."""
-    flat = delta.view(-1)
-    before = flat.abs().sum() if rescale else None
-    flat.masked_fill_(~mask, 0.0)
-    if rescale:
-        after = flat.abs().sum()
-        if before >= RESCALE_EPS and after >= RESCALE_EPS:
-            flat.mul_(before / after)
-    return delta
+class _RankKeep(_Keep):
+    """Entries ranked ``lo .. hi-1`` by magnitude (``lo`` None: from the largest).
+
+    The band is ``top(hi) - top(lo)``: the top ``lo`` are inside the top ``hi``, and
+    ``x - x`` and ``x - 0`` are exact, so the subtraction only drops entries.
+    """
+
+    def __init__(self, hi: RankCut, lo: RankCut | None, l1: bool):
+        self.hi, self.lo, self.l1 = hi, lo, l1
+
+    def start(self):
+        def apply(sl, d):
+            kept = self.hi.keep(sl.start, d)
+            return kept if self.lo is None else kept.sub_(self.lo.keep(sl.start, d))
+
+        return apply
 
 
-# --- sparsifiers: (delta we own, model params, rescale, generator) -> delta ----------------
+class _Draws16:
+    """A stream of 16-bit uniform draws: each 64-bit SFC64 output gives four, low first.
+
+    ``take(m)`` returns the next ``m`` draws whatever the sizes asked before, so a merge
+    draws the same bits for any block size.
+    """
+
+    def __init__(self, seed: int):
+        self.source = np.random.SFC64(seed)
+        self.rest = np.empty(0, dtype=np.uint16)
+
+    def take(self, m: int) -> np.ndarray:
+        need = m - self.rest.size
+        if need > 0:
+            fresh = self.source.random_raw((need + 3) // 4).astype("<u8", copy=False)
+            pool = np.concatenate([self.rest, fresh.view("<u2")])
+        else:
+            pool = self.rest
+        out, self.rest = pool[:m], pool[m:]
+        return out
 
 
-def _magnitude(delta, mp, rescale, generator):
+class _DrawKeep(_Keep):
+    """DARE: an entry survives when its 16-bit draw is below ``round(density * 2**16)``.
+
+    Each model has its own :class:`_Draws16` stream, read block by block as the fused pass
+    advances (the draws stay in cache; 16 bits an entry cost a quarter of a 64-bit output).
+    ``draws`` None drops every entry (density <= 0 or below 2**-17).
+    """
+
+    def __init__(self, draws: _Draws16 | None, threshold: int, divide: float | None):
+        self.draws, self.threshold, self.divide = draws, threshold, divide
+
+    def start(self):
+        def apply(sl, d):
+            if self.draws is None:
+                return d.zero_()
+            kept = self.draws.take(sl.stop - sl.start) < np.uint16(self.threshold)
+            return d.mul_(torch.from_numpy(kept.view(np.uint8)).to(d.device, d.dtype))
+
+        return apply
+
+
+def _magnitudes(b, theta, work):
+    """Block generator and sampler of ``|theta - b|`` (both flat) in ``work`` precision."""
+
+    def blocks():
+        for sl in _slices(b.numel(), b.device):
+            yield sl.start, (theta[sl].to(work) - b[sl].to(work)).abs_()
+
+    def sample(idx):
+        idx = idx.to(b.device)
+        return (theta[idx].to(work) - b[idx].to(work)).abs_()
+
+    return blocks, sample
+
+
+def _magnitude(b, theta, mp, rescale, generator, work):
     """TIES trim: keep the top ``k = int(density * n)`` entries by magnitude."""
     density = _fraction(mp, "density")
     if density >= 1:
-        return delta
-    k = int(density * delta.numel())
-    return _apply_mask(delta, _rank_band(delta, 0, k), rescale)
+        return None
+    n = b.numel()
+    k = int(density * n)
+    blocks, sample = _magnitudes(b, theta, work)
+    cuts = rank_cuts(blocks, n, [k], sample)
+    return _RankKeep(cuts[k], None, rescale)
 
 
-def _breadcrumbs(delta, mp, rescale, generator):
+def _breadcrumbs(b, theta, mp, rescale, generator, work):
     """Drop the top ``int(gamma * n)`` outliers and the smallest, keeping ``int(density * n)``."""
     density, gamma = _fraction(mp, "density"), _fraction(mp, "gamma")
     if density >= 1:
-        return delta
-    n = delta.numel()
+        return None
+    n = b.numel()
     keep = int(density * n)
     top = int(gamma * n)
     if n - keep - top < 0:  # fewer small entries than needed: drop fewer outliers
         top = n - keep
-    return _apply_mask(delta, _rank_band(delta, top, top + keep), rescale)
+    blocks, sample = _magnitudes(b, theta, work)
+    cuts = rank_cuts(blocks, n, [top + keep, top], sample)
+    return _RankKeep(cuts[top + keep], cuts[top] if top > 0 else None, rescale)
 
 
-def _dare(delta, mp, rescale, generator):
+def _dare(b, theta, mp, rescale, generator, work):
     """DARE: keep each entry with probability ``density`` (one uniform draw per entry)."""
     density = _fraction(mp, "density")
     if density >= 1:
-        return delta
-    if density <= 0:
-        return delta.zero_()
-    draw = torch.rand(delta.shape, generator=generator, dtype=torch.float32)
-    delta.masked_fill_((draw >= density).to(delta.device), 0.0)
-    del draw
-    if rescale:
-        delta.div_(density)
-    return delta
+        return None
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    threshold = round(density * 2**16)
+    if threshold >= 2**16:
+        return None
+    if threshold <= 0:
+        return _DrawKeep(None, 0, None)
+    return _DrawKeep(_Draws16(seed), threshold, density if rescale else None)
 
 
 # --- generalized task arithmetic ------------------------------------------------------------
 
 
-def _task_vectors(b, models, model_params, rescale, generator, sparsify):
-    """Weighted, sparsified task vectors ``w_k * sparsify(theta_k - b)`` and the weights."""
-    deltas, weights = [], []
-    for theta, mp in zip(models, model_params, strict=True):
-        weight = _number(mp["weight"], "weight")
-        delta = theta.to(b.dtype) - b
-        if sparsify is not None:
-            delta = sparsify(delta, mp, rescale, generator)
-        deltas.append(delta.mul_(weight))
-        weights.append(weight)
-    return deltas, weights
+def _l1_factor(b, theta, keep: _Keep, work) -> float | None:
+    """mergekit's rescale: ``|tau|_1 / |trimmed tau|_1``, None when either is below 1e-7."""
+    before = after = 0.0
+    apply = keep.start()
+    for sl in _slices(b.numel(), b.device):
+        d = theta[sl].to(work) - b[sl].to(work)
+        before += float(d.abs().sum(dtype=torch.float64))
+        after += float(apply(sl, d).abs_().sum(dtype=torch.float64))
+    return before / after if before >= RESCALE_EPS and after >= RESCALE_EPS else None
 
 
-def _plain_sum(deltas, weights):
-    """Sum of the task vectors and the (scalar) sum of weights; ~0 sums become 1 (mergekit)."""
-    mixed = deltas[0]
-    for d in deltas[1:]:
-        mixed.add_(d)
-    divisor = torch.tensor(weights, dtype=mixed.dtype).sum().item()
-    return mixed, 1.0 if abs(divisor) < WEIGHT_EPS else divisor
+def _replace_zeros(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with its zeros set to 1, in place: ``t + (1 - |sign t|)`` (exact, no masks)."""
+    return t.add_(t.abs().sign_().neg_().add_(1.0))
 
 
-def _consensus_sum(deltas, weights):
-    """TIES disjoint sum: per entry, the values whose sign is that of the sum (>= 0 -> +).
+def _consensus_block(deltas, weights, normalize):
+    """TIES disjoint sum of one block: per entry, the values whose sign is that of the sum.
 
-    Zero entries (trimmed or unchanged) have no sign and never count, neither in the sum nor
-    in the per-entry divisor (the weights of the agreeing models); zero divisors become 1.
+    The elected sign is ``copysign(1, sum)``: + for a sum of +0 (mergekit: ``sum >= 0``);
+    a sum of -0 only arises when every value is -0 and nothing counts either way. A value
+    agrees when ``value * sign > 0``: ``clamp(value * sign, min=0) * sign`` is the value or 0
+    and its ``sign()`` the 0/1 agreement, all in fast float kernels. Zero entries (trimmed or
+    unchanged) never count, neither in the sum nor in the per-entry divisor (the weights of
+    the agreeing models); zero divisors become 1.
     """
     total = deltas[0].clone()
     for d in deltas[1:]:
         total.add_(d)
-    positive = total >= 0
-    mixed, divisor = total.zero_(), torch.zeros_like(total)
+    sign = torch.copysign(torch.ones((), dtype=total.dtype, device=total.device), total)
+    mixed = total.zero_()
+    divisor = torch.zeros_like(mixed) if normalize else None
     for d, w in zip(deltas, weights, strict=True):
-        agree = torch.where(positive, d > 0, d < 0)
-        mixed.add_(d.masked_fill_(~agree, 0.0))
-        divisor.add_(agree, alpha=w)
-    return mixed, divisor.masked_fill_(divisor == 0, 1.0)
+        agreeing = d.mul_(sign).clamp_(min=0)
+        mixed.addcmul_(agreeing, sign)
+        if divisor is not None:
+            divisor.add_(agreeing.sign_(), alpha=w)
+    if divisor is not None:
+        _replace_zeros(divisor)
+    return mixed, divisor
 
 
 def _generalized_task_arithmetic(
     base, models, model_params, params, generator, *, sparsify, consensus
 ):
-    """``base + lambda * mix_k(w_k * sparsify(theta_k - base))`` (mergekit's GTA)."""
+    """``base + lambda * mix_k(w_k * sparsify(theta_k - base))`` (mergekit's GTA).
+
+    Thresholds (and DARE's draws) are settled first, model by model; then one fused pass over
+    blocks of ``BLOCK`` entries computes every task vector, trims, weights, mixes and rounds,
+    so the temporaries of a block stay in cache and nothing of full size but the output and
+    DARE's draws is ever allocated.
+    """
     if not models:
         return base.clone()
     rescale = _flag(params["rescale"], "rescale")
-    b = base.to(_work_dtype(base))
-    deltas, weights = _task_vectors(b, models, model_params, rescale, generator, sparsify)
-    mixed, divisor = (_consensus_sum if consensus else _plain_sum)(deltas, weights)
-    del deltas
-    if _flag(params["normalize"], "normalize"):
-        mixed.div_(divisor)
+    normalize = _flag(params["normalize"], "normalize")
     lam = _number(params["lambda"], "lambda")
-    if lam != 1:
-        mixed.mul_(lam)
-    return mixed.add_(b).to(base.dtype)
+    work = _work_dtype(base)
+    b = base.reshape(-1)
+    thetas = [m.reshape(-1) for m in models]
+    weights, keeps = [], []
+    for theta, mp in zip(thetas, model_params, strict=True):
+        weights.append(_number(mp["weight"], "weight"))
+        keeps.append(None if sparsify is None else sparsify(b, theta, mp, rescale, generator, work))
+    factors = [
+        _l1_factor(b, t, k, work) if k is not None and k.l1 else None
+        for t, k in zip(thetas, keeps, strict=True)
+    ]
+    divisor = torch.tensor(weights, dtype=work).sum().item()
+    divisor = 1.0 if abs(divisor) < WEIGHT_EPS else divisor
+    appliers = [k.start() if k is not None else None for k in keeps]
+    out = torch.empty(b.shape, dtype=base.dtype, device=base.device)
+    for sl in _slices(b.numel(), b.device):
+        bb = b[sl].to(work)
+        deltas = []
+        for theta, w, keep, apply, factor in zip(
+            thetas, weights, keeps, appliers, factors, strict=True
+        ):
+            d = theta[sl].to(work) - bb
+            if apply is not None:
+                d = apply(sl, d)
+                if keep.divide is not None:
+                    d.div_(keep.divide)
+            if factor is not None:
+                d.mul_(factor)
+            deltas.append(d.mul_(w))
+        if consensus:
+            mixed, block_divisor = _consensus_block(deltas, weights, normalize)
+        else:
+            mixed, block_divisor = deltas[0], divisor
+            for d in deltas[1:]:
+                mixed.add_(d)
+        if normalize:
+            mixed.div_(block_divisor)
+        if lam != 1:
+            mixed.mul_(lam)
+        out[sl] = mixed.add_(bb)
+    return out.view(base.shape)
 
 
 # --- linear, slerp, region crossover --------------------------------------------------------
@@ -385,24 +480,21 @@ def _linear(base, models, model_params, params, generator):
     if not models:
         raise ValueError("linear needs at least one model")
     weights = [_number(mp["weight"], "weight") for mp in model_params]
+    normalize = _flag(params["normalize"], "normalize")
     work = _work_dtype(models[0])
-    mixed = None
-    for theta, w in zip(models, weights, strict=True):
-        term = theta.to(work) * w
-        mixed = term if mixed is None else mixed.add_(term)
-    if _flag(params["normalize"], "normalize"):
-        divisor = torch.tensor(weights, dtype=work).sum().item()
-        mixed.div_(1.0 if abs(divisor) < WEIGHT_EPS else divisor)
-    return mixed.to(models[0].dtype)
-
-
-def _dot64(a: torch.Tensor, b: torch.Tensor) -> float:
-    """<a, b> accumulated in float64, chunk by chunk to bound the temporaries."""
-    a, b = a.reshape(-1), b.reshape(-1)
-    total = 0.0
-    for i in range(0, a.numel(), _CHUNK):
-        total += torch.dot(a[i : i + _CHUNK].double(), b[i : i + _CHUNK].double()).item()
-    return total
+    divisor = torch.tensor(weights, dtype=work).sum().item()
+    divisor = 1.0 if abs(divisor) < WEIGHT_EPS else divisor
+    flats = [m.reshape(-1) for m in models]
+    out = torch.empty(flats[0].shape, dtype=models[0].dtype, device=models[0].device)
+    for sl in _slices(out.numel(), out.device):
+        mixed = None
+        for theta, w in zip(flats, weights, strict=True):
+            term = theta[sl].to(work) * w
+            mixed = term if mixed is None else mixed.add_(term)
+        if normalize:
+            mixed.div_(divisor)
+        out[sl] = mixed
+    return out.view(models[0].shape)
 
 
 def _slerp(base, models, model_params, params, generator):
@@ -418,18 +510,28 @@ def _slerp(base, models, model_params, params, generator):
         raise ValueError("slerp merges two tensors: a base (t = 0) and one model (t = 1)")
     t = _number(params["t"], "t")
     work = _work_dtype(base)
-    v0, v1 = base.to(work), models[0].to(work)
-    n0, n1 = math.sqrt(_dot64(v0, v0)), math.sqrt(_dot64(v1, v1))
+    v0, v1 = base.reshape(-1), models[0].reshape(-1)
+    s00 = s11 = s01 = 0.0
+    for sl in _slices(v0.numel(), v0.device):
+        a, c = v0[sl].double(), v1[sl].double()
+        s00 += torch.dot(a, a).item()
+        s11 += torch.dot(c, c).item()
+        s01 += torch.dot(a, c).item()
+    n0, n1 = math.sqrt(s00), math.sqrt(s11)
     d0 = n0 if n0 > NORM_EPS else 1.0
     d1 = n1 if n1 > NORM_EPS else 1.0
-    dot = _dot64(v0, v1) / (d0 * d1)
+    dot = s01 / (d0 * d1)
     if abs(dot) > DOT_THRESHOLD:
-        return (v0 * (1 - t)).add_(v1 * t).to(base.dtype)
-    theta = math.acos(dot)
-    sin_theta = math.sin(theta)
-    s0 = math.sin(theta - theta * t) / sin_theta
-    s1 = math.sin(theta * t) / sin_theta
-    return (v0 * s0).add_(v1 * s1).to(base.dtype)
+        c0, c1 = 1 - t, t
+    else:
+        theta = math.acos(dot)
+        sin_theta = math.sin(theta)
+        c0 = math.sin(theta - theta * t) / sin_theta
+        c1 = math.sin(theta * t) / sin_theta
+    out = torch.empty(v0.shape, dtype=base.dtype, device=base.device)
+    for sl in _slices(v0.numel(), v0.device):
+        out[sl] = (v0[sl].to(work) * c0).add_(v1[sl].to(work) * c1)
+    return out.view(base.shape)
 
 
 def _region_crossover(base, models, model_params, params, generator):
