@@ -2,7 +2,9 @@
 
 The same mergekit YAML goes to both tools (evomerge reads mergekit's format); they run
 alternately, each in its own process, and each run's wall seconds and peak RSS (the child's
-ru_maxrss) are recorded. The outputs are compared tensor by tensor.
+ru_maxrss) are recorded; this process stays small (the comparison runs in a child) because
+Linux passes a parent's peak RSS on to its children's ru_maxrss. The outputs are compared
+tensor by tensor.
 
 mergekit is not a dependency of evomerge: install it in a separate virtualenv, e.g.
 
@@ -98,7 +100,25 @@ def max_diff(a: Path, b: Path) -> float:
     return worst
 
 
+def diff_in_child(a: Path, b: Path) -> float:
+    """``max_diff`` in a child process, so this process never holds tensors.
+
+    Linux carries a process's peak RSS across fork and exec into the child's ``ru_maxrss``:
+    a parent that had loaded the outputs would inflate every later measurement.
+    """
+    out = subprocess.run(
+        [sys.executable, __file__, "--diff", str(a), str(b)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(out.stdout.strip())
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--diff":
+        print(max_diff(Path(sys.argv[2]), Path(sys.argv[3])))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", type=Path)
     ap.add_argument("--mergekit", default="mergekit-yaml")
@@ -129,7 +149,7 @@ def main() -> None:
                         {"method": method, "tool": tool, "rep": rep, "wall": wall, "rss_gb": rss}
                     )
                     print(json.dumps(rows[-1]), flush=True)
-                diff = max_diff(outs["mergekit"], outs["evomerge"])
+                diff = diff_in_child(outs["mergekit"], outs["evomerge"])
                 rows.append({"method": method, "tool": "diff", "rep": rep, "max_abs_diff": diff})
                 print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

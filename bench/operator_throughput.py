@@ -1,10 +1,12 @@
 """Merge throughput per operator in GB/s of bytes touched, beside a plain ``torch.lerp_`` floor.
 
-Bytes touched = the inputs read (base and models) plus the output written, in float32. The
-floor is ``torch.lerp_`` over the same bytes (read two tensors, write one), measured in the same
-run, interleaved with the operators: the memory-bandwidth floor of the machine.
+Bytes touched = the inputs read (base and models) plus the output written, in the tensors'
+dtype (``--dtype``: float32, or bfloat16 as LLM checkpoints are). The floor is
+``torch.lerp_`` over the same bytes (read two tensors, write one), measured in the same run,
+interleaved with the operators: the memory-bandwidth floor of the machine.
 
-    python bench/operator_throughput.py              # 16M-element tensors, median of 5
+    python bench/operator_throughput.py                     # 16M float32 entries, median of 5
+    python bench/operator_throughput.py --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -32,24 +34,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--numel", type=int, default=16 * 2**20)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    size = torch.empty((), dtype=dtype).element_size()
     gen = torch.Generator().manual_seed(0)
     base = torch.randn(args.numel, generator=gen)
-    models = [base + 0.01 * torch.randn(args.numel, generator=gen) for _ in range(2)]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.numel:,} elements")
+    models = [(base + 0.01 * torch.randn(args.numel, generator=gen)).to(dtype) for _ in range(2)]
+    base = base.to(dtype)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.numel:,} {args.dtype} entries"
+    )
     print("| operator | ms (median) | GB/s touched | lerp_ floor GB/s | ratio to floor |")
     print("|---|---|---|---|---|")
     for name, (model_params, params) in CASES.items():
         method = get_merge_method(name)
         ms = models[: len(model_params)]
         inputs = ([base] if method.needs_base or name == "slerp" else []) + ms
-        touched = (len(inputs) + 1) * args.numel * 4
+        touched = (len(inputs) + 1) * args.numel * size
         times, floors = [], []
         for _ in range(args.repeats):
             a, b = base.clone(), models[0]
             t0 = time.perf_counter()
             a.lerp_(b, 0.5)
-            floors.append(3 * args.numel * 4 / (time.perf_counter() - t0))
+            floors.append(3 * args.numel * size / (time.perf_counter() - t0))
             g = torch.Generator().manual_seed(1) if method.random else None
             b_in = base if (method.needs_base or name == "slerp") else None
             t0 = time.perf_counter()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from evomerge.merge import operators, ranking
+from evomerge.merge import op_support, ranking
 from evomerge.merge.operators import get_merge_method
 
 
@@ -92,7 +92,7 @@ def test_blocks_do_not_change_the_merge(name, model_params, params, dtype, monke
     models = [(base.float() + 0.1 * torch.randn(3001, generator=gen)).to(dtype) for _ in range(2)]
     method = get_merge_method(name)
     whole = method(base, models, model_params, params, torch.Generator().manual_seed(1))
-    monkeypatch.setattr(operators, "BLOCK", 7)
+    monkeypatch.setattr(op_support, "BLOCK", 7)
     monkeypatch.setattr(ranking, "SMALL", 32)
     monkeypatch.setattr(ranking, "SAMPLE", 128)
     blocked = method(base, models, model_params, params, torch.Generator().manual_seed(1))
