@@ -57,6 +57,12 @@ class RayEvaluatorSection(_Section):
     address: str | None = Field(
         None, description="Existing cluster ('auto' or HOST:PORT); none: start Ray here."
     )
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="Restarts of a worker whose process or node dies; its unfinished "
+        "candidates are retried, so the result is unchanged (0: a death stops the run).",
+    )
 
 
 class RunConfig(_Section):
@@ -214,10 +220,15 @@ def load_config(path: str | Path, overrides: list[str] = (), address: str | None
     path = Path(path)
     raw = read_yaml(path)
     if isinstance(raw, dict):
-        raw = apply_overrides(raw, list(overrides))
-        if address:
-            section = raw.get("evaluator") if isinstance(raw.get("evaluator"), dict) else {}
-            if section.get("kind") != "ray":
-                section = {"kind": "ray"}
-            raw["evaluator"] = {**section, "address": address}
+        raw = join_cluster(apply_overrides(raw, list(overrides)), address)
     return validate(raw, str(path), bases=[Path.cwd(), path.resolve().parent])
+
+
+def join_cluster(raw: Any, address: str | None) -> Any:
+    """``raw`` with its evaluator on the Ray cluster at ``address`` (None: unchanged)."""
+    if not address or not isinstance(raw, dict):
+        return raw
+    section = raw.get("evaluator") if isinstance(raw.get("evaluator"), dict) else {}
+    if section.get("kind") != "ray":
+        section = {"kind": "ray"}
+    return {**raw, "evaluator": {**section, "address": address}}

@@ -138,3 +138,14 @@ def test_run_refuses_an_existing_run_directory(tmp_path, write_config, capsys):
     code, err = run_cli(["run", str(cfg), "--out", str(out)], capsys)
     assert code == 2 and "already exists" in one_line(err)
     assert (out / "history.jsonl").read_text() == before
+
+
+def test_a_pool_the_cluster_cannot_hold_is_refused(tmp_path, write_config, capsys, ray_local):
+    """Ray would wait forever for GPUs that are not there: refuse in one line instead."""
+    cfg = base_config(evaluator={"kind": "ray", "workers": 2, "num_gpus": 0.5})
+    out = tmp_path / "run"
+    code, err = run_cli(["run", str(write_config(cfg)), "--out", str(out)], capsys)
+    assert code == 2
+    line = one_line(err)
+    assert re.search(r"evaluator: 2 workers need 2 CPUs and 1 GPUs, the Ray cluster has", line)
+    assert "0 GPUs" in line and not out.exists()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import yaml
-from conftest import base_config
+from conftest import PLUGINS, base_config
 from safetensors.torch import load_file
 
 from evomerge.interface.cli import main
@@ -122,3 +122,39 @@ def test_pretrained_seeds_ga_run(tmp_path, write_config):
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert history[0]["archive_size"] == 2 and history[0]["best_train_score"] > 0.45
     assert history[-1]["best_train_score"] > history[0]["best_train_score"]
+
+
+def test_a_worker_killed_mid_run_loses_nothing(tmp_path, write_config, ray_local):
+    """A Ray worker process dies mid-evaluation: it is restarted, its candidates retried, and
+    the run ends with the archive of a run where nothing died."""
+    marker = tmp_path / "crashed"
+    plugin = {"plugin": str(PLUGINS / "bad.py:CrashOnce"), "options": {"marker": str(marker)}}
+    common = dict(batch=4, budget={"evaluations": 120}, fitness=plugin)
+    ray_cfg = write_config(
+        base_config(**common, evaluator={"kind": "ray", "workers": 2}), "ray.yaml"
+    )
+    assert main(["run", str(ray_cfg), "--out", str(tmp_path / "ray"), "-q"]) == 0
+    assert marker.exists()  # a worker really died
+    local_cfg = write_config(base_config(**common), "local.yaml")  # marker present: no crash
+    assert main(["run", str(local_cfg), "--out", str(tmp_path / "local"), "-q"]) == 0
+    assert_same_archive(tmp_path / "local", tmp_path / "ray")
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert summary["evaluations"] == 120
+    assert len(summary["workers"]) == 2
+    # none lost, none counted twice: the 120 children and the 2 seeds, scored exactly once each
+    assert sum(w["evaluated"] for w in summary["workers"]) == 120 + 2
+
+
+def test_where_a_run_is_scored_is_not_part_of_its_identity():
+    """A checkpoint resumes on any evaluator, worker count or cluster; not across devices."""
+    from evomerge.config import validate
+    from evomerge.search.loop import config_digest
+
+    def digest(**evaluator):
+        return config_digest(validate(base_config(evaluator=evaluator), "test"))
+
+    local = digest(kind="local")
+    assert digest(kind="ray", workers=5, num_cpus=2, address="10.0.0.1:6379") == local
+    assert digest(kind="ray", max_restarts=0) == local
+    assert digest(kind="ray", num_gpus=1) != local
+    assert digest(kind="local", device="cuda:0") == digest(kind="ray", num_gpus=0.5)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..config import load_config, validate
+from ..config import join_cluster, load_config, validate
 from ..errors import EvomergeError
 from ..search import loop
 from ..search.rundir import RunDir
@@ -60,7 +60,7 @@ def cmd_run(args) -> int:
 
 def cmd_resume(args) -> int:
     run = RunDir(args.run_dir)
-    cfg = validate(run.read_config(), str(run.path / "config.yaml"))
+    cfg = validate(join_cluster(run.read_config(), args.address), str(run.path / "config.yaml"))
     progress = Progress(quiet=args.quiet)
     search = loop.reopen(run, cfg, progress)
     progress.message(f"resuming {run.path} at {search.state.evaluations} evaluations")
@@ -136,10 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser(
         "resume",
         help="continue a stopped search from its last checkpoint",
-        epilog="example:\n  evomerge resume populations/quickstart-20260101-120000\n",
+        epilog="examples:\n  evomerge resume populations/quickstart-20260101-120000\n"
+        "  evomerge resume /shared/populations/llm-merge --address auto\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     resume.add_argument("run_dir", help="a run directory made by 'evomerge run'")
+    resume.add_argument(
+        "--address",
+        metavar="HOST:PORT|auto",
+        help="continue on this Ray cluster (e.g. a new one after the old one was lost)",
+    )
     resume.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     resume.set_defaults(func=cmd_resume)
     return parser

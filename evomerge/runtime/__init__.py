@@ -24,6 +24,7 @@ def make_evaluator(section, fitness, recipe: dict | None = None):
         num_gpus=section.num_gpus,
         address=section.address,
         recipe=recipe,
+        max_restarts=section.max_restarts,
     )
 
 

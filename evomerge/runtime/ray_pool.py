@@ -2,8 +2,12 @@
 
 Actors receive genomes (flat parameter vectors), never plug-in objects, and return scores.
 With no ``address`` an embedded Ray is started on this machine; with one (``auto`` or
-``HOST:PORT``) the pool joins that cluster. A batch is split into one chunk per worker and the
-chunks are handed to whichever actor is free (order of results is preserved).
+``HOST:PORT``) the pool joins that cluster. A batch is split into chunks that go to whichever
+actor is free (order of results is preserved).
+
+A worker whose process or node dies is restarted by Ray (``max_restarts``) and its unfinished
+chunk is retried on the new process (``max_task_retries``): scoring is deterministic, so the
+run's result does not change. Errors raised by the plug-in itself are not retried.
 """
 
 from __future__ import annotations
@@ -130,16 +134,29 @@ class RayEvaluator:
     kind = "ray"
 
     def __init__(
-        self, spec, options, workers=2, num_cpus=1.0, num_gpus=0.0, address=None, recipe=None
+        self,
+        spec,
+        options,
+        workers=2,
+        num_cpus=1.0,
+        num_gpus=0.0,
+        address=None,
+        recipe=None,
+        max_restarts=3,
     ):
         import ray
-        from ray.util import ActorPool
 
         self._ray = ray
         need = max(workers * num_cpus, os.cpu_count() or 1)
         self._owns_ray = start_ray(address, num_cpus=math.ceil(need))
+        self._check_fits(workers, num_cpus, num_gpus)
         device = "cuda" if num_gpus > 0 else "cpu"
-        actor = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(_Worker)
+        actor = ray.remote(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            max_restarts=max_restarts,
+            max_task_retries=max_restarts,
+        )(_Worker)
         source = read_source(spec)
         threads = max(1, int(num_cpus))
         self.actors = [
@@ -149,7 +166,22 @@ class RayEvaluator:
         self.info = infos[0]
         self.workers = workers
         self.device = device
-        self._pool = ActorPool(self.actors)
+        self.max_restarts = max_restarts
+        self.evaluated = [0] * workers  # candidates scored by each worker slot
+
+    def _check_fits(self, workers: int, num_cpus: float, num_gpus: float) -> None:
+        """Refuse at once a pool the cluster cannot hold (Ray would wait for it forever)."""
+        have = self._ray.cluster_resources()
+        cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+        if cpus + 1e-9 >= workers * num_cpus and gpus + 1e-9 >= workers * num_gpus:
+            return
+        if self._owns_ray:
+            self._ray.shutdown()
+        raise EvomergeError(
+            f"evaluator: {workers} workers need {workers * num_cpus:g} CPUs and "
+            f"{workers * num_gpus:g} GPUs, the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs; "
+            "lower evaluator.workers / num_cpus / num_gpus or add nodes"
+        )
 
     def _get(self, refs):
         try:
@@ -166,20 +198,40 @@ class RayEvaluator:
         rows = params.numpy()
         chunk = math.ceil(len(rows) / self.workers)
         chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
+        parts = [None] * len(chunks)
+        waiting = list(range(len(chunks)))
+        free = list(range(self.workers))
+        running = {}  # object ref -> (worker slot, chunk index)
         try:
-            parts = list(self._pool.map(lambda a, c: a.score.remote(c), chunks))
+            while waiting or running:
+                while waiting and free:
+                    slot, c = free.pop(0), waiting.pop(0)
+                    running[self.actors[slot].score.remote(chunks[c])] = (slot, c)
+                (ref,), _ = self._ray.wait(list(running), num_returns=1)
+                slot, c = running.pop(ref)
+                parts[c] = self._ray.get(ref)
+                self.evaluated[slot] += len(chunks[c])
+                free.append(slot)
         except self._ray.exceptions.RayError as exc:
-            self._pool = self._fresh_pool()
-            err = _unwrap(exc)
-            if err is not exc:
-                raise err from None
-            raise PluginError(f"ray worker failed: {str(exc).strip().splitlines()[0]}") from None
+            for ref in running:
+                self._ray.cancel(ref)
+            raise self._failure(exc) from None
         return torch.from_numpy(np.concatenate(parts))
 
-    def _fresh_pool(self):
-        from ray.util import ActorPool
-
-        return ActorPool(self.actors)
+    def _failure(self, exc: BaseException) -> BaseException:
+        """The one-line error for a failed chunk: the plug-in's own, or the worker's death."""
+        err = _unwrap(exc)
+        if err is not exc:
+            return err
+        first = str(exc).strip().splitlines()
+        msg = first[0] if first else type(exc).__name__
+        if isinstance(exc, self._ray.exceptions.RayActorError):
+            return PluginError(
+                f"ray worker died and was restarted {self.max_restarts} times without "
+                f"finishing its candidates ({msg}); raise evaluator.max_restarts or check the "
+                "workers' memory and logs"
+            )
+        return PluginError(f"ray worker failed: {msg}")
 
     def metrics(self, params: torch.Tensor) -> dict[str, float]:
         return self._get(self.actors[0].metrics.remote(params.numpy()))
@@ -189,6 +241,13 @@ class RayEvaluator:
 
     def nodes(self) -> list[str]:
         return self._get([a.node.remote() for a in self.actors])
+
+    def workers_report(self) -> list[dict]:
+        """Each worker slot's node (now) and the candidates it scored, for the summary."""
+        return [
+            {"node": node, "evaluated": count}
+            for node, count in zip(self.nodes(), self.evaluated, strict=True)
+        ]
 
     def describe(self) -> str:
         return f"ray evaluator: {self.workers} workers on {self.device}"

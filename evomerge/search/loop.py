@@ -33,9 +33,20 @@ class NullProgress:
 
 
 def config_digest(cfg: RunConfig) -> str:
-    """What a checkpoint must agree with: the whole config except the budget."""
+    """What a checkpoint must agree with: everything that decides the result.
+
+    Not the budget, and not where candidates are scored: local and Ray evaluators, any number
+    of workers on any cluster, give the same scores. Only the device kind (CPU or CUDA) is
+    kept, as GPU arithmetic may round differently.
+    """
     data = cfg.to_dict()
     data.pop("budget", None)
+    ev = data.pop("evaluator", None) or {}
+    if ev.get("kind") == "ray":
+        cuda = float(ev.get("num_gpus") or 0) > 0
+    else:
+        cuda = str(ev.get("device", "cpu")).startswith("cuda")
+    data["device"] = "cuda" if cuda else "cpu"
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -150,6 +161,8 @@ class Search:
             "evaluator": self.evaluator.kind,
             "run_dir": str(self.run.path),
         }
+        if hasattr(self.evaluator, "workers_report"):
+            summary["workers"] = self.evaluator.workers_report()
         if self.cfg.recipe is not None:
             summary["recipe"] = self.recipe_of(self.strategy.best(self.state)[1])
         self.run.write_summary(summary)

@@ -1,5 +1,7 @@
 """Fitness plug-ins that misbehave in one way each, for the bad-input tests."""
 
+import os
+
 import torch
 
 from evomerge import Fitness
@@ -50,3 +52,23 @@ class Negative(Small):
 
 class NotAFitness:
     pass
+
+
+class CrashOnce(Small):
+    """Kills its own worker process at its ``after``-th score() call, once per ``marker``.
+
+    The marker file records that the crash happened, so the restarted worker (and the other
+    workers) carry on: a stand-in for a worker lost to the OOM killer or a pre-empted node.
+    """
+
+    def __init__(self, marker: str, after: int = 3):
+        super().__init__()
+        self.marker, self.after, self.calls = marker, after, 0
+
+    def score(self, params, example_ids=None):
+        self.calls += 1
+        if self.calls >= self.after and not os.path.exists(self.marker):
+            with open(self.marker, "w") as f:
+                f.write(str(os.getpid()))
+            os._exit(1)
+        return super().score(params, example_ids)
