@@ -1,0 +1,240 @@
+"""The causal-LM fitness on a tiny Llama and a character tokenizer made here, trained here."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT
+
+from evomerge.interface.cli import main
+from evomerge.plugins import load_object
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+CHARS = "0123456789+=abcdefgh"
+SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def make_tokenizer(folder):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate(SPECIAL + list(CHARS))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    fast.save_pretrained(folder)
+    return fast
+
+
+def reverse_task(n=8):
+    pairs = [(a + b, b + a) for a in "abcd" for b in "efgh"][:n]
+    return [{"prompt": p + "=", "answer": q} for p, q in pairs]
+
+
+def add_task(n=8):
+    pairs = [(a, b) for a in range(4) for b in range(4)][:n]
+    return [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in pairs]
+
+
+def train(model, tok, examples, steps=150):
+    """Memorise ``examples`` (answer and end token) with Adam: a stand-in for a fine-tune."""
+    rows = []
+    for e in examples:
+        p = tok(e["prompt"])["input_ids"]
+        a = tok(e["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        rows.append((p, a))
+    width = max(len(p) + len(a) for p, a in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100)
+    for r, (p, a) in enumerate(rows):
+        ids[r, : len(p) + len(a)] = torch.tensor(p + a)
+        labels[r, len(p) : len(p) + len(a)] = torch.tensor(a)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+    return model
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    """A base and two experts (reversal, addition) from one init, with tasks on disk."""
+    root = tmp_path_factory.mktemp("lm")
+    tok = make_tokenizer(root / "tok")
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(SPECIAL) + len(CHARS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(cfg)
+    init = {k: v.clone() for k, v in base.state_dict().items()}
+    base.save_pretrained(root / "base")
+    for name, task in (("reverse", reverse_task()), ("add", add_task())):
+        base.load_state_dict(init)
+        train(base, tok, task).save_pretrained(root / name)
+        (root / f"{name}.jsonl").write_text("\n".join(json.dumps(e) for e in task))
+    for folder in ("base", "reverse", "add"):
+        for f in (root / "tok").iterdir():
+            shutil.copy(f, root / folder / f.name)
+    return root
+
+
+def make_fitness(root, seeds=("reverse", "add"), batch_size=16, **task_changes):
+    cls = load_object(f"{ROOT}/fitness/causal_lm.py:CausalLM")
+    tasks = [
+        {
+            "name": "reverse",
+            "train": str(root / "reverse.jsonl"),
+            "test": str(root / "reverse.jsonl"),
+        },
+        {"name": "add", "train": str(root / "add.jsonl"), "metric": "exact_match", **task_changes},
+    ]
+    fit = cls(seeds=[str(root / s) for s in seeds], tasks=tasks, batch_size=batch_size)
+    fit.setup(torch.device("cpu"))
+    return fit
+
+
+def test_experts_score_on_their_own_task(lm_dir):
+    fit = make_fitness(lm_dir)
+    assert fit.task_ranges() == [("reverse", 0, 8), ("add", 8, 16)]
+    seeds = fit.make_seeds(2, 0)
+    scores = fit.score(seeds)
+    assert scores.shape == (2, 16)
+    assert scores[0, :8].mean() == 1.0 and scores[1, 8:].mean() == 1.0  # each its own task
+    assert scores[0, 8:].mean() < 0.5 and scores[1, :8].mean() < 0.5  # not the other's
+    assert fit.metrics(seeds[0]) == {"test_reverse_exact_match": 1.0}
+
+
+def test_make_seeds_returns_the_saved_weights(lm_dir):
+    fit = make_fitness(lm_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(lm_dir / "add")
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert torch.equal(fit.make_seeds(2, 0)[1], flat)
+    assert [n for n, _ in fit.param_layout()] == [n for n, _ in model.named_parameters()]
+
+
+@pytest.mark.parametrize("metric", ["exact_match", "token_accuracy", "likelihood"])
+def test_padding_never_changes_a_score(lm_dir, metric):
+    seeds = make_fitness(lm_dir).make_seeds(2, 0)
+    one = make_fitness(lm_dir, batch_size=1, metric=metric).score(seeds)
+    batched = make_fitness(lm_dir, batch_size=5, metric=metric).score(seeds)
+    torch.testing.assert_close(batched, one, rtol=1e-5, atol=1e-6)
+    assert ((0 <= one) & (one <= 1)).all()
+
+
+def test_teacher_forced_metrics(lm_dir):
+    fit = make_fitness(lm_dir, metric="token_accuracy")
+    seeds = fit.make_seeds(2, 0)
+    assert fit.score(seeds[1:])[0, 8:].mean() == 1.0
+    fit = make_fitness(lm_dir, metric="likelihood")
+    good, bad = fit.score(seeds[1:])[0, 8:], fit.score(seeds[:1])[0, 8:]
+    assert good.min() > 0.5 and bad.max() < good.min()
+
+
+def test_example_ids_select_across_tasks(lm_dir):
+    fit = make_fitness(lm_dir)
+    seeds = fit.make_seeds(2, 0)
+    ids = torch.tensor([9, 2, 15, 0])
+    assert torch.equal(fit.score(seeds, ids), fit.score(seeds)[:, ids])
+
+
+def test_bad_task_files_are_named(lm_dir, tmp_path):
+    cls = load_object(f"{ROOT}/fitness/causal_lm.py:CausalLM")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: needs string fields"):
+        cls(seeds=[str(lm_dir / "add")], tasks=[{"train": str(bad)}])
+    with pytest.raises(ValueError, match=r"tasks\[0\]\.metric: 'bleu'"):
+        cls(seeds=[str(lm_dir / "add")], tasks=[{"train": str(bad), "metric": "bleu"}])
+
+
+def test_m2n2_merges_the_two_experts(lm_dir, tmp_path):
+    """A real search over the two experts improves on both of them (each knows one task)."""
+    cfg = {
+        "seed": 0,
+        "budget": {"evaluations": 60},
+        "batch": 4,
+        "checkpoint_every": 60,
+        "history_every": 20,
+        "fitness": {
+            "plugin": f"{ROOT}/fitness/causal_lm.py:CausalLM",
+            "options": {
+                "seeds": [str(lm_dir / "reverse"), str(lm_dir / "add")],
+                "tasks": [
+                    {
+                        "name": "reverse",
+                        "train": str(lm_dir / "reverse.jsonl"),
+                        "metric": "token_accuracy",
+                    },
+                    {"name": "add", "train": str(lm_dir / "add.jsonl"), "metric": "token_accuracy"},
+                ],
+            },
+        },
+        "seeds": {"kind": "plugin", "count": 2},
+        "strategy": {"name": "m2n2", "archive_size": 6},
+        "evaluator": {"kind": "local"},
+    }
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "-q"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    # each expert alone gets about half the examples right
+    assert summary["metrics"]["train_score"] > 0.6
+
+
+def test_cmaes_ties_recipe_over_the_experts(lm_dir, tmp_path):
+    """CMA-ES over a per-layer TIES recipe (base + two experts) beats both experts."""
+    tasks = [
+        {"name": n, "train": str(lm_dir / f"{n}.jsonl"), "metric": "token_accuracy"}
+        for n in ("reverse", "add")
+    ]
+    cfg = {
+        "seed": 0,
+        "budget": {"evaluations": 48},
+        "batch": 8,
+        "checkpoint_every": 48,
+        "history_every": 16,
+        "fitness": {
+            "plugin": f"{ROOT}/fitness/causal_lm.py:CausalLM",
+            "options": {
+                "seeds": [str(lm_dir / s) for s in ("base", "reverse", "add")],
+                "tasks": tasks,
+            },
+        },
+        "seeds": {"kind": "plugin", "count": 3},
+        "recipe": {
+            "method": "ties",
+            "base": 0,
+            "genes": {"weight": {"low": 0.0, "high": 1.5}, "density": {"low": 0.1, "high": 1.0}},
+        },
+        "strategy": {"name": "cmaes", "sigma0": 0.3, "popsize": 8},
+        "evaluator": {"kind": "local"},
+    }
+    path = tmp_path / "lm-recipe.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "-q"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["metrics"]["train_score"] > 0.6
+    groups = summary["recipe"]["groups"]
+    assert any("layers.1" in g for g in groups) and any("embed" in g for g in groups)
