@@ -156,6 +156,18 @@ class CausalLM(Fitness):
     def param_layout(self) -> list[tuple[str, tuple[int, ...]]]:
         return list(self.layout)
 
+    def export_info(self) -> dict:
+        """Config and tokenizer files of the first seed, its dtype, and the seed folders."""
+        from evomerge.merge.safetensors_io import SeedModel
+
+        first = SeedModel(self.seed_paths[0])
+        try:
+            dtype = str(first.dtype(self.layout[0][0])).removeprefix("torch.")
+            files = [str(p) for p in first.extra_files()]
+        finally:
+            first.close()
+        return {"files": files, "dtype": dtype, "seeds": [str(p) for p in self.seed_paths]}
+
     # --- candidates -----------------------------------------------------------------------
 
     def _load(self, vector: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
+from safetensors.torch import load_file
 
 from evomerge.interface.cli import main
 from evomerge.plugins import load_object
@@ -238,3 +239,54 @@ def test_cmaes_ties_recipe_over_the_experts(lm_dir, tmp_path):
     assert summary["metrics"]["train_score"] > 0.6
     groups = summary["recipe"]["groups"]
     assert any("layers.1" in g for g in groups) and any("embed" in g for g in groups)
+    # export the best recipe: a folder transformers loads, the member's own weights, and a
+    # mergekit.yaml that gives the same tensors through 'evomerge merge'
+    out = tmp_path / "best"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "-q"]) == 0
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    transformers.AutoTokenizer.from_pretrained(out)
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["space"] == "recipe" and recipe["member"] == summary["member"]
+    fit = load_object(cfg["fitness"]["plugin"])(**cfg["fitness"]["options"])
+    fit.setup(torch.device("cpu"))
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert fit.score(flat[None]).mean().item() == pytest.approx(summary["metrics"]["train_score"])
+    again = tmp_path / "again"
+    assert main(["merge", str(out / "mergekit.yaml"), "--out", str(again), "-q"]) == 0
+    mine = load_file(str(out / "model.safetensors"))
+    theirs = load_file(str(again / "model.safetensors"))
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_export_a_dense_member_and_refuse_unknown_ones(lm_dir, tmp_path, capsys):
+    cfg = {
+        "seed": 0,
+        "budget": {"evaluations": 8},
+        "batch": 4,
+        "checkpoint_every": 8,
+        "fitness": {
+            "plugin": f"{ROOT}/fitness/causal_lm.py:CausalLM",
+            "options": {
+                "seeds": [str(lm_dir / "reverse"), str(lm_dir / "add")],
+                "tasks": [{"train": str(lm_dir / "add.jsonl"), "metric": "likelihood"}],
+            },
+        },
+        "seeds": {"kind": "plugin", "count": 2},
+        "strategy": {"name": "m2n2", "archive_size": 4},
+        "evaluator": {"kind": "local"},
+    }
+    path = tmp_path / "lm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(run), "-q"]) == 0
+    assert main(["export", str(run), "--member", "1", "--out", str(tmp_path / "m1"), "-q"]) == 0
+    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m1")
+    add = transformers.AutoModelForCausalLM.from_pretrained(lm_dir / "add")  # member 1: a seed
+    pairs = zip(exported.parameters(), add.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert not (tmp_path / "m1" / "mergekit.yaml").exists()
+    capsys.readouterr()
+    assert main(["export", str(run), "--member", "77", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--member: 77 is not in the run's last checkpoint; members:" in err
+    assert not (tmp_path / "x").exists()

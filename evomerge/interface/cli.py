@@ -1,4 +1,4 @@
-"""The ``evomerge`` command: run and resume searches.
+"""The ``evomerge`` command: run, resume and export searches; merge checkpoints once.
 
 Exit codes: 0 success; 1 the run failed while working (a plug-in raised, a worker died);
 2 bad input (config, arguments, files, run directory); 130 interrupted (checkpoint saved).
@@ -95,6 +95,17 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Write one member of a run as a model folder (safetensors, index, config, recipe)."""
+    from ..search.export import export_member
+
+    progress = Progress(quiet=args.quiet)
+    progress.message(f"export {args.run_dir} member {args.member} -> {args.out}")
+    done = export_member(args.run_dir, args.member, args.out, dtype=args.dtype)
+    print(f"exported member {done['member']}: {done['out_dir']}", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evomerge", description="Evolutionary model fusion: search for the best merge."
@@ -148,6 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     resume.set_defaults(func=cmd_resume)
+
+    export = sub.add_parser(
+        "export",
+        help="write a run's member as a model folder (safetensors, config, recipe.yaml)",
+        epilog="examples:\n"
+        "  evomerge export populations/llm-merge --member best --out merged/best\n"
+        "  evomerge export populations/llm-merge --member 1234 --out merged/m1234 "
+        "--dtype bfloat16\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("run_dir", help="a run directory made by 'evomerge run'")
+    export.add_argument("--member", default="best", help="'best' (default) or a member id")
+    export.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
+    export.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="tensor dtype (default: the seeds' dtype where the plug-in knows it, else float32)",
+    )
+    export.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

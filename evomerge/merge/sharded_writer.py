@@ -230,6 +230,14 @@ class ShardedWriter:
             shutil.copyfile(p, self.tmp_dir / p.name)
             self._copied.add(p.name)
 
+    def write_text(self, name: str, text: str) -> None:
+        """Add a small generated text file (a recipe, a README) to the output folder."""
+        self._require_open(f"write '{name}'")
+        if Path(name).name != name or name in set(self.shard_files) | {INDEX_NAME} | self._copied:
+            raise EvomergeError(f"{name}: not a free file name in the output folder")
+        (self.tmp_dir / name).write_text(text, encoding="utf-8")
+        self._copied.add(name)
+
     def commit(self) -> Path:
         """Check all tensors arrived, flush everything to disk, rename the folder into place."""
         self._require_open("commit")

@@ -57,6 +57,15 @@ class Fitness(ABC):
             f"{type(self).__name__} cannot make seeds; use seeds.kind: gaussian"
         )
 
+    def export_info(self) -> dict:
+        """What ``evomerge export`` needs beyond the tensors (all keys optional).
+
+        ``files``: paths copied into the exported folder (``config.json``, tokenizer files);
+        ``dtype``: the default export dtype (``float32``, ``bfloat16`` or ``float16``);
+        ``seeds``: the seed model folders, in seed order (enables ``mergekit.yaml``).
+        """
+        return {}
+
     def param_layout(self) -> list[tuple[str, tuple[int, ...]]]:
         """Named tensors of the flat parameter vector, in order (for per-layer merge recipes).
 

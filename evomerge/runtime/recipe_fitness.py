@@ -28,12 +28,13 @@ class RecipeFitness(Fitness):
     def setup(self, device: torch.device) -> None:  # the inner plug-in is set up already
         self.seeds = self.seeds.to(device)
 
-    def _merged(self, genes: torch.Tensor) -> torch.Tensor:
+    def merged(self, genes: torch.Tensor) -> torch.Tensor:
+        """The merged flat parameters of each row of ``genes``."""
         rows = [self.space.materialize(self.seeds, g.tolist()) for g in genes.cpu().double()]
         return torch.stack(rows)
 
     def score(self, params: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.inner.score(self._merged(params), example_ids)
+        return self.inner.score(self.merged(params), example_ids)
 
     def metrics(self, params: torch.Tensor) -> dict[str, float]:
-        return self.inner.metrics(self._merged(params.reshape(1, -1))[0])
+        return self.inner.metrics(self.merged(params.reshape(1, -1))[0])

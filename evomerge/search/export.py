@@ -1,0 +1,169 @@
+"""Export one member of a run as a model folder other tools load.
+
+The member's flat parameters (dense space) or merge recipe (recipe space, materialised from the
+seeds exactly as the workers did) are cut into the plug-in's named tensors and written as
+sharded safetensors with an index. The plug-in's ``export_info()`` adds the files a model folder
+needs (``config.json``, tokenizer) and the seeds' dtype, so a causal LM export loads with
+``transformers``' ``from_pretrained``. ``recipe.yaml`` says how the member was made; a recipe
+member whose seeds are model folders also gets ``mergekit.yaml``, the same merge as a mergekit
+(and ``evomerge merge``) config.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import yaml
+
+from .. import __version__
+from ..config import validate
+from ..errors import EvomergeError
+from ..merge.merge_config import DTYPES, parse_size
+from ..merge.safetensors_io import ShardedWriter
+from ..runtime.host import FitnessHost
+from . import checkpoint
+from .loop import recipe_spec
+from .registry import make_strategy
+from .rundir import RunDir
+
+#: Methods mergekit also has, under the same names and parameter conventions.
+MERGEKIT_METHODS = {
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "slerp",
+}
+
+
+def pick_member(strategy, state, which: str) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """``(id, genome, scores)`` of ``best`` or of the member with id ``which``."""
+    best = strategy.best(state)
+    if which == "best":
+        return best
+    try:
+        wanted = int(which)
+    except ValueError:
+        raise EvomergeError(f"--member: '{which}' is neither 'best' nor a member id") from None
+    ids = [i for i in getattr(state, "ids", (best[0],)) if i >= 0]
+    if wanted == best[0]:
+        return best
+    if wanted not in ids:
+        listed = ", ".join(str(i) for i in sorted(ids)[:20])
+        raise EvomergeError(
+            f"--member: {wanted} is not in the run's last checkpoint; members: {listed}"
+        )
+    row = state.ids.index(wanted)
+    return wanted, state.params[row], state.scores[row]
+
+
+def _mergekit_doc(space, decoded: dict, seeds: list[str], dtype: str) -> dict | None:
+    """The recipe as a mergekit config: one ``filter`` entry per tensor, longest name first."""
+    section = space.section
+    if section.method not in MERGEKIT_METHODS or len(seeds) != len(space.models) + (
+        section.base is not None
+    ):
+        return None
+    order = sorted(
+        range(len(space.layout)), key=lambda i: (-len(space.layout[i][0]), space.layout[i][0])
+    )
+
+    def conditional(values: list[float]) -> float | list[dict]:
+        by_tensor = [values[i] for i in order]
+        if len(set(by_tensor)) == 1:
+            return by_tensor[0]
+        pairs = zip(order, by_tensor, strict=True)
+        return [{"filter": space.layout[i][0], "value": v} for i, v in pairs]
+
+    def per_tensor(get) -> list:
+        return [get(decoded[space.group_of[i]]) for i in range(len(space.layout))]
+
+    models = []
+    if section.method == "slerp" and section.base is not None:
+        models.append({"model": seeds[section.base]})
+    for j, seed_index in enumerate(space.models):
+        names = decoded[space.groups[0]]["models"][j].keys()
+        params = {p: conditional(per_tensor(lambda g, p=p, j=j: g["models"][j][p])) for p in names}
+        models.append({"model": seeds[seed_index], **({"parameters": params} if params else {})})
+    doc = {"merge_method": section.method, "models": models, "dtype": dtype}
+    if section.base is not None:
+        doc["base_model"] = seeds[section.base]
+    names = decoded[space.groups[0]]["params"].keys()
+    params = {p: conditional(per_tensor(lambda g, p=p: g["params"][p])) for p in names}
+    if params:
+        doc["parameters"] = params
+    if space.method.random:
+        doc["random_seed"] = section.seed
+    return doc
+
+
+def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str | None = None):
+    """Write member ``which`` (``best`` or an id) of the run at ``run_dir`` to ``out``."""
+    run = RunDir(run_dir)
+    cfg = validate(run.read_config(), str(run.path / "config.yaml"))
+    ckpt = checkpoint.load_latest(run.checkpoints)
+    strategy = make_strategy(cfg.strategy, cfg.seed)
+    state = strategy.state_from_tensors(ckpt.tensors, ckpt.meta)
+    member, genome, scores = pick_member(strategy, state, which)
+    host = FitnessHost(cfg.fitness.plugin, cfg.fitness.options, "cpu", recipe=recipe_spec(cfg))
+    fitness = host.fitness
+    inner = getattr(fitness, "inner", fitness)
+    info = inner.export_info()
+    doc = {
+        "evomerge": __version__,
+        "run_dir": str(run.path.resolve()),
+        "checkpoint": ckpt.path.name,
+        "member": member,
+        "train_score_mean": round(float(scores.float().mean()), 6),
+        "strategy": cfg.strategy.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "fitness": cfg.fitness.model_dump(mode="json"),
+    }
+    out_dtype = dtype or info.get("dtype") or "float32"
+    if out_dtype not in DTYPES:
+        raise EvomergeError(f"--dtype: '{out_dtype}' is not one of {', '.join(DTYPES)}")
+    mergekit = None
+    with torch.no_grad():
+        if cfg.recipe is not None:
+            genes = genome.double()
+            flat = fitness.merged(genes[None])[0]
+            decoded = fitness.space.decode(genes.tolist())
+            doc["space"] = "recipe"
+            doc["recipe"] = {
+                "method": cfg.recipe.method,
+                "base": cfg.recipe.base,
+                "groups": decoded,
+            }
+            if info.get("seeds"):
+                mergekit = _mergekit_doc(fitness.space, decoded, info["seeds"], out_dtype)
+        else:
+            flat = genome.float()
+            doc["space"] = "dense"
+    layout = inner.param_layout()
+    if sum(math.prod(s) for _, s in layout) != flat.numel():
+        raise EvomergeError(
+            f"fitness {host.name}: param_layout() covers "
+            f"{sum(math.prod(s) for _, s in layout)} parameters, the member has {flat.numel()}"
+        )
+    plan = [(name, tuple(shape), DTYPES[out_dtype]) for name, shape in layout]
+    with ShardedWriter(out, plan, max_shard_bytes=parse_size("5GB")) as writer:
+        offset = 0
+        for name, shape in layout:
+            n = math.prod(shape)
+            writer.write(name, flat[offset : offset + n].reshape(shape))
+            offset += n
+        writer.copy_files([Path(p) for p in info.get("files", [])])
+        writer.write_text("recipe.yaml", yaml.safe_dump(doc, sort_keys=False))
+        if mergekit is not None:
+            note = (
+                "# The same merge for mergekit-yaml or 'evomerge merge' (DARE's random drops and\n"
+                "# ties at the trim threshold may differ in mergekit; see evomerge's README).\n"
+            )
+            writer.write_text("mergekit.yaml", note + yaml.safe_dump(mergekit, sort_keys=False))
+        writer.commit()
+    return {"member": member, "out_dir": str(out), "tensors": len(layout), "space": doc["space"]}
