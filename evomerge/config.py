@@ -176,6 +176,17 @@ def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
     except ValidationError as exc:
         raise ConfigError(format_validation(source, exc, RunConfig)) from None
     strategy = _validate_strategy(source, strategy_raw)
+    if getattr(strategy, "space", "dense") == "lineage":
+        if cfg.seeds.kind != "plugin" or cfg.recipe is not None:
+            raise ConfigError(
+                f"{source}: strategy.space: lineage genomes mix pre-trained seeds; set "
+                "seeds.kind: plugin (and no recipe section)"
+            )
+        if strategy.mutation_std > 0:
+            raise ConfigError(
+                f"{source}: strategy.mutation_std: lineage genomes are exact mixes of the seeds "
+                "and cannot be mutated; set it to 0 or use space: dense"
+            )
     if cfg.recipe is not None and cfg.seeds.kind != "plugin":
         raise ConfigError(
             f"{source}: seeds.kind: a recipe merges seed models the plug-in makes; "

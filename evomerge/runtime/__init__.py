@@ -6,14 +6,17 @@ from .fitness import Fitness
 from .local import LocalEvaluator
 
 
-def make_evaluator(section, fitness, recipe: dict | None = None):
+def make_evaluator(section, fitness, recipe: dict | None = None, lineage: dict | None = None):
     """Build the evaluator a config's ``evaluator`` section describes.
 
     ``recipe`` (seeds to make and the recipe section) turns each worker's fitness into a
-    recipe fitness: candidates are then gene vectors, merged in the worker.
+    recipe fitness: candidates are then gene vectors, merged in the worker. ``lineage`` (seeds
+    to make) lets workers materialise lineage genomes over those seeds.
     """
     if section.kind == "local":
-        return LocalEvaluator(fitness.plugin, fitness.options, section.device, recipe=recipe)
+        return LocalEvaluator(
+            fitness.plugin, fitness.options, section.device, recipe=recipe, lineage=lineage
+        )
     from .ray_pool import RayEvaluator
 
     return RayEvaluator(
@@ -25,6 +28,7 @@ def make_evaluator(section, fitness, recipe: dict | None = None):
         address=section.address,
         recipe=recipe,
         max_restarts=section.max_restarts,
+        lineage=lineage,
     )
 
 

@@ -36,7 +36,9 @@ def aligned_rows(params: np.ndarray) -> torch.Tensor:
 class FitnessHost:
     """Loads the plug-in named by ``spec``, calls ``setup(device)``, and checks every result."""
 
-    def __init__(self, spec, options, device="cpu", source=None, threads=None, recipe=None):
+    def __init__(
+        self, spec, options, device="cpu", source=None, threads=None, recipe=None, lineage=None
+    ):
         if threads:
             torch.set_num_threads(int(threads))
         self.spec = spec
@@ -68,6 +70,11 @@ class FitnessHost:
             )
         if recipe is not None:
             self._use_recipe(recipe)
+        self.lineage_seeds = None
+        if lineage is not None:  # the seeds that lineage genomes mix, made here once
+            self.lineage_seeds = self.make_seeds(
+                lineage["count"], lineage["seed"], lineage["options"]
+            )
 
     def _use_recipe(self, recipe: dict) -> None:
         """Search merge recipes over the plug-in's seeds instead of its raw parameters."""
@@ -110,9 +117,22 @@ class FitnessHost:
             "num_seeds": len(self.fitness.seeds),
         }
 
+    def dense_rows(self, params):
+        """Lineage genomes materialised over this worker's seeds; dense rows as they are."""
+        from ..genome.lineage import Lineage
+        from ..genome.spaces import LineageBatch, materialize_batch
+
+        if isinstance(params, Lineage):
+            params = LineageBatch([params])
+        if isinstance(params, LineageBatch):
+            if self.lineage_seeds is None:
+                raise PluginError("lineage genomes need seeds: this worker was set up without")
+            return materialize_batch(params, self.lineage_seeds)
+        return params
+
     def score(self, params: np.ndarray, example_ids: np.ndarray | None = None) -> np.ndarray:
         """Score ``(B, num_params)`` candidates; returns checked ``(B, E)`` float32 scores."""
-        p = aligned_rows(params).to(self.device)
+        p = aligned_rows(self.dense_rows(params)).to(self.device)
         ids = None if example_ids is None else torch.as_tensor(example_ids).to(self.device)
         with torch.no_grad():
             out = self._call("score", p, ids)
@@ -134,7 +154,8 @@ class FitnessHost:
         return out
 
     def metrics(self, params: np.ndarray) -> dict[str, float]:
-        p = torch.from_numpy(np.require(params, np.float32, ["C", "W"])).to(self.device)
+        p = torch.from_numpy(np.require(self.dense_rows(params), np.float32, ["C", "W"]))
+        p = p.to(self.device)
         with torch.no_grad():
             out = self._call("metrics", p)
         try:

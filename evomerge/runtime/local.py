@@ -7,21 +7,33 @@ import torch
 from .host import FitnessHost
 
 
+def transportable(params):
+    """Dense candidates as numpy; lineage genomes as they are (hosts materialise them)."""
+    return params.numpy() if isinstance(params, torch.Tensor) else params
+
+
 class LocalEvaluator:
     """Scores candidates in this process on ``device``; the plug-in vectorises the batch."""
 
     kind = "local"
 
-    def __init__(self, spec: str, options: dict, device: str = "cpu", recipe: dict | None = None):
-        self.host = FitnessHost(spec, options, device, recipe=recipe)
+    def __init__(
+        self,
+        spec: str,
+        options: dict,
+        device: str = "cpu",
+        recipe: dict | None = None,
+        lineage: dict | None = None,
+    ):
+        self.host = FitnessHost(spec, options, device, recipe=recipe, lineage=lineage)
         self.info = self.host.info()
         self.workers = 1
 
-    def score(self, params: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.host.score(params.numpy()))
+    def score(self, params) -> torch.Tensor:
+        return torch.from_numpy(self.host.score(transportable(params)))
 
-    def metrics(self, params: torch.Tensor) -> dict[str, float]:
-        return self.host.metrics(params.numpy())
+    def metrics(self, params) -> dict[str, float]:
+        return self.host.metrics(transportable(params))
 
     def make_seeds(self, count: int, seed: int, options: dict) -> torch.Tensor:
         return torch.from_numpy(self.host.make_seeds(count, seed, options))

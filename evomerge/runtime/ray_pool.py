@@ -24,18 +24,25 @@ import torch
 from ..errors import EvomergeError, PluginError
 from ..plugins import read_source
 from .host import FitnessHost
+from .local import transportable
 
 
 class _Worker:
     """The Ray actor body: a FitnessHost living in its own process."""
 
-    def __init__(self, spec, options, device, source, threads, recipe=None):
+    def __init__(self, spec, options, device, source, threads, recipe=None, lineage=None):
         # A failed set-up is kept and raised by info(): errors raised by an actor's
         # constructor reach the driver only as text, task errors keep their type.
         self.error = None
         try:
             self.host = FitnessHost(
-                spec, options, device, source=source, threads=threads, recipe=recipe
+                spec,
+                options,
+                device,
+                source=source,
+                threads=threads,
+                recipe=recipe,
+                lineage=lineage,
             )
         except EvomergeError as exc:
             self.error = exc
@@ -143,6 +150,7 @@ class RayEvaluator:
         address=None,
         recipe=None,
         max_restarts=3,
+        lineage=None,
     ):
         import ray
 
@@ -160,7 +168,8 @@ class RayEvaluator:
         source = read_source(spec)
         threads = max(1, int(num_cpus))
         self.actors = [
-            actor.remote(spec, options, device, source, threads, recipe) for _ in range(workers)
+            actor.remote(spec, options, device, source, threads, recipe, lineage)
+            for _ in range(workers)
         ]
         infos = self._get([a.info.remote() for a in self.actors])
         self.info = infos[0]
@@ -194,8 +203,8 @@ class RayEvaluator:
             msg = first[0] if first else type(exc).__name__
             raise PluginError(f"ray worker failed: {msg}") from None
 
-    def score(self, params: torch.Tensor) -> torch.Tensor:
-        rows = params.numpy()
+    def score(self, params) -> torch.Tensor:
+        rows = transportable(params)
         chunk = math.ceil(len(rows) / self.workers)
         chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
         parts = [None] * len(chunks)
@@ -234,10 +243,11 @@ class RayEvaluator:
         return PluginError(f"ray worker failed: {msg}")
 
     def metrics(self, params: torch.Tensor) -> dict[str, float]:
-        return self._get(self.actors[0].metrics.remote(params.numpy()))
+        return self._get(self.actors[0].metrics.remote(transportable(params)))
 
     def make_seeds(self, count: int, seed: int, options: dict) -> torch.Tensor:
-        return torch.from_numpy(self._get(self.actors[0].make_seeds.remote(count, seed, options)))
+        seeds = self._get(self.actors[0].make_seeds.remote(count, seed, options))
+        return torch.from_numpy(np.array(seeds))  # a writable copy of Ray's read-only array
 
     def nodes(self) -> list[str]:
         return self._get([a.node.remote() for a in self.actors])

@@ -1,6 +1,6 @@
 """Export one member of a run as a model folder other tools load.
 
-The member's flat parameters (dense space) or merge recipe (recipe space, materialised from the
+The member's flat parameters (dense space), lineage or merge recipe (materialised from the
 seeds exactly as the workers did) are cut into the plug-in's named tensors and written as
 sharded safetensors with an index. The plug-in's ``export_info()`` adds the files a model folder
 needs (``config.json``, tokenizer) and the seeds' dtype, so a causal LM export loads with
@@ -20,11 +20,13 @@ import yaml
 from .. import __version__
 from ..config import validate
 from ..errors import EvomergeError
+from ..genome.lineage import Lineage
+from ..genome.spaces import LineageSpace
 from ..merge.merge_config import DTYPES, parse_size
 from ..merge.safetensors_io import ShardedWriter
 from ..runtime.host import FitnessHost
 from . import checkpoint
-from .loop import recipe_spec
+from .loop import lineage_spec, recipe_spec
 from .registry import make_strategy
 from .rundir import RunDir
 
@@ -108,9 +110,17 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
     cfg = validate(run.read_config(), str(run.path / "config.yaml"))
     ckpt = checkpoint.load_latest(run.checkpoints)
     strategy = make_strategy(cfg.strategy, cfg.seed)
+    if lineage_spec(cfg) is not None:  # rows are lineages; the angles are not needed here
+        strategy.use_space(LineageSpace(gram=None))
     state = strategy.state_from_tensors(ckpt.tensors, ckpt.meta)
     member, genome, scores = pick_member(strategy, state, which)
-    host = FitnessHost(cfg.fitness.plugin, cfg.fitness.options, "cpu", recipe=recipe_spec(cfg))
+    host = FitnessHost(
+        cfg.fitness.plugin,
+        cfg.fitness.options,
+        "cpu",
+        recipe=recipe_spec(cfg),
+        lineage=lineage_spec(cfg),
+    )
     fitness = host.fitness
     inner = getattr(fitness, "inner", fitness)
     info = inner.export_info()
@@ -141,6 +151,13 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
             }
             if info.get("seeds"):
                 mergekit = _mergekit_doc(fitness.space, decoded, info["seeds"], out_dtype)
+        elif isinstance(genome, Lineage):
+            flat = torch.from_numpy(host.dense_rows(genome)[0])
+            doc["space"] = "lineage"
+            doc["lineage"] = {
+                "bounds": genome.bounds.tolist(),
+                "coeffs": genome.coeffs.tolist(),
+            }
         else:
             flat = genome.float()
             doc["space"] = "dense"

@@ -192,17 +192,41 @@ def recipe_spec(cfg: RunConfig) -> dict | None:
     }
 
 
+def lineage_spec(cfg: RunConfig) -> dict | None:
+    """What each worker needs to materialise lineage genomes: the seeds to make."""
+    if getattr(cfg.strategy, "space", "dense") != "lineage":
+        return None
+    return {"count": cfg.seeds.count, "seed": cfg.seed, "options": dict(cfg.seeds.options)}
+
+
+def use_lineage_space(cfg: RunConfig, evaluator, strategy):
+    """Give the strategy the lineage space over the run's seeds; returns the seed genomes.
+
+    The driver makes the seeds once more (the plug-in makes them deterministically) for the
+    inner products that SLERP's angles need; candidates travel as lineages only.
+    """
+    from ..genome.spaces import LineageSpace
+
+    seeds = evaluator.make_seeds(cfg.seeds.count, cfg.seed, dict(cfg.seeds.options))
+    space = LineageSpace.from_seeds(seeds)
+    strategy.use_space(space)
+    return space.seed_genomes()
+
+
 def start(cfg: RunConfig, run: RunDir, progress=None) -> Search:
     """Prepare a new search; nothing is written until the seeds have been scored."""
     progress = progress or NullProgress()
     t0 = time.perf_counter()
-    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, recipe_spec(cfg))
+    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg))
     try:
         strategy = make_strategy(cfg.strategy, cfg.seed)
         n = evaluator.info["num_params"]
         seeds = cfg.seeds
         if cfg.recipe is not None:  # the search starts from the recipe's initial genes
             params = torch.tensor([evaluator.info["initial"]], dtype=torch.float32)
+        elif lineage_spec(cfg) is not None:
+            progress.message(f"making {seeds.count} seed models to merge in lineage space")
+            params = use_lineage_space(cfg, evaluator, strategy)
         elif seeds.kind == "gaussian":
             params = gaussian_seeds(cfg.seed, seeds.count, n, seeds.std)
         else:
@@ -230,8 +254,10 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
             f"{run.path}: config.yaml differs from the config checkpoint {ckpt.path.name} was "
             "made with; restore it, or start a new run with the new config"
         )
-    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, recipe_spec(cfg))
+    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg))
     strategy = make_strategy(cfg.strategy, cfg.seed)
+    if lineage_spec(cfg) is not None:
+        use_lineage_space(cfg, evaluator, strategy)
     state = strategy.state_from_tensors(ckpt.tensors, meta)
     run.truncate_history(state.evaluations)
     run.clear_summary()

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..genome.dense import mutate, slerp, split_slerp
+from ..genome.spaces import DenseSpace
 from . import competition
 from .keys import child_generator
 
@@ -32,6 +32,11 @@ class M2N2Config(BaseModel):
     mutation_std: float = Field(
         0.0, ge=0, description="Std of Gaussian noise added to every parameter (0: none)."
     )
+    space: Literal["dense", "lineage"] = Field(
+        "dense",
+        description="Genomes: dense parameter vectors, or lineages (exact recipes over "
+        "pre-trained seeds, a few KB each whatever the model size; no mutation).",
+    )
 
 
 class GAConfig(BaseModel):
@@ -44,6 +49,11 @@ class GAConfig(BaseModel):
     split_point: bool = Field(True, description="Crossover at a random split point (else SLERP).")
     mutation_std: float = Field(
         0.0, ge=0, description="Std of Gaussian noise added to every parameter (0: none)."
+    )
+    space: Literal["dense", "lineage"] = Field(
+        "dense",
+        description="Genomes: dense parameter vectors, or lineages (exact recipes over "
+        "pre-trained seeds, a few KB each whatever the model size; no mutation).",
     )
 
     @property
@@ -82,6 +92,11 @@ class M2N2:
         self.config = config
         self.seed = seed
         self._gen = torch.Generator()
+        self.space = DenseSpace()
+
+    def use_space(self, space) -> None:
+        """Make children in ``space`` (a :mod:`evomerge.genome.spaces` space)."""
+        self.space = space
 
     # -- state -------------------------------------------------------------------------------
     def init(self, seed_params: torch.Tensor, seed_scores: torch.Tensor) -> ArchiveState:
@@ -95,7 +110,7 @@ class M2N2:
             next_id=0,
         )
         for i in range(k):
-            state = self._insert(state, i, seed_params[i].float().clone(), seed_scores[i].float())
+            state = self._insert(state, i, self.space.copy(seed_params[i]), seed_scores[i].float())
         return replace(state, next_id=k)
 
     def _insert(self, state: ArchiveState, cid: int, params, scores, scores_buf=None):
@@ -135,27 +150,27 @@ class M2N2:
             u_a, u_b, w = torch.rand(3, generator=gen, dtype=torch.float64).tolist()
             a, b = self._parents(state, u_a, u_b)
             pa, pb = state.params[a], state.params[b]
-            split = int(torch.randint(0, len(pa), (1,), generator=gen))
+            space = self.space
+            split = int(torch.randint(0, space.size(pa), (1,), generator=gen))
             if not cfg.crossover:
-                child = pa.clone()
+                child = space.copy(pa)
             elif cfg.split_point:
-                child = split_slerp(pa, pb, split, w)
+                child = space.split_slerp(pa, pb, split, w)
             else:
-                child = slerp(pa, pb, w)
+                child = space.slerp(pa, pb, w)
             if cfg.mutation_std > 0:
-                mutate(child, cfg.mutation_std, gen)
+                child = space.mutate(child, cfg.mutation_std, gen)
             rows.append(child)
             ids.append(state.next_id + j)
             parents.append((state.ids[a], state.ids[b]))
-        return Children(torch.stack(rows), tuple(ids), tuple(parents))
+        return Children(self.space.pack(rows), tuple(ids), tuple(parents))
 
     def tell(self, state: ArchiveState, children: Children, scores: torch.Tensor) -> ArchiveState:
         """Insert the children in order; returns a new state (the old one is not modified)."""
         buf = state.scores.clone()
         for i, cid in enumerate(children.ids):
-            # Each member owns its memory: BLAS results can depend on a vector's alignment,
-            # so a member must look the same whether it came from a batch or a checkpoint.
-            state = self._insert(state, cid, children.params[i].clone(), scores[i].float(), buf)
+            member = self.space.copy(children.params[i])
+            state = self._insert(state, cid, member, scores[i].float(), buf)
         n = len(children.ids)
         return replace(
             state, scores=buf, evaluations=state.evaluations + n, next_id=state.next_id + n
@@ -187,17 +202,18 @@ class M2N2:
     # -- checkpoints -------------------------------------------------------------------------
     def state_to_tensors(self, state: ArchiveState) -> tuple[dict[str, torch.Tensor], dict]:
         """Plain tensors + JSON-able scalars: this is the checkpoint."""
-        n = next(p.numel() for p in state.params if p is not None)
-        params = torch.stack([torch.zeros(n) if p is None else p for p in state.params])
-        tensors = {"params": params, "scores": state.scores, "ids": torch.tensor(state.ids)}
-        return tensors, {"evaluations": state.evaluations, "next_id": state.next_id}
+        tensors = {
+            **self.space.to_tensors(state.params),
+            "scores": state.scores,
+            "ids": torch.tensor(state.ids),
+        }
+        meta = {"evaluations": state.evaluations, "next_id": state.next_id}
+        return tensors, {**meta, "space": self.space.name}
 
     def state_from_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> ArchiveState:
         ids = tuple(int(i) for i in tensors["ids"])
         return ArchiveState(
-            params=tuple(
-                None if i < 0 else tensors["params"][r].clone() for r, i in enumerate(ids)
-            ),
+            params=self.space.from_tensors(tensors, ids),
             scores=tensors["scores"].clone(),
             ids=ids,
             evaluations=int(meta["evaluations"]),
