@@ -57,6 +57,12 @@ class RayEvaluatorSection(_Section):
     address: str | None = Field(
         None, description="Existing cluster ('auto' or HOST:PORT); none: start Ray here."
     )
+    chunk_size: int | None = Field(
+        None,
+        ge=1,
+        description="Candidates sent to a worker at a time; none: the batch split evenly over "
+        "the workers. 1 keeps every worker busy when evaluation times vary (large models).",
+    )
     max_restarts: int = Field(
         3,
         ge=0,

@@ -87,6 +87,23 @@ def test_lineage_on_ray_equals_local(tmp_path, write_config, ray_local):
     assert_same_archive(tmp_path / "local", tmp_path / "ray")
 
 
+def test_ray_workers_share_one_copy_of_the_seeds(ray_local):
+    """The seeds sit once in the node's object store; each worker maps them read-only."""
+    from evomerge.config import validate
+    from evomerge.runtime import make_evaluator
+    from evomerge.search.loop import lineage_spec
+
+    cfg = validate(
+        config("lineage", evaluator={"kind": "ray", "workers": 2, "num_cpus": 1}), "test"
+    )
+    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, None, lineage_spec(cfg))
+    try:
+        assert evaluator.seeds_shared() == [True, True]
+        assert evaluator.lineage_seeds().shape == (2, 19210)
+    finally:
+        evaluator.close()
+
+
 def test_export_materialises_a_lineage_member(tmp_path, write_config, seeds):
     cfg = write_config(config("lineage", budget={"evaluations": 40}))
     run = tmp_path / "run"

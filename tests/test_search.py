@@ -101,11 +101,11 @@ def test_kill_then_resume_is_bit_identical(tmp_path, write_config, sig):
     )
 
 
-def test_ray_run_equals_local_run(tmp_path, write_config, ray_local):
+@pytest.mark.parametrize("chunk_size", [None, 1])
+def test_ray_run_equals_local_run(tmp_path, write_config, ray_local, chunk_size):
     local = write_config(base_config(batch=4), "local.yaml")
-    ray_cfg = write_config(
-        base_config(batch=4, evaluator={"kind": "ray", "workers": 2, "num_cpus": 1}), "ray.yaml"
-    )
+    evaluator = {"kind": "ray", "workers": 2, "num_cpus": 1, "chunk_size": chunk_size}
+    ray_cfg = write_config(base_config(batch=4, evaluator=evaluator), "ray.yaml")
     assert main(["run", str(local), "--out", str(tmp_path / "local"), "-q"]) == 0
     assert main(["run", str(ray_cfg), "--out", str(tmp_path / "ray"), "-q"]) == 0
     assert_same_archive(tmp_path / "local", tmp_path / "ray")

@@ -27,6 +27,8 @@ from .dense import SLERP_EPS, slerp_coefficients
 #: ``read(start, stop)`` returns the seeds' entries ``start:stop`` as a ``(K, stop - start)``
 #: array (any float dtype); it is how a lineage reaches the seeds without holding them.
 SeedReader = Callable[[int, int], np.ndarray | torch.Tensor]
+#: Entries mixed per vectorised step of :meth:`Lineage.materialize` (bounds the temporaries).
+MATERIALIZE_BLOCK = 1 << 18
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,22 +109,24 @@ class Lineage:
     # --- materialisation ----------------------------------------------------------------
 
     def materialize(self, read: SeedReader, start: int = 0, stop: int | None = None):
-        """Entries ``start:stop`` of the individual as float32, mixed in float64 per region.
+        """Entries ``start:stop`` of the individual as float32, mixed in float64.
 
         ``read`` gives the seeds' entries (:data:`SeedReader`); a ``(K, N)`` tensor of seeds
-        can be passed as ``dense_reader(seeds)``.
+        can be passed as ``dense_reader(seeds)``. Works through blocks of ``MATERIALIZE_BLOCK``
+        entries, each mixed in one vectorised step however many regions it crosses.
         """
         stop = self.num_params if stop is None else stop
         if not 0 <= start <= stop <= self.num_params:
             raise ValueError(f"range {start}:{stop} outside 0:{self.num_params}")
         out = np.empty(stop - start, dtype=np.float32)
-        first = np.searchsorted(self.bounds, start, side="right") - 1
-        r = int(first)
-        while r < self.num_regions and self.bounds[r] < stop:
-            s, e = max(int(self.bounds[r]), start), min(int(self.bounds[r + 1]), stop)
-            block = np.asarray(read(s, e), dtype=np.float64)
-            out[s - start : e - start] = self.coeffs[r] @ block
-            r += 1
+        for s in range(start, stop, MATERIALIZE_BLOCK):
+            e = min(s + MATERIALIZE_BLOCK, stop)
+            first = int(np.searchsorted(self.bounds, s, side="right")) - 1
+            last = int(np.searchsorted(self.bounds, e, side="left"))
+            edges = np.clip(self.bounds[first : last + 1], s, e)
+            rows = np.repeat(self.coeffs[first:last], np.diff(edges), axis=0)  # (e - s, K)
+            block = np.asarray(read(s, e), dtype=np.float64)  # (K, e - s)
+            out[s - start : e - start] = np.einsum("nk,kn->n", rows, block)
         return torch.from_numpy(out)
 
     # --- storage (safetensors tensors; no pickle) ----------------------------------------
@@ -197,19 +201,29 @@ class SeedGram:
 
     def inner(self, a: Lineage, b: Lineage) -> float:
         """``<a, b>`` over the whole vector."""
+        return self.inner_products(a, b)[2]
+
+    def inner_products(self, a: Lineage, b: Lineage) -> tuple[float, float, float]:
+        """``(<a, a>, <b, b>, <a, b>)``, sharing the regions' Gram matrices."""
         points = np.union1d(a.bounds, b.bounds)
         prefixes = np.stack([self.prefix(x) for x in points])
         grams = prefixes[1:] - prefixes[:-1]
         starts = points[:-1]
         ra, rb = a.rows_at(starts), b.rows_at(starts)
-        return float(np.einsum("si,sij,sj->", ra, grams, rb))
+        ga, gb = np.einsum("sij,sj->si", grams, ra), np.einsum("sij,sj->si", grams, rb)
+        return (
+            float(np.einsum("si,si->", ra, ga)),
+            float(np.einsum("si,si->", rb, gb)),
+            float(np.einsum("si,si->", ra, gb)),
+        )
 
     def angle(self, a: Lineage, b: Lineage) -> tuple[float, float]:
         """The one angle between the whole parents and its sine, as ``parent_angle`` gives."""
-        norms = math.sqrt(max(self.inner(a, a), 0.0) * max(self.inner(b, b), 0.0))
+        aa, bb, ab = self.inner_products(a, b)
+        norms = math.sqrt(max(aa, 0.0) * max(bb, 0.0))
         if norms == 0.0 or not math.isfinite(norms):
             return 0.0, 0.0
-        omega = math.acos(min(1.0, max(-1.0, self.inner(a, b) / norms)))
+        omega = math.acos(min(1.0, max(-1.0, ab / norms)))
         return omega, math.sin(omega)
 
 

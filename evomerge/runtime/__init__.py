@@ -28,6 +28,7 @@ def make_evaluator(section, fitness, recipe: dict | None = None, lineage: dict |
         address=section.address,
         recipe=recipe,
         max_restarts=section.max_restarts,
+        chunk_size=section.chunk_size,
         lineage=lineage,
     )
 

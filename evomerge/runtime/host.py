@@ -70,11 +70,15 @@ class FitnessHost:
             )
         if recipe is not None:
             self._use_recipe(recipe)
+        # The seeds lineage genomes mix: made here from a spec, or given (on Ray, a read-only
+        # view of the one copy in the node's object store, shared by the node's workers).
         self.lineage_seeds = None
-        if lineage is not None:  # the seeds that lineage genomes mix, made here once
+        if isinstance(lineage, dict):
             self.lineage_seeds = self.make_seeds(
                 lineage["count"], lineage["seed"], lineage["options"]
             )
+        elif lineage is not None:
+            self.lineage_seeds = lineage
 
     def _use_recipe(self, recipe: dict) -> None:
         """Search merge recipes over the plug-in's seeds instead of its raw parameters."""

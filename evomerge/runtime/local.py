@@ -35,6 +35,10 @@ class LocalEvaluator:
     def metrics(self, params) -> dict[str, float]:
         return self.host.metrics(transportable(params))
 
+    def lineage_seeds(self) -> torch.Tensor:
+        """The seeds the workers' lineage genomes mix (``(K, N)``)."""
+        return torch.from_numpy(self.host.lineage_seeds)
+
     def make_seeds(self, count: int, seed: int, options: dict) -> torch.Tensor:
         return torch.from_numpy(self.host.make_seeds(count, seed, options))
 

@@ -16,6 +16,7 @@ import math
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,12 @@ from .host import FitnessHost
 from .local import transportable
 
 
+def _make_seeds(spec, options, source, lineage):
+    """A one-off Ray task: the lineage seeds, made once for the whole cluster."""
+    host = FitnessHost(spec, options, "cpu", source=source)
+    return host.make_seeds(lineage["count"], lineage["seed"], lineage["options"])
+
+
 class _Worker:
     """The Ray actor body: a FitnessHost living in its own process."""
 
@@ -34,6 +41,7 @@ class _Worker:
         # A failed set-up is kept and raised by info(): errors raised by an actor's
         # constructor reach the driver only as text, task errors keep their type.
         self.error = None
+        self.busy = 0.0
         try:
             self.host = FitnessHost(
                 spec,
@@ -53,13 +61,26 @@ class _Worker:
         return self.host.info()
 
     def score(self, params):
-        return self.host.score(params)
+        t0 = time.perf_counter()
+        try:
+            return self.host.score(params)
+        finally:
+            self.busy += time.perf_counter() - t0
+
+    def busy_seconds(self) -> float:
+        """Seconds this worker process has spent scoring."""
+        return self.busy
 
     def metrics(self, params):
         return self.host.metrics(params)
 
     def make_seeds(self, count, seed, options):
         return self.host.make_seeds(count, seed, options)
+
+    def seeds_shared(self) -> bool:
+        """True when this worker's lineage seeds are a read-only object-store view."""
+        seeds = self.host.lineage_seeds
+        return seeds is not None and not seeds.flags.writeable
 
     def node(self):
         import ray
@@ -151,6 +172,7 @@ class RayEvaluator:
         recipe=None,
         max_restarts=3,
         lineage=None,
+        chunk_size=None,
     ):
         import ray
 
@@ -167,6 +189,13 @@ class RayEvaluator:
         )(_Worker)
         source = read_source(spec)
         threads = max(1, int(num_cpus))
+        self._seeds_ref = None
+        if lineage is not None:
+            # One copy in the object store per node, mapped read-only by that node's workers
+            # (and by restarted ones): workers never each hold a private copy of the seeds.
+            task = ray.remote(num_cpus=num_cpus, max_retries=max_restarts)(_make_seeds)
+            self._seeds_ref = task.remote(spec, options, source, lineage)
+            lineage = self._seeds_ref
         self.actors = [
             actor.remote(spec, options, device, source, threads, recipe, lineage)
             for _ in range(workers)
@@ -176,6 +205,8 @@ class RayEvaluator:
         self.workers = workers
         self.device = device
         self.max_restarts = max_restarts
+        self.chunk_size = chunk_size
+        self.scoring_seconds = 0.0  # wall time the driver spent waiting for scores
         self.evaluated = [0] * workers  # candidates scored by each worker slot
 
     def _check_fits(self, workers: int, num_cpus: float, num_gpus: float) -> None:
@@ -204,8 +235,14 @@ class RayEvaluator:
             raise PluginError(f"ray worker failed: {msg}") from None
 
     def score(self, params) -> torch.Tensor:
-        rows = transportable(params)
-        chunk = math.ceil(len(rows) / self.workers)
+        t0 = time.perf_counter()
+        try:
+            return self._score(transportable(params))
+        finally:
+            self.scoring_seconds += time.perf_counter() - t0
+
+    def _score(self, rows) -> torch.Tensor:
+        chunk = self.chunk_size or math.ceil(len(rows) / self.workers)
         chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
         parts = [None] * len(chunks)
         waiting = list(range(len(chunks)))
@@ -245,6 +282,13 @@ class RayEvaluator:
     def metrics(self, params: torch.Tensor) -> dict[str, float]:
         return self._get(self.actors[0].metrics.remote(transportable(params)))
 
+    def lineage_seeds(self) -> torch.Tensor:
+        """The seeds the workers' lineage genomes mix (``(K, N)``), from the object store."""
+        return torch.from_numpy(np.array(self._get(self._seeds_ref)))
+
+    def seeds_shared(self) -> list[bool]:
+        return self._get([a.seeds_shared.remote() for a in self.actors])
+
     def make_seeds(self, count: int, seed: int, options: dict) -> torch.Tensor:
         seeds = self._get(self.actors[0].make_seeds.remote(count, seed, options))
         return torch.from_numpy(np.array(seeds))  # a writable copy of Ray's read-only array
@@ -253,11 +297,19 @@ class RayEvaluator:
         return self._get([a.node.remote() for a in self.actors])
 
     def workers_report(self) -> list[dict]:
-        """Each worker slot's node (now) and the candidates it scored, for the summary."""
+        """Each worker slot's node (now), the candidates it scored and its busy seconds."""
+        busy = self._get([a.busy_seconds.remote() for a in self.actors])
         return [
-            {"node": node, "evaluated": count}
-            for node, count in zip(self.nodes(), self.evaluated, strict=True)
+            {"node": node, "evaluated": count, "busy_seconds": round(b, 3)}
+            for node, count, b in zip(self.nodes(), self.evaluated, busy, strict=True)
         ]
+
+    def utilisation(self) -> float | None:
+        """Worker-busy seconds over workers x the driver's seconds waiting for scores."""
+        if self.scoring_seconds <= 0:
+            return None
+        busy = sum(self._get([a.busy_seconds.remote() for a in self.actors]))
+        return busy / (self.workers * self.scoring_seconds)
 
     def describe(self) -> str:
         return f"ray evaluator: {self.workers} workers on {self.device}"

@@ -163,6 +163,9 @@ class Search:
         }
         if hasattr(self.evaluator, "workers_report"):
             summary["workers"] = self.evaluator.workers_report()
+            used = self.evaluator.utilisation()
+            if used is not None:  # since this process started (a resume restarts the count)
+                summary["worker_utilisation"] = round(used, 4)
         if self.cfg.recipe is not None:
             summary["recipe"] = self.recipe_of(self.strategy.best(self.state)[1])
         self.run.write_summary(summary)
@@ -202,12 +205,12 @@ def lineage_spec(cfg: RunConfig) -> dict | None:
 def use_lineage_space(cfg: RunConfig, evaluator, strategy):
     """Give the strategy the lineage space over the run's seeds; returns the seed genomes.
 
-    The driver makes the seeds once more (the plug-in makes them deterministically) for the
-    inner products that SLERP's angles need; candidates travel as lineages only.
+    The driver reads the workers' seeds once for the inner products that SLERP's angles need;
+    candidates travel as lineages only.
     """
     from ..genome.spaces import LineageSpace
 
-    seeds = evaluator.make_seeds(cfg.seeds.count, cfg.seed, dict(cfg.seeds.options))
+    seeds = evaluator.lineage_seeds()
     space = LineageSpace.from_seeds(seeds)
     strategy.use_space(space)
     return space.seed_genomes()
