@@ -12,7 +12,9 @@ no weights downloaded), its parameters set from the candidate's flat vector. Opt
         train: data/addition.train.jsonl         # {"prompt": ..., "answer": ..., "id": ...}
         test: data/addition.test.jsonl           # optional: held-out metrics
         metric: exact_match                      # exact_match | token_accuracy | likelihood
+        test_metric: exact_match                 # for the held-out file (default: metric)
         max_new_tokens: 16                       # exact_match only
+        limit: 64                                # use the first 64 training examples only
     batch_size: 16
     dtype: float32                               # float32 | bfloat16 | float16
 
@@ -77,17 +79,24 @@ class _Task:
     """One task's settings and its tokenised train and test examples."""
 
     def __init__(self, spec: dict, index: int):
-        unknown = set(spec) - {"name", "train", "test", "metric", "max_new_tokens"}
+        known = {"name", "train", "test", "metric", "test_metric", "max_new_tokens", "limit"}
+        unknown = set(spec) - known
         if unknown:
             raise ValueError(f"tasks[{index}]: unknown key '{sorted(unknown)[0]}'")
         if "train" not in spec:
             raise ValueError(f"tasks[{index}]: 'train' (a JSONL file) is required")
         self.name = str(spec.get("name", f"task{index}"))
         self.metric = spec.get("metric", "exact_match")
-        if self.metric not in METRICS:
-            raise ValueError(f"tasks[{index}].metric: '{self.metric}' is not one of {METRICS}")
+        self.test_metric = spec.get("test_metric", self.metric)
+        for key in ("metric", "test_metric"):
+            if getattr(self, key) not in METRICS:
+                raise ValueError(
+                    f"tasks[{index}].{key}: '{getattr(self, key)}' is not one of {METRICS}"
+                )
         self.max_new_tokens = int(spec.get("max_new_tokens", 32))
         self.train = read_jsonl(Path(spec["train"]))
+        if spec.get("limit") is not None:
+            self.train = self.train[: int(spec["limit"])]
         self.test = read_jsonl(Path(spec["test"])) if spec.get("test") else []
 
 
@@ -195,8 +204,8 @@ class CausalLM(Fitness):
         found = {}
         for task in self.tasks:
             if task.test_tok:
-                scores = self._score_task(task, task.test_tok)
-                found[f"test_{task.name}_{task.metric}"] = scores.mean().item()
+                scores = self._score_task(task, task.test_tok, task.test_metric)
+                found[f"test_{task.name}_{task.test_metric}"] = scores.mean().item()
         if len(found) > 1:
             found["test_mean"] = sum(found.values()) / len(found)
         return found
@@ -229,14 +238,15 @@ class CausalLM(Fitness):
 
     # --- scoring --------------------------------------------------------------------------
 
-    def _score_task(self, task: _Task, examples: list) -> torch.Tensor:
+    def _score_task(self, task: _Task, examples: list, metric: str | None = None) -> torch.Tensor:
+        metric = metric or task.metric
         scores = []
         for i in range(0, len(examples), self.batch_size):
             batch = examples[i : i + self.batch_size]
-            if task.metric == "exact_match":
+            if metric == "exact_match":
                 scores.append(self._exact_match(batch, task.max_new_tokens))
             else:
-                scores.append(self._teacher_forced(batch, task.metric))
+                scores.append(self._teacher_forced(batch, metric))
         return torch.cat(scores)
 
     @torch.no_grad()

@@ -290,3 +290,21 @@ def test_export_a_dense_member_and_refuse_unknown_ones(lm_dir, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "--member: 77 is not in the run's last checkpoint; members:" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_limit_and_a_held_out_metric_of_its_own(lm_dir):
+    cls = load_object(f"{ROOT}/fitness/causal_lm.py:CausalLM")
+    task = {
+        "name": "add",
+        "train": str(lm_dir / "add.jsonl"),
+        "test": str(lm_dir / "add.jsonl"),
+        "metric": "likelihood",
+        "test_metric": "exact_match",
+        "limit": 3,
+    }
+    fit = cls(seeds=[str(lm_dir / "add")], tasks=[task])
+    fit.setup(torch.device("cpu"))
+    assert fit.num_examples == 3
+    seeds = fit.make_seeds(1, 0)
+    assert fit.metrics(seeds[0]) == {"test_add_exact_match": 1.0}
+    assert fit.score(seeds).shape == (1, 3)
