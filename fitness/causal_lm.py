@@ -132,8 +132,8 @@ class CausalLM(Fitness):
 
         first = self.seed_paths[0]
         config = AutoConfig.from_pretrained(first)
-        self.model = AutoModelForCausalLM.from_config(config, torch_dtype=self.dtype)
-        self.model.to(device).eval()
+        self.model = AutoModelForCausalLM.from_config(config)  # weights come from candidates
+        self.model.to(device=device, dtype=self.dtype).eval()
         self.device = torch.device(device)
         tok = AutoTokenizer.from_pretrained(first)
         self.eos = tok.eos_token_id

@@ -35,7 +35,11 @@ def convert(out: Path) -> None:
     quantised = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     )
-    model = LlamaForCausalLM(quantised.config)
+    config = quantised.config
+    for attr in ("quantization_config", "_model_name_or_path"):  # plain weights from here on
+        if hasattr(config, attr):
+            delattr(config, attr)
+    model = LlamaForCausalLM(config)
     model.load_state_dict(quantised.state_dict())
     model.to(torch.bfloat16).save_pretrained(out)
     tok.save_pretrained(out)

@@ -7,6 +7,11 @@ import sys
 import time
 
 
+def _fmt_rate(rate: float) -> str:
+    """Evaluations per second with the digits that matter (an LLM run does < 1/s)."""
+    return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
+
+
 def _fmt_eta(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
@@ -40,13 +45,13 @@ class Progress:
                 TextColumn("[bold]evaluations"),
                 BarColumn(),
                 TextColumn("{task.completed}/{task.total}"),
-                TextColumn("{task.fields[rate]:.0f}/s  best {task.fields[best]:.4f}"),
+                TextColumn("{task.fields[rate]}/s  best {task.fields[best]:.4f}"),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 console=Console(file=self.stream),
                 transient=True,
             )
-            self._task = self._bar.add_task("run", total=total, completed=done, rate=0.0, best=0.0)
+            self._task = self._bar.add_task("run", total=total, completed=done, rate="0", best=0.0)
             self._bar.start()
 
     def update(self, done: int, best) -> None:
@@ -60,14 +65,14 @@ class Progress:
         best_value = best() if callable(best) else best
         if self._bar is not None:
             try:
-                self._bar.update(self._task, completed=done, rate=rate, best=best_value)
+                self._bar.update(self._task, completed=done, rate=_fmt_rate(rate), best=best_value)
             except BrokenPipeError:
                 self._reader_gone()
         else:
             eta = (self.total - done) / rate if rate > 0 else 0.0
             pct = 100.0 * done / self.total
             self.message(
-                f"{done}/{self.total} evaluations ({pct:.0f}%)  {rate:.0f}/s  "
+                f"{done}/{self.total} evaluations ({pct:.0f}%)  {_fmt_rate(rate)}/s  "
                 f"best train {best_value:.4f}  ETA {_fmt_eta(eta)}"
             )
 

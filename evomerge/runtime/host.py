@@ -135,7 +135,17 @@ class FitnessHost:
         return params
 
     def score(self, params: np.ndarray, example_ids: np.ndarray | None = None) -> np.ndarray:
-        """Score ``(B, num_params)`` candidates; returns checked ``(B, E)`` float32 scores."""
+        """Score ``(B, num_params)`` candidates; returns checked ``(B, E)`` float32 scores.
+
+        Lineage genomes are materialised and scored one at a time, so a worker holds one
+        candidate's parameters, not a batch of them (scores never depend on the batch).
+        """
+        from ..genome.spaces import LineageBatch
+
+        if isinstance(params, LineageBatch) and len(params) > 1:
+            return np.concatenate(
+                [self.score(params[i : i + 1], example_ids) for i in range(len(params))]
+            )
         p = aligned_rows(self.dense_rows(params)).to(self.device)
         ids = None if example_ids is None else torch.as_tensor(example_ids).to(self.device)
         with torch.no_grad():

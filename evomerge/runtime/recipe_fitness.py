@@ -34,7 +34,9 @@ class RecipeFitness(Fitness):
         return torch.stack(rows)
 
     def score(self, params: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.inner.score(self.merged(params), example_ids)
+        """One candidate at a time: a worker holds one merged model, not a batch of them."""
+        rows = [self.inner.score(self.merged(g[None]), example_ids) for g in params]
+        return torch.cat([torch.as_tensor(r) for r in rows])
 
     def metrics(self, params: torch.Tensor) -> dict[str, float]:
         return self.inner.metrics(self.merged(params.reshape(1, -1))[0])
