@@ -26,25 +26,18 @@ def fitness(models: Path, seed: Path):
     from evomerge.plugins import load_object
 
     cls = load_object(f"{ROOT}/fitness/causal_lm.py:CausalLM")
+    # the tasks of bench/llm/m2n2_lineage.yaml and cmaes_ties.yaml
     tasks = [
         {
-            "name": "add",
-            "train": str(models / "add.train.jsonl"),
-            "test": str(models / "add.test.jsonl"),
+            "name": name,
+            "train": str(models / f"{name}.train.jsonl"),
+            "test": str(models / f"{name}.test.jsonl"),
             "metric": "token_accuracy",
             "test_metric": "exact_match",
-            "max_new_tokens": 6,
+            "max_new_tokens": new_tokens,
             "limit": 48,
-        },
-        {
-            "name": "reverse",
-            "train": str(models / "reverse.train.jsonl"),
-            "test": str(models / "reverse.test.jsonl"),
-            "metric": "token_accuracy",
-            "test_metric": "exact_match",
-            "max_new_tokens": 8,
-            "limit": 48,
-        },
+        }
+        for name, new_tokens in (("add", 6), ("reverse", 8))
     ]
     fit = cls(seeds=[str(seed)], tasks=tasks, batch_size=48)
     fit.setup(torch.device("cpu"))
