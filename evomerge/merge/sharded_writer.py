@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EvomergeError
+from ..files import fsync_dir
 from .safetensors_format import INDEX_NAME, SINGLE_NAME, TORCH_TO_ST, WRITE_CHUNK, itemsize
 
 
@@ -87,14 +88,6 @@ def _layout(plan, members: list[int], metadata: dict[str, str]) -> tuple[bytes, 
     raw += b" " * (-len(raw) % 8)
     start = 8 + len(raw)
     return struct.pack("<Q", len(raw)) + raw, [start + offsets[i] for i in members]
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ShardedWriter:
@@ -254,8 +247,8 @@ class ShardedWriter:
         if len(self.shard_files) > 1:
             self._write_index()
         for name in self._copied:
-            _fsync_path(self.tmp_dir / name)
-        _fsync_path(self.tmp_dir)
+            fsync_dir(self.tmp_dir / name)
+        fsync_dir(self.tmp_dir)
         try:
             os.replace(self.tmp_dir, self.out_dir)
         except OSError as exc:
@@ -263,7 +256,7 @@ class ShardedWriter:
                 f"{self.out_dir}: cannot move the finished model into place ({exc.strerror}); "
                 "was the folder filled meanwhile? choose a new output folder"
             ) from None
-        _fsync_path(self.out_dir.parent)
+        fsync_dir(self.out_dir.parent)
         self._state = "committed"
         return self.out_dir
 

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import RunDirError
-from .files import fsync_dir, sha256_file
+from ..files import fsync_dir, sha256_file
 
 FORMAT = 1
 STATE_FILES = ("state.safetensors", "state.json")

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import RunDirError
-from .files import write_atomic
+from ..files import write_atomic
 
 CONFIG = "config.yaml"
 HISTORY = "history.jsonl"

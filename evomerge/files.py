@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def fsync_dir(path: Path) -> None:
+    """Flush a file or a folder (after a rename, its entry) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
