@@ -259,8 +259,11 @@ class RayEvaluator:
                 self.evaluated[slot] += len(chunks[c])
                 free.append(slot)
         except self._ray.exceptions.RayError as exc:
-            for ref in running:
-                self._ray.cancel(ref)
+            for ref in running:  # the run stops: do not leave the other chunks queued
+                try:
+                    self._ray.cancel(ref)
+                except Exception:  # noqa: BLE001 - best effort; the error below is the news
+                    pass
             raise self._failure(exc) from None
         return torch.from_numpy(np.concatenate(parts))
 
