@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,8 +171,8 @@ def test_bad_task_files_are_named(lm_dir, tmp_path):
         cls(seeds=[str(lm_dir / "add")], tasks=[{"train": str(bad), "metric": "bleu"}])
 
 
-def test_m2n2_merges_the_two_experts(lm_dir, tmp_path):
-    """A real search over the two experts improves on both of them (each knows one task)."""
+def lm_run(tmp_path, seeds: list, tasks: list, **changes) -> Path:
+    """Run a search over the LM seed folders ``seeds`` (``evomerge run``); returns its folder."""
     cfg = {
         "seed": 0,
         "budget": {"evaluations": 60},
@@ -180,61 +181,55 @@ def test_m2n2_merges_the_two_experts(lm_dir, tmp_path):
         "history_every": 20,
         "fitness": {
             "plugin": f"{ROOT}/fitness/causal_lm.py:CausalLM",
-            "options": {
-                "seeds": [str(lm_dir / "reverse"), str(lm_dir / "add")],
-                "tasks": [
-                    {
-                        "name": "reverse",
-                        "train": str(lm_dir / "reverse.jsonl"),
-                        "metric": "token_accuracy",
-                    },
-                    {"name": "add", "train": str(lm_dir / "add.jsonl"), "metric": "token_accuracy"},
-                ],
-            },
+            "options": {"seeds": [str(s) for s in seeds], "tasks": tasks},
         },
-        "seeds": {"kind": "plugin", "count": 2},
+        "seeds": {"kind": "plugin", "count": len(seeds)},
         "strategy": {"name": "m2n2", "archive_size": 6},
         "evaluator": {"kind": "local"},
+        **changes,
     }
     path = tmp_path / "lm.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert main(["run", str(path), "--out", str(tmp_path / "run"), "-q"]) == 0
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    run = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(run), "-q"]) == 0
+    return run
+
+
+def token_tasks(root) -> list[dict]:
+    return [
+        {"name": n, "train": str(root / f"{n}.jsonl"), "metric": "token_accuracy"}
+        for n in ("reverse", "add")
+    ]
+
+
+def test_m2n2_merges_the_two_experts(lm_dir, tmp_path):
+    """A real search over the two experts improves on both of them (each knows one task)."""
+    run = lm_run(tmp_path, [lm_dir / "reverse", lm_dir / "add"], token_tasks(lm_dir))
+    summary = json.loads((run / "summary.json").read_text())
     # each expert alone gets about half the examples right
     assert summary["metrics"]["train_score"] > 0.6
 
 
 def test_cmaes_ties_recipe_over_the_experts(lm_dir, tmp_path):
     """CMA-ES over a per-layer TIES recipe (base + two experts) beats both experts."""
-    tasks = [
-        {"name": n, "train": str(lm_dir / f"{n}.jsonl"), "metric": "token_accuracy"}
-        for n in ("reverse", "add")
-    ]
-    cfg = {
-        "seed": 0,
-        "budget": {"evaluations": 48},
-        "batch": 8,
-        "checkpoint_every": 48,
-        "history_every": 16,
-        "fitness": {
-            "plugin": f"{ROOT}/fitness/causal_lm.py:CausalLM",
-            "options": {
-                "seeds": [str(lm_dir / s) for s in ("base", "reverse", "add")],
-                "tasks": tasks,
-            },
-        },
-        "seeds": {"kind": "plugin", "count": 3},
-        "recipe": {
-            "method": "ties",
-            "base": 0,
-            "genes": {"weight": {"low": 0.0, "high": 1.5}, "density": {"low": 0.1, "high": 1.0}},
-        },
-        "strategy": {"name": "cmaes", "sigma0": 0.3, "popsize": 8},
-        "evaluator": {"kind": "local"},
+    seeds = [lm_dir / s for s in ("base", "reverse", "add")]
+    recipe = {
+        "method": "ties",
+        "base": 0,
+        "genes": {"weight": {"low": 0.0, "high": 1.5}, "density": {"low": 0.1, "high": 1.0}},
     }
-    path = tmp_path / "lm-recipe.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    assert main(["run", str(path), "--out", str(tmp_path / "run"), "-q"]) == 0
+    lm_run(
+        tmp_path,
+        seeds,
+        token_tasks(lm_dir),
+        budget={"evaluations": 48},
+        batch=8,
+        checkpoint_every=48,
+        history_every=16,
+        recipe=recipe,
+        strategy={"name": "cmaes", "sigma0": 0.3, "popsize": 8},
+    )
+    cfg = yaml.safe_load((tmp_path / "lm.yaml").read_text())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["metrics"]["train_score"] > 0.6
     groups = summary["recipe"]["groups"]
@@ -259,26 +254,14 @@ def test_cmaes_ties_recipe_over_the_experts(lm_dir, tmp_path):
 
 
 def test_export_a_dense_member_and_refuse_unknown_ones(lm_dir, tmp_path, capsys):
-    cfg = {
-        "seed": 0,
-        "budget": {"evaluations": 8},
-        "batch": 4,
-        "checkpoint_every": 8,
-        "fitness": {
-            "plugin": f"{ROOT}/fitness/causal_lm.py:CausalLM",
-            "options": {
-                "seeds": [str(lm_dir / "reverse"), str(lm_dir / "add")],
-                "tasks": [{"train": str(lm_dir / "add.jsonl"), "metric": "likelihood"}],
-            },
-        },
-        "seeds": {"kind": "plugin", "count": 2},
-        "strategy": {"name": "m2n2", "archive_size": 4},
-        "evaluator": {"kind": "local"},
-    }
-    path = tmp_path / "lm.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    run = tmp_path / "run"
-    assert main(["run", str(path), "--out", str(run), "-q"]) == 0
+    run = lm_run(
+        tmp_path,
+        [lm_dir / "reverse", lm_dir / "add"],
+        [{"train": str(lm_dir / "add.jsonl"), "metric": "likelihood"}],
+        budget={"evaluations": 8},
+        checkpoint_every=8,
+        strategy={"name": "m2n2", "archive_size": 4},
+    )
     assert main(["export", str(run), "--member", "1", "--out", str(tmp_path / "m1"), "-q"]) == 0
     exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m1")
     add = transformers.AutoModelForCausalLM.from_pretrained(lm_dir / "add")  # member 1: a seed
