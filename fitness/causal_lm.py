@@ -184,23 +184,39 @@ class CausalLM(Fitness):
             torch.nn.utils.vector_to_parameters(vector.to(self.device, self.dtype), self.params)
 
     def score(self, params: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
+        out = []
+        for vector in params:
+            self._load(vector)
+            out.append(self.score_loaded(example_ids))
+        return torch.stack(out)
+
+    def metrics(self, params: torch.Tensor) -> dict[str, float]:
+        self._load(params.reshape(-1))
+        return self.metrics_loaded()
+
+    # --- the resident model (lineage candidates are written straight into it) --------------
+
+    def seed_folders(self) -> list[str]:
+        return [str(p) for p in self.seed_paths]
+
+    def resident_tensors(self) -> list[torch.Tensor]:
+        return self.params
+
+    def score_loaded(self, example_ids: torch.Tensor | None = None) -> torch.Tensor:
         ids = (
             torch.arange(self.num_examples)
             if example_ids is None
             else torch.as_tensor(example_ids).cpu()
         )
-        out = torch.empty(len(params), len(ids))
-        for row, vector in enumerate(params):
-            self._load(vector)
-            for task, (_, start, stop) in zip(self.tasks, self.ranges, strict=True):
-                cols = torch.nonzero((ids >= start) & (ids < stop)).squeeze(1)
-                if len(cols):
-                    chosen = [task.train_tok[int(i) - start] for i in ids[cols]]
-                    out[row, cols] = self._score_task(task, chosen)
+        out = torch.empty(len(ids))
+        for task, (_, start, stop) in zip(self.tasks, self.ranges, strict=True):
+            cols = torch.nonzero((ids >= start) & (ids < stop)).squeeze(1)
+            if len(cols):
+                chosen = [task.train_tok[int(i) - start] for i in ids[cols]]
+                out[cols] = self._score_task(task, chosen)
         return out
 
-    def metrics(self, params: torch.Tensor) -> dict[str, float]:
-        self._load(params.reshape(-1))
+    def metrics_loaded(self) -> dict[str, float]:
         found = {}
         for task in self.tasks:
             if task.test_tok:

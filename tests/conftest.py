@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_lm import lm_dir  # noqa: F401  (a fixture: a tiny Llama base and two experts)
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = f"{ROOT / 'fitness' / 'digits.py'}:Digits"

@@ -1,7 +1,6 @@
 """The causal-LM fitness on a tiny Llama and a character tokenizer made here, trained here."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,91 +14,6 @@ from evomerge.plugins import load_object
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
-
-CHARS = "0123456789+=abcdefgh"
-SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
-
-
-def make_tokenizer(folder):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-
-    vocab = {t: i for i, t in enumerate(SPECIAL + list(CHARS))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
-    tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
-    fast.save_pretrained(folder)
-    return fast
-
-
-def reverse_task(n=8):
-    pairs = [(a + b, b + a) for a in "abcd" for b in "efgh"][:n]
-    return [{"prompt": p + "=", "answer": q} for p, q in pairs]
-
-
-def add_task(n=8):
-    pairs = [(a, b) for a in range(4) for b in range(4)][:n]
-    return [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in pairs]
-
-
-def train(model, tok, examples, steps=150):
-    """Memorise ``examples`` (answer and end token) with Adam: a stand-in for a fine-tune."""
-    rows = []
-    for e in examples:
-        p = tok(e["prompt"])["input_ids"]
-        a = tok(e["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        rows.append((p, a))
-    width = max(len(p) + len(a) for p, a in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100)
-    for r, (p, a) in enumerate(rows):
-        ids[r, : len(p) + len(a)] = torch.tensor(p + a)
-        labels[r, len(p) : len(p) + len(a)] = torch.tensor(a)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        model(input_ids=ids, labels=labels).loss.backward()
-        opt.step()
-    return model
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    """A base and two experts (reversal, addition) from one init, with tasks on disk."""
-    root = tmp_path_factory.mktemp("lm")
-    tok = make_tokenizer(root / "tok")
-    cfg = transformers.LlamaConfig(
-        vocab_size=len(SPECIAL) + len(CHARS),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=32,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    base = transformers.LlamaForCausalLM(cfg)
-    init = {k: v.clone() for k, v in base.state_dict().items()}
-    base.save_pretrained(root / "base")
-    for name, task in (("reverse", reverse_task()), ("add", add_task())):
-        base.load_state_dict(init)
-        train(base, tok, task).save_pretrained(root / name)
-        (root / f"{name}.jsonl").write_text("\n".join(json.dumps(e) for e in task))
-    for folder in ("base", "reverse", "add"):
-        for f in (root / "tok").iterdir():
-            shutil.copy(f, root / folder / f.name)
-    return root
 
 
 def make_fitness(root, seeds=("reverse", "add"), batch_size=16, **task_changes):

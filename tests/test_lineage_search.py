@@ -99,7 +99,8 @@ def test_ray_workers_share_one_copy_of_the_seeds(ray_local):
     evaluator = make_evaluator(cfg.evaluator, cfg.fitness, None, lineage_spec(cfg))
     try:
         assert evaluator.seeds_shared() == [True, True]
-        assert evaluator.lineage_seeds().shape == (2, 19210)
+        store = evaluator.lineage_seeds()
+        assert (store.num_seeds, store.num_params) == (2, 19210)
     finally:
         evaluator.close()
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .dense import SLERP_EPS, slerp_coefficients
+from .seed_store import as_float64
 
 #: ``read(start, stop)`` returns the seeds' entries ``start:stop`` as a ``(K, stop - start)``
 #: array (any float dtype); it is how a lineage reaches the seeds without holding them.
@@ -125,7 +126,7 @@ class Lineage:
             last = int(np.searchsorted(self.bounds, e, side="left"))
             edges = np.clip(self.bounds[first : last + 1], s, e)
             rows = np.repeat(self.coeffs[first:last], np.diff(edges), axis=0)  # (e - s, K)
-            block = np.asarray(read(s, e), dtype=np.float64)  # (K, e - s)
+            block = as_float64(read(s, e))  # (K, e - s)
             out[s - start : e - start] = np.einsum("nk,kn->n", rows, block)
         return torch.from_numpy(out)
 
@@ -186,7 +187,7 @@ class SeedGram:
         self._partial: dict[int, np.ndarray] = {}
 
     def _block(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.read(start, stop), dtype=np.float64)
+        return as_float64(self.read(start, stop))
 
     def prefix(self, x: int) -> np.ndarray:
         """Gram of the entries ``0:x``."""

@@ -82,6 +82,11 @@ class LineageSpace:
         k, n = seeds.shape
         return cls(SeedGram(lineage.dense_reader(seeds), n, k))
 
+    @classmethod
+    def from_store(cls, store) -> LineageSpace:
+        """The space over a :mod:`~evomerge.genome.seed_store` store (in memory or mapped)."""
+        return cls(SeedGram(store.read, store.num_params, store.num_seeds))
+
     def seed_genomes(self) -> LineageBatch:
         k, n = self.gram.num_seeds, self.gram.num_params
         return LineageBatch([Lineage.of_seed(i, k, n) for i in range(k)])
@@ -118,7 +123,6 @@ class LineageSpace:
         )
 
 
-def materialize_batch(batch: LineageBatch, seeds: np.ndarray) -> np.ndarray:
-    """``(B, N)`` float32 parameters of a batch of lineages over ``(K, N)`` seeds."""
-    read = lineage.dense_reader(seeds)
-    return np.stack([m.materialize(read).numpy() for m in batch])
+def materialize_batch(batch: LineageBatch, store) -> np.ndarray:
+    """``(B, N)`` float32 parameters of a batch of lineages over a seed store."""
+    return np.stack([m.materialize(store.read).numpy() for m in batch])

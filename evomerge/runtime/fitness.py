@@ -57,6 +57,34 @@ class Fitness(ABC):
             f"{type(self).__name__} cannot make seeds; use seeds.kind: gaussian"
         )
 
+    # --- optional: a resident model that lineage genomes are written into ----------------
+
+    def seed_folders(self) -> list[str] | None:
+        """Model folders (safetensors) holding the seeds, named as :meth:`param_layout`.
+
+        When given, lineage runs memory-map these files instead of calling
+        :meth:`make_seeds`: every worker on a node shares one page-cache copy, in the files'
+        own dtype. ``None`` (the default) means the seeds come from :meth:`make_seeds`.
+        """
+        return None
+
+    def resident_tensors(self) -> list[torch.Tensor] | None:
+        """The resident model's parameters, in :meth:`param_layout` order, or ``None``.
+
+        When given, lineage candidates are written straight into these tensors (their dtype,
+        their device, one block at a time) and scored with :meth:`score_loaded` and
+        :meth:`metrics_loaded`, so a worker never builds a flat float32 copy of the model.
+        """
+        return None
+
+    def score_loaded(self, example_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example scores ``(len(example_ids),)`` of the model now in the resident tensors."""
+        raise NotImplementedError(f"{type(self).__name__} has no resident model")
+
+    def metrics_loaded(self) -> dict[str, float]:
+        """Held-out metrics of the model now in the resident tensors."""
+        return {}
+
     def export_info(self) -> dict:
         """What ``evomerge export`` needs beyond the tensors (all keys optional).
 

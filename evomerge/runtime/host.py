@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import EvomergeError, PluginError
+from ..genome.seed_store import DenseSeeds, MappedSeeds, from_description, load_into
 from ..plugins import load_object
 from .fitness import Fitness
 
@@ -70,15 +71,28 @@ class FitnessHost:
             )
         if recipe is not None:
             self._use_recipe(recipe)
-        # The seeds lineage genomes mix: made here from a spec, or given (on Ray, a read-only
-        # view of the one copy in the node's object store, shared by the node's workers).
+        # The seeds lineage genomes mix: made or mapped here from a spec, or described by the
+        # driver (on Ray, a read-only object-store array shared by the node's workers, or the
+        # seed folders, memory-mapped and so shared through the page cache).
         self.lineage_seeds = None
-        if isinstance(lineage, dict):
-            self.lineage_seeds = self.make_seeds(
-                lineage["count"], lineage["seed"], lineage["options"]
-            )
+        if isinstance(lineage, dict) and "count" in lineage:
+            self.lineage_seeds = self.lineage_store(lineage)
         elif lineage is not None:
-            self.lineage_seeds = lineage
+            self.lineage_seeds = from_description(lineage)
+        self.resident = self._call("resident_tensors") if self.lineage_seeds is not None else None
+
+    def lineage_store(self, spec: dict):
+        """The lineage seeds: the plug-in's seed folders, mapped, or the seeds it makes."""
+        folders = self._call("seed_folders")
+        if folders is None:
+            return DenseSeeds(self.make_seeds(spec["count"], spec["seed"], spec["options"]))
+        if len(folders) != spec["count"]:
+            raise PluginError(
+                f"seeds.count is {spec['count']} but fitness {self.name} names "
+                f"{len(folders)} seed folders; make them agree",
+                exit_code=2,
+            )
+        return MappedSeeds(folders, self._call("param_layout"))
 
     def _use_recipe(self, recipe: dict) -> None:
         """Search merge recipes over the plug-in's seeds instead of its raw parameters."""
@@ -138,23 +152,50 @@ class FitnessHost:
         """Score ``(B, num_params)`` candidates; returns checked ``(B, E)`` float32 scores.
 
         Lineage genomes are materialised and scored one at a time, so a worker holds one
-        candidate's parameters, not a batch of them (scores never depend on the batch).
+        candidate's parameters, not a batch of them (scores never depend on the batch); with a
+        resident model they are written into it in place and scored by ``score_loaded``.
         """
+        from ..genome.lineage import Lineage
         from ..genome.spaces import LineageBatch
 
-        if isinstance(params, LineageBatch) and len(params) > 1:
-            return np.concatenate(
-                [self.score(params[i : i + 1], example_ids) for i in range(len(params))]
-            )
+        if isinstance(params, Lineage):
+            params = LineageBatch([params])
+        if isinstance(params, LineageBatch) and (len(params) > 1 or self.resident is not None):
+            return np.concatenate([self._score_one(m, example_ids) for m in params])
         p = aligned_rows(self.dense_rows(params)).to(self.device)
         ids = None if example_ids is None else torch.as_tensor(example_ids).to(self.device)
         with torch.no_grad():
             out = self._call("score", p, ids)
-        expected = (len(p), self.fitness.num_examples if ids is None else len(ids))
+        return self._checked(out, len(p), ids)
+
+    def _score_one(self, genome, example_ids) -> np.ndarray:
+        from ..genome.spaces import LineageBatch
+
+        if self.resident is None:
+            return self.score(LineageBatch([genome]), example_ids)
+        ids = None if example_ids is None else torch.as_tensor(example_ids).to(self.device)
+        with torch.no_grad():
+            self._load(genome)
+            out = self._call("score_loaded", ids)
+        if isinstance(out, torch.Tensor | np.ndarray) and out.ndim == 1:
+            out = out[None]
+        return self._checked(out, 1, ids, "score_loaded")
+
+    def _load(self, genome) -> None:
+        try:
+            load_into(genome, self.lineage_seeds, self.resident)
+        except (ValueError, RuntimeError) as exc:
+            raise PluginError(
+                f"fitness {self.name}: cannot load a lineage into resident_tensors() "
+                f"({_describe(exc)}); they must be param_layout()'s tensors, in order"
+            ) from None
+
+    def _checked(self, out, rows: int, ids, method: str = "score") -> np.ndarray:
+        expected = (rows, self.fitness.num_examples if ids is None else len(ids))
         if not isinstance(out, torch.Tensor | np.ndarray) or tuple(out.shape) != expected:
             got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
             raise PluginError(
-                f"fitness {self.name}: score() returned {got} for {expected[0]} candidates; "
+                f"fitness {self.name}: {method}() returned {got} for {expected[0]} candidates; "
                 f"expected shape {expected} (one score per candidate and example)"
             )
         out = torch.as_tensor(out).detach().to("cpu", torch.float32).numpy()
@@ -162,16 +203,24 @@ class FitnessHost:
         if bad.any():
             row, col = np.argwhere(bad)[0]
             raise PluginError(
-                f"fitness {self.name}: score() returned {out[row, col]} for candidate {row}, "
+                f"fitness {self.name}: {method}() returned {out[row, col]} for candidate {row}, "
                 f"example {col}; scores must be finite numbers"
             )
         return out
 
     def metrics(self, params: np.ndarray) -> dict[str, float]:
-        p = torch.from_numpy(np.require(self.dense_rows(params), np.float32, ["C", "W"]))
-        p = p.to(self.device)
+        from ..genome.lineage import Lineage
+        from ..genome.spaces import LineageBatch
+
+        if isinstance(params, LineageBatch):
+            params = params[0]
         with torch.no_grad():
-            out = self._call("metrics", p)
+            if isinstance(params, Lineage) and self.resident is not None:
+                self._load(params)
+                out = self._call("metrics_loaded")
+            else:
+                p = torch.from_numpy(np.require(self.dense_rows(params), np.float32, ["C", "W"]))
+                out = self._call("metrics", p.to(self.device))
         try:
             return {str(k): float(v) for k, v in dict(out).items()}
         except (TypeError, ValueError):

@@ -35,9 +35,9 @@ class LocalEvaluator:
     def metrics(self, params) -> dict[str, float]:
         return self.host.metrics(transportable(params))
 
-    def lineage_seeds(self) -> torch.Tensor:
-        """The seeds the workers' lineage genomes mix (``(K, N)``)."""
-        return torch.from_numpy(self.host.lineage_seeds)
+    def lineage_seeds(self):
+        """The store of the seeds the lineage genomes mix (see ``genome.seed_store``)."""
+        return self.host.lineage_seeds
 
     def make_seeds(self, count: int, seed: int, options: dict) -> torch.Tensor:
         return torch.from_numpy(self.host.make_seeds(count, seed, options))

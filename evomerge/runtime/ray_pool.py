@@ -23,15 +23,17 @@ import numpy as np
 import torch
 
 from ..errors import EvomergeError, PluginError
+from ..genome.seed_store import from_description
 from ..plugins import read_source
 from .host import FitnessHost
 from .local import transportable
 
 
 def _make_seeds(spec, options, source, lineage):
-    """A one-off Ray task: the lineage seeds, made once for the whole cluster."""
+    """A one-off Ray task: the lineage seeds made once for the whole cluster (or, for seeds
+    in model folders, the folders the workers map)."""
     host = FitnessHost(spec, options, "cpu", source=source)
-    return host.make_seeds(lineage["count"], lineage["seed"], lineage["options"])
+    return host.lineage_store(lineage).describe()
 
 
 class _Worker:
@@ -78,9 +80,9 @@ class _Worker:
         return self.host.make_seeds(count, seed, options)
 
     def seeds_shared(self) -> bool:
-        """True when this worker's lineage seeds are a read-only object-store view."""
+        """True when this worker's lineage seeds are shared (object store or mapped files)."""
         seeds = self.host.lineage_seeds
-        return seeds is not None and not seeds.flags.writeable
+        return seeds is not None and seeds.shared
 
     def node(self):
         import ray
@@ -285,9 +287,9 @@ class RayEvaluator:
     def metrics(self, params: torch.Tensor) -> dict[str, float]:
         return self._get(self.actors[0].metrics.remote(transportable(params)))
 
-    def lineage_seeds(self) -> torch.Tensor:
-        """The seeds the workers' lineage genomes mix (``(K, N)``), from the object store."""
-        return torch.from_numpy(np.array(self._get(self._seeds_ref)))
+    def lineage_seeds(self):
+        """The store of the seeds the workers' lineage genomes mix (object store or files)."""
+        return from_description(self._get(self._seeds_ref))
 
     def seeds_shared(self) -> list[bool]:
         return self._get([a.seeds_shared.remote() for a in self.actors])

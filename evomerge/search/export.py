@@ -151,8 +151,9 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
             }
             if info.get("seeds"):
                 mergekit = _mergekit_doc(fitness.space, decoded, info["seeds"], out_dtype)
-        elif isinstance(genome, Lineage):
-            flat = torch.from_numpy(host.dense_rows(genome)[0])
+        elif isinstance(genome, Lineage):  # materialised tensor by tensor, never whole
+            store = host.lineage_seeds
+            flat = None
             doc["space"] = "lineage"
             doc["lineage"] = {
                 "bounds": genome.bounds.tolist(),
@@ -162,17 +163,24 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
             flat = genome.float()
             doc["space"] = "dense"
     layout = inner.param_layout()
-    if sum(math.prod(s) for _, s in layout) != flat.numel():
+    size = genome.num_params if flat is None else flat.numel()
+    if sum(math.prod(s) for _, s in layout) != size:
         raise EvomergeError(
             f"fitness {host.name}: param_layout() covers "
-            f"{sum(math.prod(s) for _, s in layout)} parameters, the member has {flat.numel()}"
+            f"{sum(math.prod(s) for _, s in layout)} parameters, the member has {size}"
         )
+
+    def tensor_at(offset: int, n: int) -> torch.Tensor:
+        if flat is None:
+            return genome.materialize(store.read, offset, offset + n)
+        return flat[offset : offset + n]
+
     plan = [(name, tuple(shape), DTYPES[out_dtype]) for name, shape in layout]
     with ShardedWriter(out, plan, max_shard_bytes=parse_size("5GB")) as writer:
         offset = 0
         for name, shape in layout:
             n = math.prod(shape)
-            writer.write(name, flat[offset : offset + n].reshape(shape))
+            writer.write(name, tensor_at(offset, n).reshape(shape))
             offset += n
         writer.copy_files([Path(p) for p in info.get("files", [])])
         writer.write_text("recipe.yaml", yaml.safe_dump(doc, sort_keys=False))

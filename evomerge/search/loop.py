@@ -210,8 +210,7 @@ def use_lineage_space(cfg: RunConfig, evaluator, strategy):
     """
     from ..genome.spaces import LineageSpace
 
-    seeds = evaluator.lineage_seeds()
-    space = LineageSpace.from_seeds(seeds)
+    space = LineageSpace.from_store(evaluator.lineage_seeds())
     strategy.use_space(space)
     return space.seed_genomes()
 
