@@ -71,6 +71,23 @@ class RayEvaluatorSection(_Section):
     )
 
 
+class TrackingSection(_Section):
+    """Send every history record to experiment trackers too (both off by default)."""
+
+    tensorboard: bool | str = Field(
+        False,
+        description="TensorBoard scalars: true writes RUN_DIR/tensorboard, a path writes there "
+        "(needs pip install 'evomerge[tensorboard]').",
+    )
+    mlflow: bool = Field(False, description="Log to MLflow (needs pip install 'evomerge[mlflow]').")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; none: MLflow's default (MLFLOW_TRACKING_URI)."
+    )
+    mlflow_experiment: str | None = Field(
+        None, description="MLflow experiment; none: the run's name."
+    )
+
+
 class RunConfig(_Section):
     """A whole search: what to evolve, how, where to score it, and for how long."""
 
@@ -90,6 +107,9 @@ class RunConfig(_Section):
     evaluator: Annotated[
         LocalEvaluatorSection | RayEvaluatorSection, Field(discriminator="kind")
     ] = LocalEvaluatorSection()
+    tracking: TrackingSection | None = Field(
+        None, description="Experiment tracking (TensorBoard, MLflow); none: off."
+    )
 
     def to_dict(self) -> dict:
         data = self.model_dump(mode="json", exclude_none=True)

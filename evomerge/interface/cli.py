@@ -15,16 +15,52 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import join_cluster, load_config, validate
-from ..errors import EvomergeError
+from ..errors import EvomergeError, RunDirError
 from ..search import loop
 from ..search.rundir import RunDir
+from ..tracking import Trackers
 from .progress import Progress
+
+EXIT_CODES = """exit codes:
+  0    done
+  1    the run failed while working (a plug-in raised, a worker died)
+  2    bad input (config, arguments, files, run directory)
+  130  interrupted (Ctrl-C or SIGTERM; a search writes a checkpoint first)
+"""
 
 EXAMPLES_RUN = """examples:
   evomerge run configs/quickstart.yaml
   evomerge run configs/m2n2_digits.yaml --out populations/m2n2-s1 --set seed=1
   evomerge run configs/m2n2_digits.yaml --set evaluator.kind=ray --set evaluator.workers=2
+  evomerge run configs/quickstart.yaml --set tracking.tensorboard=true --verbose
+
+The resolved config (overrides applied) is written to RUN_DIR/config.yaml; --verbose also
+prints it, with the overrides, before the search starts.
 """
+
+EXAMPLES_MAIN = """examples:
+  evomerge run configs/quickstart.yaml          # a search; prints its run directory
+  evomerge status populations/quickstart-20260101-120000
+  evomerge ls                                   # every run under populations/ and its state
+  evomerge report populations/quickstart-20260101-120000   # plots + index.html
+  evomerge resume populations/quickstart-20260101-120000
+  evomerge export populations/quickstart-20260101-120000 --out merged/best
+
+'evomerge COMMAND --help' shows each command's options and examples.
+Colours: on a terminal only, and never when NO_COLOR is set.
+"""
+
+
+def _show_config(cfg, overrides: list[str]) -> None:
+    """--verbose: the resolved config as it will be written to RUN_DIR/config.yaml."""
+    import yaml
+
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip()
+    lines = ["[evomerge] resolved config:"]
+    lines += [f"  {line}" for line in text.splitlines()]
+    for item in overrides:
+        lines.append(f"  # --set {item}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _default_out(config_path: str, name: str | None) -> Path:
@@ -33,10 +69,15 @@ def _default_out(config_path: str, name: str | None) -> Path:
 
 
 def _finish(search, progress: Progress) -> int:
+    from .status import RunLock
+
     try:
-        summary = search.loop()
+        with RunLock(search):  # running.json: what 'evomerge status' and 'ls' read
+            summary = search.loop()
     finally:
         search.evaluator.close()
+        if search.trackers is not None:
+            search.trackers.close()
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
     progress.message(
         f"done: {summary['evaluations']} evaluations in {summary['wall_seconds']:.1f} s "
@@ -52,7 +93,10 @@ def _finish(search, progress: Progress) -> int:
 def cmd_run(args) -> int:
     cfg = load_config(args.config, args.set or [], address=args.address)
     out = Path(args.out) if args.out else _default_out(args.config, cfg.name)
+    Trackers.open(cfg, out)  # a tracker whose package is missing is bad input: refuse now
     progress = Progress(quiet=args.quiet)
+    if args.verbose:
+        _show_config(cfg, args.set or [])
     progress.message(f"run {out}: {cfg.strategy.name}, seed {cfg.seed}")
     search = loop.start(cfg, RunDir(out), progress)
     return _finish(search, progress)
@@ -61,7 +105,16 @@ def cmd_run(args) -> int:
 def cmd_resume(args) -> int:
     run = RunDir(args.run_dir)
     cfg = validate(join_cluster(run.read_config(), args.address), str(run.path / "config.yaml"))
+    from .status import run_state
+
+    if run_state(run.path) == "running":
+        raise RunDirError(
+            f"{run.path}: is running now (see 'evomerge status {run.path}'); stop it first"
+        )
+    Trackers.open(cfg, run.path)
     progress = Progress(quiet=args.quiet)
+    if args.verbose:
+        _show_config(cfg, [])
     search = loop.reopen(run, cfg, progress)
     progress.message(f"resuming {run.path} at {search.state.evaluations} evaluations")
     return _finish(search, progress)
@@ -106,9 +159,89 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """Plots and one self-contained HTML page for one or more run directories."""
+    from .report import make_report
+
+    progress = Progress(quiet=args.quiet)
+    progress.message(f"report on {len(args.run_dirs)} run(s)")
+    done = make_report(args.run_dirs, args.out)
+    if args.verbose:
+        for image in done["images"]:
+            progress.message(f"wrote {image}")
+        for note in done["notes"]:
+            progress.message(f"not shown: {note}")
+    print(f"report: {done['html']}", flush=True)
+    return 0
+
+
+def cmd_status(args) -> int:
+    """Where one run stands: state, progress, best so far, speed, workers, last checkpoint."""
+    import json
+
+    from .status import format_status, painter, run_status
+
+    info = run_status(args.run_dir)
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        print(format_status(info, painter(sys.stdout)))
+    return 0
+
+
+def cmd_ls(args) -> int:
+    """The runs under a folder (default populations/) with their state."""
+    import json
+
+    from .status import format_ls, list_runs, painter
+
+    rows = list_runs(args.folder)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(format_ls(rows, painter(sys.stdout)))
+    return 0
+
+
+def cmd_config_reference(args) -> int:
+    """Write (or check) the configuration reference generated from the pydantic models."""
+    from ..config_reference import config_reference
+
+    text = config_reference()
+    if args.check:
+        current = Path(args.out).read_text(encoding="utf-8") if Path(args.out).is_file() else ""
+        if current != text:
+            print(f"{args.out} is out of date; run 'evomerge config-reference'", file=sys.stderr)
+            return 1
+        return 0
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text, encoding="utf-8")
+    if not args.quiet:
+        print(f"wrote {args.out}", flush=True)
+    return 0
+
+
+def _verbosity(parser: argparse.ArgumentParser, quiet_help: str = "no progress output") -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="more detail (the resolved config, files written) and a traceback on errors",
+    )
+
+
+def _epilog(examples: str) -> str:
+    return examples.rstrip("\n") + "\n\n" + EXIT_CODES
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="evomerge", description="Evolutionary model fusion: search for the best merge."
+        prog="evomerge",
+        description="Evolutionary model fusion: search for the best merge.",
+        epilog=_epilog(EXAMPLES_MAIN),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"evomerge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="start a search from a config file",
-        epilog=EXAMPLES_RUN,
+        epilog=_epilog(EXAMPLES_RUN),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("config", help="YAML config (see configs/)")
@@ -129,26 +262,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT|auto",
         help="evaluate on an existing Ray cluster (sets evaluator.kind=ray, evaluator.address)",
     )
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _verbosity(run)
     run.set_defaults(func=cmd_run)
 
     merge = sub.add_parser(
         "merge",
         help="merge checkpoints once, from an evomerge or mergekit YAML",
-        epilog="examples:\n  evomerge merge configs/merge_ties.yaml --out merged/\n"
-        "  evomerge merge my-mergekit-recipe.yml --out merged/\n",
+        epilog=_epilog(
+            "examples:\n  evomerge merge configs/merge_example.yaml --out merged/\n"
+            "  evomerge merge my-mergekit-recipe.yml --out merged/\n"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     merge.add_argument("config", help="merge YAML (evomerge's own, or mergekit's)")
     merge.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
-    merge.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _verbosity(merge)
     merge.set_defaults(func=cmd_merge)
 
     resume = sub.add_parser(
         "resume",
         help="continue a stopped search from its last checkpoint",
-        epilog="examples:\n  evomerge resume populations/quickstart-20260101-120000\n"
-        "  evomerge resume /shared/populations/llm-merge --address auto\n",
+        epilog=_epilog(
+            "examples:\n  evomerge resume populations/quickstart-20260101-120000\n"
+            "  evomerge resume /shared/populations/llm-merge --address auto\n"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     resume.add_argument("run_dir", help="a run directory made by 'evomerge run'")
@@ -157,16 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT|auto",
         help="continue on this Ray cluster (e.g. a new one after the old one was lost)",
     )
-    resume.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _verbosity(resume)
     resume.set_defaults(func=cmd_resume)
 
     export = sub.add_parser(
         "export",
         help="write a run's member as a model folder (safetensors, config, recipe.yaml)",
-        epilog="examples:\n"
-        "  evomerge export populations/llm-merge --member best --out merged/best\n"
-        "  evomerge export populations/llm-merge --member 1234 --out merged/m1234 "
-        "--dtype bfloat16\n",
+        epilog=_epilog(
+            "examples:\n"
+            "  evomerge export populations/llm-merge --member best --out merged/best\n"
+            "  evomerge export populations/llm-merge --member 1234 --out merged/m1234 "
+            "--dtype bfloat16\n"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("run_dir", help="a run directory made by 'evomerge run'")
@@ -177,9 +316,78 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["float32", "bfloat16", "float16"],
         help="tensor dtype (default: the seeds' dtype where the plug-in knows it, else float32)",
     )
-    export.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _verbosity(export)
     export.set_defaults(func=cmd_export)
+    _add_look_commands(sub)
     return parser
+
+
+def _add_look_commands(sub) -> None:
+    """report, status, ls and config-reference: commands that read, never search."""
+    report = sub.add_parser(
+        "report",
+        help="plots and one self-contained HTML page for one or more runs",
+        description="Fitness over evaluations (several runs: mean +/- s.e. per config), held-out "
+        "metrics of the reported member, the archive's per-example scores, and the MAP-Elites "
+        "grid, Pareto front and diversity diagnostics when the runs have them.",
+        epilog=_epilog(
+            "examples:\n"
+            "  evomerge report populations/quickstart-20260101-120000\n"
+            "  evomerge report populations/m2n2-s* populations/ga-s* --out reports/m2n2-vs-ga\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    report.add_argument(
+        "--out", metavar="DIR", help="output folder (default: RUN_DIR/report of the first run)"
+    )
+    _verbosity(report)
+    report.set_defaults(func=cmd_report)
+
+    status = sub.add_parser(
+        "status",
+        help="where a running or stopped run stands",
+        description="State (running, finished, stopped), progress, best so far, evaluations/s, "
+        "workers and the last checkpoint of one run directory.",
+        epilog=_epilog(
+            "examples:\n"
+            "  evomerge status populations/quickstart-20260101-120000\n"
+            "  watch -n 5 evomerge status populations/llm-merge\n"
+            "  evomerge status populations/llm-merge --json | jq .best_train_score\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("run_dir", help="a run directory made by 'evomerge run'")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    _verbosity(status, "accepted for symmetry (status prints only the status)")
+    status.set_defaults(func=cmd_status)
+
+    ls = sub.add_parser(
+        "ls",
+        help="list the runs under a folder with their state",
+        epilog=_epilog("examples:\n  evomerge ls\n  evomerge ls /shared/populations --json\n"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ls.add_argument(
+        "folder", nargs="?", default="populations", help="folder of runs (default: populations/)"
+    )
+    ls.add_argument("--json", action="store_true", help="print the list as JSON")
+    _verbosity(ls, "accepted for symmetry (ls prints only the list)")
+    ls.set_defaults(func=cmd_ls)
+
+    ref = sub.add_parser(
+        "config-reference",
+        help="write docs/config-reference.md from the config models",
+        epilog=_epilog(
+            "examples:\n  evomerge config-reference\n"
+            "  evomerge config-reference --check   # exit 1 when the file is out of date\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ref.add_argument("--out", default="docs/config-reference.md", help="file to write")
+    ref.add_argument("--check", action="store_true", help="only check that --out is current")
+    _verbosity(ref, "do not print the file written")
+    ref.set_defaults(func=cmd_config_reference)
 
 
 def _stop_on_sigterm(signum, frame):
@@ -193,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except EvomergeError as exc:
+        if getattr(args, "verbose", False):
+            import traceback
+
+            traceback.print_exc()
         print(f"evomerge: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

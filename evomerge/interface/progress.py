@@ -7,6 +7,16 @@ import sys
 import time
 
 
+def colour_enabled(stream) -> bool:
+    """Colours only on a terminal, and never with NO_COLOR set (no-color.org) or TERM=dumb."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def _fmt_rate(rate: float) -> str:
     """Evaluations per second with the digits that matter (an LLM run does < 1/s)."""
     return f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}"
@@ -48,7 +58,7 @@ class Progress:
                 TextColumn("{task.fields[rate]}/s  best {task.fields[best]:.4f}"),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
-                console=Console(file=self.stream),
+                console=Console(file=self.stream, no_color=not colour_enabled(self.stream)),
                 transient=True,
             )
             self._task = self._bar.add_task("run", total=total, completed=done, rate="0", best=0.0)

@@ -17,6 +17,7 @@ import torch
 from ..config import RunConfig
 from ..errors import EvomergeError, PluginError
 from ..runtime import make_evaluator
+from ..tracking import Trackers
 from . import checkpoint
 from .keys import child_generator
 from .registry import make_strategy
@@ -41,6 +42,7 @@ def config_digest(cfg: RunConfig) -> str:
     """
     data = cfg.to_dict()
     data.pop("budget", None)
+    data.pop("tracking", None)  # where records are also sent does not change the result
     ev = data.pop("evaluator", None) or {}
     if ev.get("kind") == "ray":
         cuda = float(ev.get("num_gpus") or 0) > 0
@@ -70,6 +72,7 @@ class Search:
     state: object
     wall_offset: float
     progress: object
+    trackers: object = None  # evomerge.tracking.Trackers, opened at the first record
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, params: torch.Tensor) -> torch.Tensor:
@@ -104,6 +107,9 @@ class Search:
             **stats,
         }
         self.run.append_history(rec)
+        if self.trackers is None:
+            self.trackers = Trackers.open(self.cfg, self.run.path)
+        self.trackers.log(rec)
         return rec
 
     def save(self) -> None:

@@ -1,0 +1,319 @@
+"""``evomerge status`` and ``evomerge ls``: where a run stands, from its run directory alone.
+
+A process that runs a search (``evomerge run`` / ``evomerge resume``) holds ``running.json``
+in the run directory: its pid and host, when it started, and a heartbeat refreshed every few
+seconds with the evaluations done, the recent evaluations/s and the workers. It removes the
+file when it ends, however it ends (a kill -9 leaves it behind with a dead pid). So a run is
+
+* ``running``: ``running.json`` names a live process on this host, or (another host, e.g. a
+  cluster head writing to shared storage) its heartbeat is fresh;
+* ``finished``: not running, and ``summary.json`` exists (the run reached its budget);
+* ``stopped``: neither (interrupted, killed, crashed): ``evomerge resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from ..errors import RunDirError
+from ..files import write_atomic
+from ..search import checkpoint as ckpt_mod
+from ..search.rundir import CONFIG, SUMMARY, RunDir
+from .progress import colour_enabled
+
+LOCK = "running.json"
+HEARTBEAT_SECONDS = 5.0
+STALE_SECONDS = 120.0  # a heartbeat from another host older than this: the run is gone
+
+
+ANSI = {"green": "32", "blue": "34", "yellow": "33", "red": "31", "bold": "1"}
+
+
+def painter(stream):
+    """``paint(text, style)``: ANSI colour on a terminal without NO_COLOR, else the text."""
+    if not colour_enabled(stream):
+        return lambda text, style="": text
+    return lambda text, style="": f"\033[{ANSI[style]}m{text}\033[0m" if style in ANSI else text
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class RunLock:
+    """Hold ``running.json`` while a search runs; a thread refreshes its heartbeat."""
+
+    def __init__(self, search, interval: float = HEARTBEAT_SECONDS):
+        self.search = search
+        self.path = Path(search.run.path) / LOCK
+        self.interval = interval
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last = (time.time(), search.state.evaluations)
+        self._rate = None
+
+    def _info(self) -> dict:
+        search, now = self.search, time.time()
+        done = int(search.state.evaluations)
+        t_prev, d_prev = self._last
+        if now - t_prev > 0 and done > d_prev:
+            self._rate = (done - d_prev) / (now - t_prev)
+        self._last = (now, done)
+        evaluator = search.evaluator
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": self.started,
+            "updated": now,
+            "evaluations": done,
+            "budget": search.cfg.budget.evaluations,
+            "evaluations_per_second": self._rate,
+            "evaluator": getattr(evaluator, "kind", None),
+            "workers": getattr(evaluator, "workers", 1),
+        }
+        alive = getattr(evaluator, "alive_workers", None)
+        if callable(alive):
+            try:
+                info["workers_alive"] = int(alive())
+            except Exception:  # noqa: BLE001 - the heartbeat must never stop the run
+                pass
+        return info
+
+    def beat(self) -> None:
+        try:
+            write_atomic(self.path, json.dumps(self._info(), indent=1) + "\n")
+        except OSError:
+            pass  # a full or read-only disk shows up where the run writes checkpoints
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def __enter__(self):
+        self.beat()
+        self._thread = threading.Thread(target=self._loop, name="evomerge-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def read_lock(path: Path) -> dict | None:
+    try:
+        data = json.loads((Path(path) / LOCK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def lock_is_live(lock: dict | None) -> bool:
+    if not lock:
+        return False
+    if lock.get("host") == socket.gethostname():
+        pid = lock.get("pid")
+        return isinstance(pid, int) and _pid_alive(pid)
+    return time.time() - float(lock.get("updated", 0)) < STALE_SECONDS
+
+
+def run_state(path: str | Path) -> str:
+    """``running``, ``finished`` or ``stopped`` (see the module docstring)."""
+    path = Path(path)
+    if lock_is_live(read_lock(path)):
+        return "running"
+    if (path / SUMMARY).is_file():
+        return "finished"
+    return "stopped"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def _rate(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0f}/s" if value >= 10 else f"{value:.2g}/s"
+
+
+def run_status(path: str | Path) -> dict:
+    """Everything ``evomerge status`` shows, as a dict (also what ``--json`` prints)."""
+    run = RunDir(path)
+    config = run.read_config() or {}
+    history = run.history()
+    last = history[-1] if history else {}
+    lock = read_lock(run.path)
+    state = run_state(run.path)
+    summary = None
+    if (run.path / SUMMARY).is_file():
+        try:
+            summary = json.loads((run.path / SUMMARY).read_text(encoding="utf-8"))
+        except ValueError:
+            summary = None
+    budget = int((config.get("budget") or {}).get("evaluations", 0))
+    ckpts = ckpt_mod.list_checkpoints(run.checkpoints)
+    last_ckpt = None
+    if ckpts:
+        newest = ckpts[-1]
+        last_ckpt = {
+            "path": str(newest),
+            "evaluations": int(newest.name),
+            "written": newest.stat().st_mtime,
+        }
+    live = lock if state == "running" else None
+    done = max(
+        int(last.get("evaluations", 0)),
+        int(live.get("evaluations", 0)) if live else 0,
+        last_ckpt["evaluations"] if last_ckpt else 0,
+    )
+    if summary:
+        done = int(summary.get("evaluations", done))
+    rate = None
+    if live and live.get("evaluations_per_second"):
+        rate = float(live["evaluations_per_second"])
+    elif summary and summary.get("evaluations_per_second"):
+        rate = float(summary["evaluations_per_second"])
+    elif len(history) >= 2:
+        a, b = history[-2], history[-1]
+        dt = b.get("wall_seconds", 0) - a.get("wall_seconds", 0)
+        if dt > 0:
+            rate = (b.get("evaluations", 0) - a.get("evaluations", 0)) / dt
+    out = {
+        "run": str(run.path),
+        "name": config.get("name"),
+        "state": state,
+        "strategy": (config.get("strategy") or {}).get("name"),
+        "evaluations": done,
+        "budget": budget,
+        "progress": done / budget if budget else None,
+        "best_train_score": last.get("best_train_score"),
+        "member": (summary or {}).get("member", last.get("member")),
+        "metrics": (summary or {}).get("metrics", last.get("metrics") or {}),
+        "evaluations_per_second": rate,
+        "last_checkpoint": last_ckpt,
+        "evaluator": (config.get("evaluator") or {}).get("kind", "local"),
+        "workers": (live or {}).get("workers", (config.get("evaluator") or {}).get("workers", 1)),
+    }
+    if live:
+        out["pid"], out["host"] = live.get("pid"), live.get("host")
+        out["heartbeat"] = live.get("updated")
+        if "workers_alive" in live:
+            out["workers_alive"] = live["workers_alive"]
+        if rate and budget > done:
+            out["eta_seconds"] = (budget - done) / rate
+    elif lock:  # left behind by a process that died without cleaning up
+        out["stale_lock"] = {"pid": lock.get("pid"), "host": lock.get("host")}
+    return out
+
+
+def format_status(info: dict, paint=None) -> str:
+    paint = paint or (lambda text, style="": text)
+    colours = {"running": "green", "finished": "blue", "stopped": "yellow"}
+    pct = f" ({100 * info['progress']:.0f}%)" if info.get("progress") is not None else ""
+    lines = [
+        f"run          {info['run']}",
+        f"state        {paint(info['state'], colours.get(info['state'], ''))}"
+        + (f" (pid {info['pid']} on {info['host']})" if info.get("pid") else ""),
+        f"strategy     {info.get('strategy') or '–'}",
+        f"progress     {info['evaluations']}/{info['budget']} evaluations{pct}",
+    ]
+    best = info.get("best_train_score")
+    metrics = ", ".join(
+        f"{k} {v:.4f}" for k, v in (info.get("metrics") or {}).items() if isinstance(v, float)
+    )
+    lines.append(
+        f"best so far  {'–' if best is None else f'{best:.4f}'} train"
+        + (f" (member {info['member']}: {metrics})" if info.get("member") is not None else "")
+    )
+    lines.append(f"speed        {_rate(info.get('evaluations_per_second'))}")
+    if info.get("eta_seconds") is not None:
+        lines.append(f"ETA          {info['eta_seconds'] / 60:.1f} min")
+    workers = f"{info.get('workers')} ({info.get('evaluator')})"
+    if "workers_alive" in info:
+        workers += f", {info['workers_alive']} alive"
+    lines.append(f"workers      {workers}")
+    ck = info.get("last_checkpoint")
+    lines.append(
+        "checkpoint   "
+        + (
+            f"{ck['evaluations']} evaluations, {_age(time.time() - ck['written'])} ({ck['path']})"
+            if ck
+            else "none"
+        )
+    )
+    if info.get("stale_lock"):
+        lines.append(
+            f"note         a process (pid {info['stale_lock']['pid']}) left {LOCK} behind and "
+            f"is gone; continue with 'evomerge resume {info['run']}'"
+        )
+    elif info["state"] == "stopped":
+        lines.append(f"note         continue with 'evomerge resume {info['run']}'")
+    return "\n".join(lines)
+
+
+def list_runs(root: str | Path) -> list[dict]:
+    """Run directories directly under ``root`` (or ``root`` itself), newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        raise RunDirError(f"{root}: no such folder")
+    dirs = [root] if (root / CONFIG).is_file() else [p for p in root.iterdir() if p.is_dir()]
+    rows = []
+    for path in dirs:
+        if not (path / CONFIG).is_file():
+            continue
+        try:
+            info = run_status(path)
+        except RunDirError:
+            continue
+        info["modified"] = max(
+            (p.stat().st_mtime for p in (path / "history.jsonl", path / CONFIG) if p.exists()),
+            default=0.0,
+        )
+        rows.append(info)
+    rows.sort(key=lambda r: r["modified"], reverse=True)
+    return rows
+
+
+def format_ls(rows: list[dict], paint=None) -> str:
+    paint = paint or (lambda text, style="": text)
+    if not rows:
+        return "no runs"
+    colours = {"running": "green", "finished": "blue", "stopped": "yellow"}
+    width = max(len(r["run"]) for r in rows)
+    lines = [f"{'RUN':<{width}}  {'STATE':<8}  {'STRATEGY':<10}  {'EVALUATIONS':>15}  BEST"]
+    for r in rows:
+        best = r.get("best_train_score")
+        evals = f"{r['evaluations']}/{r['budget']}"
+        state = paint(f"{r['state']:<8}", colours.get(r["state"], ""))
+        lines.append(
+            f"{r['run']:<{width}}  {state}  {r.get('strategy') or '–':<10}  {evals:>15}  "
+            + ("–" if best is None else f"{best:.4f}")
+        )
+    return "\n".join(lines)
