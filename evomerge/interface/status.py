@@ -278,15 +278,22 @@ def format_status(info: dict, paint=None) -> str:
     return "\n".join(lines)
 
 
+def is_run(path: Path) -> bool:
+    """A run directory: its config and at least a history or a checkpoints folder."""
+    return (path / CONFIG).is_file() and (
+        (path / "history.jsonl").is_file() or (path / "checkpoints").is_dir()
+    )
+
+
 def list_runs(root: str | Path) -> list[dict]:
     """Run directories directly under ``root`` (or ``root`` itself), newest first."""
     root = Path(root)
     if not root.is_dir():
         raise RunDirError(f"{root}: no such folder")
-    dirs = [root] if (root / CONFIG).is_file() else [p for p in root.iterdir() if p.is_dir()]
+    dirs = [root] if is_run(root) else [p for p in root.iterdir() if p.is_dir()]
     rows = []
     for path in dirs:
-        if not (path / CONFIG).is_file():
+        if not is_run(path):
             continue
         try:
             info = run_status(path)
