@@ -90,3 +90,47 @@ def test_a_killed_writers_temporary_folder_is_cleaned_up(tmp_path):
     save(tmp_path, 10)
     assert not orphan.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["0000000010"]
+
+
+def test_an_intact_checkpoint_is_never_deleted_to_write_the_same_one(tmp_path):
+    """The end of a run is saved twice; with keep_last 1 a kill between deleting the old copy
+    and renaming the new one would have left no checkpoint. The intact one is kept instead."""
+    first = save(tmp_path, 10, keep_last=1)
+    inode = (first / "state.safetensors").stat().st_ino
+    assert save(tmp_path, 10, keep_last=1) == first
+    assert (first / "state.safetensors").stat().st_ino == inode
+    assert [p.name for p in tmp_path.iterdir()] == ["0000000010"]
+
+
+def test_a_damaged_checkpoint_of_the_same_name_is_replaced(tmp_path):
+    first = save(tmp_path, 10, keep_last=1)
+    (first / "state.json").write_text("{}")
+    save(tmp_path, 10, keep_last=1)
+    assert checkpoint.verify(first) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["0000000010"]
+
+
+def test_damaged_newer_checkpoints_do_not_outlive_their_replacements(tmp_path):
+    """Resumed from 10 past a damaged 20: with keep_last 1, saving 15 must keep 15 (not prune
+    it in favour of the damaged 20), and the damaged one goes once the run is past it."""
+    save(tmp_path, 10, keep_last=2)
+    damaged = save(tmp_path, 20, keep_last=2)
+    (damaged / "state.json").write_text("{}")
+    assert checkpoint.load_latest(tmp_path, warn=lambda m: None).meta["evaluations"] == 10
+    save(tmp_path, 15, keep_last=1)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["0000000015"]
+    assert checkpoint.load_latest(tmp_path).meta["evaluations"] == 15
+
+
+def test_pruning_waits_for_the_newer_checkpoint(tmp_path, monkeypatch):
+    """If writing the newer checkpoint fails half-way, the older ones are all still there."""
+    save(tmp_path, 10, keep_last=1)
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", fail)
+    with pytest.raises(OSError):
+        save(tmp_path, 20, keep_last=1)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["0000000010"]
+    assert checkpoint.load_latest(tmp_path).meta["evaluations"] == 10

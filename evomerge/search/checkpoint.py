@@ -37,9 +37,17 @@ def _name(evaluations: int) -> str:
 
 
 def save(root: Path, tensors: dict[str, torch.Tensor], meta: dict, keep_last: int) -> Path:
-    """Write a checkpoint named by ``meta['evaluations']``; keep the newest ``keep_last``."""
+    """Write a checkpoint named by ``meta['evaluations']``; keep the newest ``keep_last``.
+
+    An intact checkpoint of the same name (the end of a run saved twice, or a resume at a
+    checkpoint) is kept as it is: the state is the same by determinism, and never deleting a
+    good checkpoint before its replacement is in place is what makes a kill harmless.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / _name(int(meta["evaluations"]))
+    if final.is_dir() and verify(final) is None:
+        _prune(root, final, keep_last)
+        return final
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -51,14 +59,29 @@ def save(root: Path, tensors: dict[str, torch.Tensor], meta: dict, keep_last: in
         fd = os.open(tmp / name, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
-    if final.exists():  # re-written after a resume: identical content by determinism
-        shutil.rmtree(final)
+    damaged = None
+    if final.exists():  # a damaged one of that name: moved aside, removed once replaced
+        damaged = root / f".tmp-damaged-{final.name}-{os.getpid()}"
+        os.rename(final, damaged)
     os.rename(tmp, final)
     fsync_dir(root)
-    for old in list_checkpoints(root)[:-keep_last]:
+    if damaged is not None:
+        shutil.rmtree(damaged, ignore_errors=True)
+    _prune(root, final, keep_last)
+    return final
+
+
+def _prune(root: Path, final: Path, keep_last: int) -> None:
+    """Keep ``final`` and the ``keep_last - 1`` before it; drop older ones and newer ones.
+
+    Newer ones can only be left from before a resume, which skipped them as damaged (the
+    newest intact checkpoint is always the one resumed from): the run is re-making them.
+    """
+    done = list_checkpoints(root)
+    older = [p for p in done if p.name <= final.name]
+    for old in older[:-keep_last] + [p for p in done if p.name > final.name]:
         shutil.rmtree(old, ignore_errors=True)
     _remove_orphans(root)
-    return final
 
 
 def _remove_orphans(root: Path) -> None:

@@ -221,8 +221,12 @@ def use_lineage_space(cfg: RunConfig, evaluator, strategy):
     return space.seed_genomes()
 
 
-def start(cfg: RunConfig, run: RunDir, progress=None) -> Search:
-    """Prepare a new search; nothing is written until the seeds have been scored."""
+def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Search:
+    """Prepare a new search; nothing is written until the seeds have been scored.
+
+    ``fresh=False`` starts again in an existing run directory that was stopped before its
+    first checkpoint was complete (its config is already there, its history is dropped).
+    """
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     evaluator = make_evaluator(cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg))
@@ -243,9 +247,13 @@ def start(cfg: RunConfig, run: RunDir, progress=None) -> Search:
         search = Search(cfg, run, strategy, evaluator, None, 0.0, progress)
         search._t0 = t0
         search.state = strategy.init(params, search.score(params))
-        run.create(cfg.to_dict())
+        if fresh:
+            run.create(cfg.to_dict())
+        else:
+            run.truncate_history(-1)
+            run.clear_summary()
+        search.record()  # before the checkpoint: a resume from it finds its record written
         search.save()
-        search.record()
         return search
     except BaseException:
         evaluator.close()
@@ -253,8 +261,15 @@ def start(cfg: RunConfig, run: RunDir, progress=None) -> Search:
 
 
 def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
-    """Continue a search from its newest intact checkpoint."""
+    """Continue a search from its newest intact checkpoint.
+
+    A run stopped before its first checkpoint was complete (none, not even a damaged one)
+    starts again from its seeds: the same draws, so the same result.
+    """
     progress = progress or NullProgress()
+    if not checkpoint.list_checkpoints(run.checkpoints):
+        progress.message(f"{run.path}: stopped before its first checkpoint; starting it again")
+        return start(cfg, run, progress, fresh=False)
     ckpt = checkpoint.load_latest(run.checkpoints, warn=progress.message)
     meta = ckpt.meta
     if meta.get("config_sha256") != config_digest(cfg):

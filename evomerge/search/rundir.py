@@ -31,14 +31,23 @@ class RunDir:
         return self.path / CHECKPOINTS
 
     def create(self, config: dict) -> None:
-        """Make the directory for a new run; refuses one that already holds a run."""
-        if (self.path / CONFIG).exists() or (self.path.exists() and any(self.path.iterdir())):
+        """Make the directory for a new run; refuses one that already holds a run.
+
+        A folder holding only the temporary file of a config write that was killed counts
+        as empty (the run never started).
+        """
+        leftovers = [p for p in self.path.glob(f".{CONFIG}.tmp-*") if p.is_file()]
+        if (self.path / CONFIG).exists() or (
+            self.path.exists() and any(p not in leftovers for p in self.path.iterdir())
+        ):
             raise RunDirError(
                 f"{self.path}: already exists and is not empty; resume it with "
                 f"'evomerge resume {self.path}' or choose another --out"
             )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            for p in leftovers:
+                p.unlink(missing_ok=True)
             write_atomic(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
         except OSError as exc:
             raise RunDirError(
