@@ -69,6 +69,13 @@ class RayEvaluatorSection(_Section):
         description="Restarts of a worker whose process or node dies; its unfinished "
         "candidates are retried, so the result is unchanged (0: a death stops the run).",
     )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds a worker may take per candidate; a worker past it is taken to "
+        "hang, killed and restarted, and its candidates retried (counts against "
+        "max_restarts). None: wait for ever.",
+    )
 
 
 class TrackingSection(_Section):

@@ -29,6 +29,7 @@ def make_evaluator(section, fitness, recipe: dict | None = None, lineage: dict |
         recipe=recipe,
         max_restarts=section.max_restarts,
         chunk_size=section.chunk_size,
+        timeout_s=section.timeout_s,
         lineage=lineage,
     )
 

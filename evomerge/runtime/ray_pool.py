@@ -8,6 +8,12 @@ actor is free (order of results is preserved).
 A worker whose process or node dies is restarted by Ray (``max_restarts``) and its unfinished
 chunk is retried on the new process (``max_task_retries``): scoring is deterministic, so the
 run's result does not change. Errors raised by the plug-in itself are not retried.
+
+With ``timeout_s`` a worker that has not returned a chunk of n candidates within
+n x ``timeout_s`` seconds (counted from when the chunk was handed to it, a restarted worker's
+set-up included) is taken to hang: its process is killed, Ray restarts it and retries the
+chunk on the new process, as for a death. A chunk that times out more than ``max_restarts``
+times stops the run with one line naming the plug-in and the timeout.
 """
 
 from __future__ import annotations
@@ -175,6 +181,7 @@ class RayEvaluator:
         max_restarts=3,
         lineage=None,
         chunk_size=None,
+        timeout_s=None,
     ):
         import ray
 
@@ -187,9 +194,12 @@ class RayEvaluator:
             num_cpus=num_cpus,
             num_gpus=num_gpus,
             max_restarts=max_restarts,
-            max_task_retries=max_restarts,
+            # retried until the actor itself is out of restarts: while the cluster has not yet
+            # noticed that a node is gone, retries fail at once and would run out first
+            max_task_retries=-1,
         )(_Worker)
         source = read_source(spec)
+        self.spec_name = spec.rsplit("/", 1)[-1]
         threads = max(1, int(num_cpus))
         self._seeds_ref = None
         if lineage is not None:
@@ -208,6 +218,8 @@ class RayEvaluator:
         self.device = device
         self.max_restarts = max_restarts
         self.chunk_size = chunk_size
+        self.timeout_s = timeout_s
+        self.timeouts = 0  # hung workers killed (and restarted) so far
         self.scoring_seconds = 0.0  # wall time the driver spent waiting for scores
         self.evaluated = [0] * workers  # candidates scored by each worker slot
 
@@ -250,12 +262,25 @@ class RayEvaluator:
         waiting = list(range(len(chunks)))
         free = list(range(self.workers))
         running = {}  # object ref -> (worker slot, chunk index)
+        deadline = {}  # object ref -> when its worker is taken to hang (with timeout_s)
+        hung = [0] * len(chunks)  # times each chunk's worker was killed for hanging
         try:
             while waiting or running:
                 while waiting and free:
                     slot, c = free.pop(0), waiting.pop(0)
-                    running[self.actors[slot].score.remote(chunks[c])] = (slot, c)
-                (ref,), _ = self._ray.wait(list(running), num_returns=1)
+                    ref = self.actors[slot].score.remote(chunks[c])
+                    running[ref] = (slot, c)
+                    if self.timeout_s:
+                        deadline[ref] = time.monotonic() + self.timeout_s * len(chunks[c])
+                wait = None
+                if deadline:
+                    wait = max(0.0, min(deadline.values()) - time.monotonic())
+                done, _ = self._ray.wait(list(running), num_returns=1, timeout=wait)
+                if not done:
+                    self._kill_hung(deadline, running, hung, chunks)
+                    continue
+                ref = done[0]
+                deadline.pop(ref, None)
                 slot, c = running.pop(ref)
                 parts[c] = self._ray.get(ref)
                 self.evaluated[slot] += len(chunks[c])
@@ -268,6 +293,23 @@ class RayEvaluator:
                     pass
             raise self._failure(exc) from None
         return torch.from_numpy(np.concatenate(parts))
+
+    def _kill_hung(self, deadline: dict, running: dict, hung: list, chunks: list) -> None:
+        """Kill the workers past their deadline; Ray restarts them and retries their chunk."""
+        now = time.monotonic()
+        for ref in [r for r, t in deadline.items() if t <= now]:
+            slot, c = running[ref]
+            hung[c] += 1
+            if hung[c] > self.max_restarts:
+                raise PluginError(
+                    f"fitness {self.spec_name}: score() did not return within "
+                    f"{self.timeout_s:g} s per candidate ({len(chunks[c])} candidates, "
+                    f"{hung[c]} tries on restarted workers); raise evaluator.timeout_s or find "
+                    "why the plug-in hangs"
+                )
+            self.timeouts += 1
+            self._ray.kill(self.actors[slot], no_restart=False)  # the task is retried
+            deadline[ref] = now + self.timeout_s * len(chunks[c])
 
     def _failure(self, exc: BaseException) -> BaseException:
         """The one-line error for a failed chunk: the plug-in's own, or the worker's death."""

@@ -1,6 +1,7 @@
 """Fitness plug-ins that misbehave in one way each, for the bad-input tests."""
 
 import os
+import time
 
 import torch
 
@@ -71,4 +72,40 @@ class CrashOnce(Small):
             with open(self.marker, "w") as f:
                 f.write(str(os.getpid()))
             os._exit(1)
+        return super().score(params, example_ids)
+
+
+class HangOnce(Small):
+    """Hangs (never returns) in its ``after``-th score() call, once per ``marker``: a worker
+    stuck on a dead file system or a deadlocked library. Its restarted worker carries on."""
+
+    def __init__(self, marker: str, after: int = 3):
+        super().__init__()
+        self.marker, self.after, self.calls = marker, after, 0
+
+    def score(self, params, example_ids=None):
+        self.calls += 1
+        if self.calls >= self.after and not os.path.exists(self.marker):
+            with open(self.marker, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(3600)
+        return super().score(params, example_ids)
+
+
+class Hangs(Small):
+    """Never returns from score()."""
+
+    def score(self, params, example_ids=None):
+        time.sleep(3600)
+
+
+class Slow(Small):
+    """Small, taking ``delay`` seconds per candidate (same scores whatever the delay)."""
+
+    def __init__(self, delay: float = 0.0):
+        super().__init__()
+        self.delay = delay
+
+    def score(self, params, example_ids=None):
+        time.sleep(self.delay * len(params))
         return super().score(params, example_ids)
