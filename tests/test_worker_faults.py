@@ -114,3 +114,30 @@ def test_a_node_that_disappears_mid_run(tmp_path, write_config):
         assert_same_archive(tmp_path / "ref", out)
     finally:
         stop(*nodes)
+
+
+def test_sigterm_on_a_ray_run_checkpoints_and_exits_130(tmp_path, write_config):
+    """ray.init puts its own SIGTERM handler in the driver (exit 15, nothing saved); the
+    evaluator puts evomerge's back, so a scheduler's stop still checkpoints first."""
+    cfg = write_config(
+        base_config(
+            budget={"evaluations": 10**6},
+            batch=16,
+            checkpoint_every=10**5,
+            evaluator={"kind": "ray", "workers": 2},
+        )
+    )
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "evomerge", "run", str(cfg), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while (
+        not (out / "history.jsonl").exists()
+        or len((out / "history.jsonl").read_text().splitlines()) < 3
+    ):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "checkpoint saved" in err, err
+    assert len(list((out / "checkpoints").iterdir())) == 2  # the first, and the one at the stop

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -142,6 +144,18 @@ def start_ray(address: str | None, num_cpus: float | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        _init_ray(ray, address, num_cpus)
+    finally:
+        # ray.init installs its own SIGTERM handler in the driver (log and exit 15): put back
+        # the program's own, so a scheduler's stop still checkpoints first (evomerge's cli)
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)
+    return True
+
+
+def _init_ray(ray, address: str | None, num_cpus: float | None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")  # set inside 'ray job submit'
 
@@ -161,7 +175,6 @@ def start_ray(address: str | None, num_cpus: float | None = None) -> bool:
             ray.init(address=address, logging_level="WARNING")
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise _join_error(address, str(exc)) from None
-    return True
 
 
 class RayEvaluator:
