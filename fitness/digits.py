@@ -86,6 +86,17 @@ class Digits(Fitness):
         correct = self._correct_one(params.reshape(-1), self.x_test, self.y_test)
         return {"test_accuracy": correct.float().mean().item()}
 
+    def example_groups(self) -> dict[str, list[int]]:
+        """Training example ids by class (``"0"``..``"9"``), by parity (``even``, ``odd``)
+        and by half (``"0-4"``, ``"5-9"``): MAP-Elites descriptors and Pareto objectives."""
+        y = self.y_train.cpu()
+        groups = {str(c): torch.nonzero(y == c).squeeze(1).tolist() for c in range(10)}
+        sets = {"even": (0, 2, 4, 6, 8), "odd": (1, 3, 5, 7, 9)}
+        sets |= {"0-4": (0, 1, 2, 3, 4), "5-9": (5, 6, 7, 8, 9)}
+        for name, classes in sets.items():
+            groups[name] = torch.nonzero(torch.isin(y, torch.tensor(classes))).squeeze(1).tolist()
+        return groups
+
     def make_seeds(
         self,
         count: int,

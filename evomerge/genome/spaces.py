@@ -60,6 +60,14 @@ class DenseSpace:
     def pack(self, rows: list) -> torch.Tensor:
         return torch.stack(rows)
 
+    # adaptive mutation: one step over the whole vector
+    def mutation_shape(self, genome: torch.Tensor) -> tuple[int, int]:
+        """``(rows, dim)`` of the steps an adaptive mutation adds to ``genome``."""
+        return 1, len(genome)
+
+    def add_step(self, genome: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        return (genome.double() + step[0]).to(torch.float32)
+
     def to_tensors(self, members: Sequence) -> dict[str, torch.Tensor]:
         n = next(p.numel() for p in members if p is not None)
         return {"params": torch.stack([torch.zeros(n) if p is None else p for p in members])}
@@ -108,6 +116,13 @@ class LineageSpace:
 
     def pack(self, rows: list) -> LineageBatch:
         return LineageBatch(rows)
+
+    # adaptive mutation: one step per region over its K seed coefficients (still exact)
+    def mutation_shape(self, genome: Lineage) -> tuple[int, int]:
+        return genome.num_regions, genome.num_seeds
+
+    def add_step(self, genome: Lineage, step: torch.Tensor) -> Lineage:
+        return Lineage(genome.bounds, genome.coeffs + step.numpy())
 
     def to_tensors(self, members: Sequence) -> dict[str, torch.Tensor]:
         out = {}

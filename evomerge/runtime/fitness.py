@@ -57,6 +57,17 @@ class Fitness(ABC):
             f"{type(self).__name__} cannot make seeds; use seeds.kind: gaussian"
         )
 
+    def example_groups(self) -> dict[str, list[int]]:
+        """Named groups of training example ids (classes, tasks) for niches built on groups.
+
+        MAP-Elites descriptors and Pareto objectives are a member's mean score over a group.
+        The default is each task of :meth:`task_ranges` when the plug-in has one, else none.
+        """
+        ranges = getattr(self, "task_ranges", None)
+        if ranges is None:
+            return {}
+        return {name: list(range(start, stop)) for name, start, stop in ranges()}
+
     # --- optional: a resident model that lineage genomes are written into ----------------
 
     def seed_folders(self) -> list[str] | None:

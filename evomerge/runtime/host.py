@@ -122,8 +122,34 @@ class FitnessHost:
             "num_examples": int(f.num_examples),
             "score_name": str(f.score_name),
             "nonnegative": bool(f.nonnegative),
+            "groups": self._groups(),
             **self._recipe_info(),
         }
+
+    def _groups(self) -> dict[str, list[int]]:
+        inner = getattr(self.fitness, "inner", self.fitness)
+        groups = self._call_on(inner, "example_groups")
+        try:
+            out = {str(k): [int(i) for i in v] for k, v in dict(groups).items()}
+        except (TypeError, ValueError):
+            raise PluginError(
+                f"fitness {self.name}: example_groups() must map names to lists of example ids"
+            ) from None
+        bad = [k for k, v in out.items() if not v or min(v) < 0 or max(v) >= inner.num_examples]
+        if bad:
+            raise PluginError(
+                f"fitness {self.name}: example group '{bad[0]}' is empty or has ids outside "
+                f"0..{inner.num_examples - 1}"
+            )
+        return out
+
+    def _call_on(self, obj, method, *args):
+        try:
+            return getattr(obj, method)(*args)
+        except EvomergeError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"fitness {self.name}: {method}() raised {_describe(exc)}") from exc
 
     def _recipe_info(self) -> dict:
         space = getattr(self.fitness, "space", None)

@@ -221,6 +221,14 @@ def use_lineage_space(cfg: RunConfig, evaluator, strategy):
     return space.seed_genomes()
 
 
+def prepared_strategy(cfg: RunConfig, evaluator):
+    """The configured strategy, given the plug-in's example groups if it builds niches on them."""
+    strategy = make_strategy(cfg.strategy, cfg.seed)
+    if hasattr(strategy, "use_groups"):
+        strategy.use_groups(evaluator.info.get("groups"))
+    return strategy
+
+
 def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Search:
     """Prepare a new search; nothing is written until the seeds have been scored.
 
@@ -231,7 +239,7 @@ def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Sea
     t0 = time.perf_counter()
     evaluator = make_evaluator(cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg))
     try:
-        strategy = make_strategy(cfg.strategy, cfg.seed)
+        strategy = prepared_strategy(cfg, evaluator)
         n = evaluator.info["num_params"]
         seeds = cfg.seeds
         if cfg.recipe is not None:  # the search starts from the recipe's initial genes
@@ -278,7 +286,11 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
             "made with; restore it, or start a new run with the new config"
         )
     evaluator = make_evaluator(cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg))
-    strategy = make_strategy(cfg.strategy, cfg.seed)
+    try:
+        strategy = prepared_strategy(cfg, evaluator)
+    except BaseException:
+        evaluator.close()
+        raise
     if lineage_spec(cfg) is not None:
         use_lineage_space(cfg, evaluator, strategy)
     state = strategy.state_from_tensors(ckpt.tensors, meta)

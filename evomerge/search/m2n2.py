@@ -12,10 +12,12 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..genome.spaces import DenseSpace
+from . import adaptive_mutation as am
 from . import competition
+from .diversity import diversity
 from .keys import child_generator
 
 
@@ -32,11 +34,22 @@ class M2N2Config(BaseModel):
     mutation_std: float = Field(
         0.0, ge=0, description="Std of Gaussian noise added to every parameter (0: none)."
     )
+    adaptive_mutation: am.AdaptiveMutationConfig | None = Field(
+        None,
+        description="CMA-adaptive mutation after crossover (covariance and step size learnt "
+        "from children the archive keeps); null: none.",
+    )
     space: Literal["dense", "lineage"] = Field(
         "dense",
         description="Genomes: dense parameter vectors, or lineages (exact recipes over "
-        "pre-trained seeds, a few KB each whatever the model size; no mutation).",
+        "pre-trained seeds, a few KB each whatever the model size; no Gaussian mutation).",
     )
+
+    @model_validator(mode="after")
+    def one_mutation(self):
+        if self.mutation_std > 0 and self.adaptive_mutation is not None:
+            raise ValueError("give mutation_std or adaptive_mutation, not both")
+        return self
 
 
 class GAConfig(BaseModel):
@@ -50,11 +63,22 @@ class GAConfig(BaseModel):
     mutation_std: float = Field(
         0.0, ge=0, description="Std of Gaussian noise added to every parameter (0: none)."
     )
+    adaptive_mutation: am.AdaptiveMutationConfig | None = Field(
+        None,
+        description="CMA-adaptive mutation after crossover (covariance and step size learnt "
+        "from children the archive keeps); null: none.",
+    )
     space: Literal["dense", "lineage"] = Field(
         "dense",
         description="Genomes: dense parameter vectors, or lineages (exact recipes over "
-        "pre-trained seeds, a few KB each whatever the model size; no mutation).",
+        "pre-trained seeds, a few KB each whatever the model size; no Gaussian mutation).",
     )
+
+    @model_validator(mode="after")
+    def one_mutation(self):
+        if self.mutation_std > 0 and self.adaptive_mutation is not None:
+            raise ValueError("give mutation_std or adaptive_mutation, not both")
+        return self
 
     @property
     def alpha(self) -> float:
@@ -74,15 +98,18 @@ class ArchiveState:
     ids: tuple[int, ...]
     evaluations: int
     next_id: int
+    mutation: am.MutationState | None = None
 
 
 @dataclass(frozen=True)
 class Children:
-    """Candidates asked from one state: their parameters, ids and parent ids."""
+    """Candidates asked from one state: their parameters, ids and parent ids (and, with
+    adaptive mutation, each child's unscaled mutation steps)."""
 
     params: torch.Tensor
     ids: tuple[int, ...]
     parents: tuple[tuple[int, int], ...]
+    steps: tuple | None = None
 
 
 class M2N2:
@@ -98,6 +125,9 @@ class M2N2:
         """Make children in ``space`` (a :mod:`evomerge.genome.spaces` space)."""
         self.space = space
 
+    def use_groups(self, groups: dict[str, list[int]] | None) -> None:
+        """The plug-in's example groups; M2N2's niches are single examples, so unused."""
+
     # -- state -------------------------------------------------------------------------------
     def init(self, seed_params: torch.Tensor, seed_scores: torch.Tensor) -> ArchiveState:
         """An empty archive with the seed models inserted by the replacement rule."""
@@ -111,7 +141,11 @@ class M2N2:
         )
         for i in range(k):
             state = self._insert(state, i, self.space.copy(seed_params[i]), seed_scores[i].float())
-        return replace(state, next_id=k)
+        mutation = None
+        if self.config.adaptive_mutation is not None:
+            dim = self.space.mutation_shape(seed_params[0])[1]
+            mutation = am.initial(self.config.adaptive_mutation, dim)
+        return replace(state, next_id=k, mutation=mutation)
 
     def _insert(self, state: ArchiveState, cid: int, params, scores, scores_buf=None):
         worst = competition.worst_index(state.scores, scores, self.config.alpha)
@@ -144,7 +178,7 @@ class M2N2:
     def ask(self, state: ArchiveState, n: int) -> Children:
         """``n`` children from one archive state; child i uses key (seed, evaluations + i)."""
         cfg = self.config
-        rows, ids, parents = [], [], []
+        rows, ids, parents, steps = [], [], [], []
         for j in range(n):
             gen = child_generator(self.seed, state.evaluations + j, self._gen)
             u_a, u_b, w = torch.rand(3, generator=gen, dtype=torch.float64).tolist()
@@ -160,10 +194,15 @@ class M2N2:
                 child = space.slerp(pa, pb, w)
             if cfg.mutation_std > 0:
                 child = space.mutate(child, cfg.mutation_std, gen)
+            if state.mutation is not None:
+                y = am.sample(state.mutation, space.mutation_shape(child)[0], gen)
+                child = space.add_step(child, state.mutation.sigma * y)
+                steps.append(y)
             rows.append(child)
             ids.append(state.next_id + j)
             parents.append((state.ids[a], state.ids[b]))
-        return Children(self.space.pack(rows), tuple(ids), tuple(parents))
+        out = tuple(steps) if state.mutation is not None else None
+        return Children(self.space.pack(rows), tuple(ids), tuple(parents), out)
 
     def tell(self, state: ArchiveState, children: Children, scores: torch.Tensor) -> ArchiveState:
         """Insert the children in order; returns a new state (the old one is not modified)."""
@@ -171,6 +210,11 @@ class M2N2:
         for i, cid in enumerate(children.ids):
             member = self.space.copy(children.params[i])
             state = self._insert(state, cid, member, scores[i].float(), buf)
+            if state.mutation is not None:
+                kept = cid in state.ids
+                steps = children.steps[i] if children.steps is not None else None
+                mutation = am.update(self.config.adaptive_mutation, state.mutation, steps, kept)
+                state = replace(state, mutation=mutation)
         n = len(children.ids)
         return replace(
             state, scores=buf, evaluations=state.evaluations + n, next_id=state.next_id + n
@@ -197,6 +241,23 @@ class M2N2:
                 "max": fit.max().item(),
             },
             "train_score": {"mean": means.mean().item(), "max": means.max().item()},
+            "diversity": diversity(state.scores[filled]),
+            **self._mutation_stats(state),
+        }
+
+    @staticmethod
+    def _mutation_stats(state: ArchiveState) -> dict:
+        m = state.mutation
+        if m is None:
+            return {}
+        spread = m.cov if m.diagonal else torch.diagonal(m.cov)
+        return {
+            "mutation": {
+                "sigma": m.sigma,
+                "success_rate": m.success,
+                "cov_diag_mean": spread.mean().item(),
+                "step": m.sigma * spread.mean().sqrt().item(),  # typical step per coordinate
+            }
         }
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -208,6 +269,9 @@ class M2N2:
             "ids": torch.tensor(state.ids),
         }
         meta = {"evaluations": state.evaluations, "next_id": state.next_id}
+        if state.mutation is not None:
+            extra, meta["mutation"] = state.mutation.to_tensors()
+            tensors.update(extra)
         return tensors, {**meta, "space": self.space.name}
 
     def state_from_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> ArchiveState:
@@ -218,4 +282,9 @@ class M2N2:
             ids=ids,
             evaluations=int(meta["evaluations"]),
             next_id=int(meta["next_id"]),
+            mutation=(
+                am.MutationState.from_tensors(tensors, meta["mutation"])
+                if "mutation" in meta
+                else None
+            ),
         )

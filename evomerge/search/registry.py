@@ -18,7 +18,9 @@ from pydantic import BaseModel
 
 from .cmaes import CMAES, CMAESConfig
 from .m2n2 import M2N2, GAConfig, M2N2Config
+from .niche_archives import MapElites, MapElitesConfig, Pareto, ParetoConfig
 from .random_search import RandomConfig, RandomSearch
+from .sep_cmaes import SepCMAES, SepCMAESConfig
 
 
 @dataclass(frozen=True)
@@ -43,3 +45,6 @@ register_strategy("m2n2", M2N2Config, M2N2)
 register_strategy("ga", GAConfig, M2N2)
 register_strategy("cmaes", CMAESConfig, CMAES)
 register_strategy("random", RandomConfig, RandomSearch)
+register_strategy("map_elites", MapElitesConfig, MapElites)
+register_strategy("pareto", ParetoConfig, Pareto)
+register_strategy("sep_cmaes", SepCMAESConfig, SepCMAES)
