@@ -7,6 +7,7 @@ validated by the model its ``name`` registers (see :mod:`evomerge.search.registr
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -126,7 +127,7 @@ class RunConfig(_Section):
 
 def _hint(model: type[BaseModel] | None, loc: tuple, err: dict) -> str:
     if err["type"] == "extra_forbidden" and model is not None:
-        fields = _fields_at(model, loc[:-1])
+        fields = _fields_at(model, tuple(err["loc"])[:-1])
         close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
         known = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(fields)}"
         return f"unknown key; {known}"
@@ -138,14 +139,32 @@ def _hint(model: type[BaseModel] | None, loc: tuple, err: dict) -> str:
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    for part in loc:
-        field = model.model_fields.get(str(part))
+    """Keys of the section at ``loc`` (pydantic's, with a union's tag after its field)."""
+    parts = list(loc)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
         ann = getattr(field, "annotation", None)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
-        else:
-            return []
+            continue
+        tagged = {_kind(m): m for m in _models_in(ann)}  # evaluator: local | ray, ...
+        if parts and parts[0] in tagged:
+            model = tagged[parts.pop(0)]
+            continue
+        return []
     return list(model.model_fields)
+
+
+def _models_in(ann) -> list[type[BaseModel]]:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    return [m for arg in typing.get_args(ann) for m in _models_in(arg)]
+
+
+def _kind(model: type[BaseModel]) -> str | None:
+    field = model.model_fields.get("kind")
+    args = typing.get_args(field.annotation) if field is not None else ()
+    return args[0] if args else None
 
 
 def format_validation(

@@ -130,7 +130,9 @@ def test_pruning_waits_for_the_newer_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "save_file", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(
+        RunDirError, match=r"checkpoint 0000000020 \(No space left on device\); the"
+    ):
         save(tmp_path, 20, keep_last=1)
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["0000000010"]
+    assert [p.name for p in tmp_path.iterdir()] == ["0000000010"]  # no temporary folder left
     assert checkpoint.load_latest(tmp_path).meta["evaluations"] == 10

@@ -43,22 +43,28 @@ def save(root: Path, tensors: dict[str, torch.Tensor], meta: dict, keep_last: in
     checkpoint) is kept as it is: the state is the same by determinism, and never deleting a
     good checkpoint before its replacement is in place is what makes a kill harmless.
     """
-    root.mkdir(parents=True, exist_ok=True)
     final = root / _name(int(meta["evaluations"]))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"{root}: cannot create ({exc.strerror})", exit_code=1) from None
     if final.is_dir() and verify(final) is None:
         _prune(root, final, keep_last)
         return final
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "state.safetensors")
-    (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **meta}, indent=1))
-    manifest = {name: sha256_file(tmp / name) for name in STATE_FILES}
-    (tmp / "manifest.json").write_text(json.dumps({"sha256": manifest}, indent=1))
-    for name in (*STATE_FILES, "manifest.json"):
-        fd = os.open(tmp / name, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+    try:
+        _write(tmp, tensors, meta)
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        why = why.rpartition("I/O error: ")[2]  # safetensors' wording of an OS error
+        err = RunDirError(
+            f"{root}: cannot write checkpoint {final.name} ({why}); the previous checkpoint is "
+            f"kept: free disk space or fix permissions, then 'evomerge resume {root.parent}'",
+            exit_code=1,
+        )
+        err.why = why
+        raise err from None
     damaged = None
     if final.exists():  # a damaged one of that name: moved aside, removed once replaced
         damaged = root / f".tmp-damaged-{final.name}-{os.getpid()}"
@@ -69,6 +75,20 @@ def save(root: Path, tensors: dict[str, torch.Tensor], meta: dict, keep_last: in
         shutil.rmtree(damaged, ignore_errors=True)
     _prune(root, final, keep_last)
     return final
+
+
+def _write(tmp: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """The checkpoint's files, fsynced, in the temporary folder ``tmp``."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "state.safetensors")
+    (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **meta}, indent=1))
+    manifest = {name: sha256_file(tmp / name) for name in STATE_FILES}
+    (tmp / "manifest.json").write_text(json.dumps({"sha256": manifest}, indent=1))
+    for name in (*STATE_FILES, "manifest.json"):
+        fd = os.open(tmp / name, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
 
 
 def _prune(root: Path, final: Path, keep_last: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..errors import EvomergeError, PluginError
+from ..errors import EvomergeError, PluginError, RunDirError
 from ..runtime import make_evaluator
 from ..tracking import Trackers
 from . import checkpoint
@@ -141,6 +142,14 @@ class Search:
                 if done // cfg.checkpoint_every > (done - n) // cfg.checkpoint_every:
                     self.save()
                 self.progress.update(done, lambda: self.strategy.best(self.state)[2].mean().item())
+        except EvomergeError as exc:
+            if "evomerge resume" in str(exc):
+                raise
+            raise type(exc)(
+                f"{exc} (stopped at {self.state.evaluations} evaluations, the last checkpoint "
+                f"kept: fix the cause, then 'evomerge resume {self.run.path}')",
+                exit_code=exc.exit_code,
+            ) from None
         except KeyboardInterrupt:
             self.save()
             self.progress.close()
@@ -216,7 +225,16 @@ def use_lineage_space(cfg: RunConfig, evaluator, strategy):
     """
     from ..genome.spaces import LineageSpace
 
-    space = LineageSpace.from_store(evaluator.lineage_seeds())
+    store = evaluator.lineage_seeds()
+    space = LineageSpace.from_store(store)
+    norms = np.diagonal(space.gram.prefix(space.gram.num_params))  # the one pass, for free
+    for k in np.flatnonzero(~np.isfinite(norms)):
+        folders = getattr(store, "folders", None)
+        where = folders[k] if folders else f"seed {k} made by the fitness plug-in"
+        raise EvomergeError(
+            f"{where}: the weights hold NaN or Inf values; every merge with this seed would "
+            "too: replace it with a finite model"
+        )
     strategy.use_space(space)
     return space.seed_genomes()
 
@@ -252,6 +270,11 @@ def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Sea
         else:
             progress.message(f"making {seeds.count} seed models with the fitness plug-in")
             params = evaluator.make_seeds(seeds.count, cfg.seed, dict(seeds.options))
+            for k in torch.nonzero(~torch.isfinite(params).all(dim=1)).flatten().tolist():
+                raise PluginError(
+                    f"fitness: make_seeds() returned NaN or Inf weights in seed {k}; "
+                    "seeds must be finite (check the plug-in's training of its seeds)"
+                )
         search = Search(cfg, run, strategy, evaluator, None, 0.0, progress)
         search._t0 = t0
         search.state = strategy.init(params, search.score(params))
@@ -260,8 +283,21 @@ def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Sea
         else:
             run.truncate_history(-1)
             run.clear_summary()
-        search.record()  # before the checkpoint: a resume from it finds its record written
-        search.save()
+        try:
+            search.record()  # before the checkpoint: a resume from it finds its record written
+            search.save()
+        except BaseException as exc:
+            if not fresh:
+                raise
+            shutil.rmtree(run.path, ignore_errors=True)  # no first checkpoint: leave nothing
+            why = getattr(exc, "why", None)
+            if why is None:
+                raise
+            raise RunDirError(
+                f"{run.path}: cannot write the run's first checkpoint ({why}); nothing was "
+                "kept: free disk space or fix permissions, then start the run again",
+                exit_code=1,
+            ) from None
         return search
     except BaseException:
         evaluator.close()

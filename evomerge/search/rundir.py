@@ -66,8 +66,20 @@ class RunDir:
             raise RunDirError(f"{self.path / CONFIG}: not valid YAML ({exc})") from None
 
     def append_history(self, record: dict) -> None:
-        with open(self.path / HISTORY, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path / HISTORY, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise self._write_error(HISTORY, exc) from None
+
+    def _write_error(self, name: str, exc: OSError) -> RunDirError:
+        err = RunDirError(
+            f"{self.path / name}: cannot write ({exc.strerror or exc}); free disk space or fix "
+            "permissions",
+            exit_code=1,
+        )
+        err.why = f"{name}: {exc.strerror or exc}"
+        return err
 
     def history(self) -> list[dict]:
         """Records written so far; a line cut short by a crash is ignored."""
@@ -84,10 +96,16 @@ class RunDir:
     def truncate_history(self, evaluations: int) -> None:
         """Drop records after ``evaluations`` (they are re-made when a run resumes)."""
         kept = [r for r in self.history() if r.get("evaluations", 0) <= evaluations]
-        write_atomic(self.path / HISTORY, "".join(json.dumps(r) + "\n" for r in kept))
+        try:
+            write_atomic(self.path / HISTORY, "".join(json.dumps(r) + "\n" for r in kept))
+        except OSError as exc:
+            raise self._write_error(HISTORY, exc) from None
 
     def write_summary(self, summary: dict) -> None:
-        write_atomic(self.path / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        try:
+            write_atomic(self.path / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        except OSError as exc:
+            raise self._write_error(SUMMARY, exc) from None
 
     def clear_summary(self) -> None:
         (self.path / SUMMARY).unlink(missing_ok=True)

@@ -109,3 +109,40 @@ class Slow(Small):
     def score(self, params, example_ids=None):
         time.sleep(self.delay * len(params))
         return super().score(params, example_ids)
+
+
+class FolderSeeds(Small):
+    """Small, whose lineage seeds are model folders (one tensor 'w' of 4 entries each)."""
+
+    def __init__(self, folders: list[str]):
+        super().__init__()
+        self.folders = folders
+
+    def seed_folders(self):
+        return list(self.folders)
+
+    def param_layout(self):
+        return [("w", (4,))]
+
+
+class NaNSeeds(Small):
+    """Makes seeds, one of them with a NaN weight (a training run that diverged)."""
+
+    def make_seeds(self, count, seed):
+        out = torch.ones(count, self.num_params)
+        out[count - 1, 2] = float("nan")
+        return out
+
+
+class RaisesLater(Small):
+    """Works for ``after`` score() calls, then raises: a data server that goes away mid-run."""
+
+    def __init__(self, after: int = 20):
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def score(self, params, example_ids=None):
+        self.calls += 1
+        if self.calls > self.after:
+            raise ConnectionError("lost the connection to the data server")
+        return super().score(params, example_ids)
