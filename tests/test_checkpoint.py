@@ -136,3 +136,34 @@ def test_pruning_waits_for_the_newer_checkpoint(tmp_path, monkeypatch):
         save(tmp_path, 20, keep_last=1)
     assert [p.name for p in tmp_path.iterdir()] == ["0000000010"]  # no temporary folder left
     assert checkpoint.load_latest(tmp_path).meta["evaluations"] == 10
+
+
+def test_resume_past_a_damaged_checkpoint_through_the_cli(tmp_path, write_config, capsys):
+    """Truncated newest checkpoint: one line says so, the previous one is used, and the run
+    ends as an undamaged one; with every checkpoint damaged, one clear error."""
+    from conftest import base_config
+    from test_search import assert_same_archive
+
+    from evomerge.interface.cli import main
+
+    cfg = write_config(base_config(budget={"evaluations": 60}, checkpoint_every=20))
+    whole, hurt = tmp_path / "whole", tmp_path / "hurt"
+    assert main(["run", str(cfg), "--out", str(whole), "-q"]) == 0
+    assert main(["run", str(cfg), "--out", str(hurt), "-q"]) == 0
+    newest = checkpoint.list_checkpoints(hurt / "checkpoints")[-1]
+    data = (newest / "state.safetensors").read_bytes()
+    (newest / "state.safetensors").write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    assert main(["resume", str(hurt)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    damaged = [x for x in err if "skipping damaged checkpoint" in x]
+    assert len(damaged) == 1 and "0000000060: state.safetensors does not match" in damaged[0]
+    assert any("resuming" in x and "at 40 evaluations" in x for x in err), err
+    assert_same_archive(whole, hurt)
+
+    for ck in checkpoint.list_checkpoints(hurt / "checkpoints"):
+        (ck / "state.json").write_text("{}")
+    assert main(["resume", str(hurt)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    errors = [x for x in err if x.startswith("evomerge: error: ")]
+    assert len(errors) == 1 and "no usable checkpoint; the run cannot be resumed" in errors[0]
