@@ -136,6 +136,12 @@ class _GroupArchive(M2N2):
             ids=state.ids[:slot] + (cid,) + state.ids[slot + 1 :],
         )
 
+    def state_to_tensors(self, state: ArchiveState) -> tuple[dict[str, torch.Tensor], dict]:
+        """M2N2's checkpoint plus derived views for reports (ignored when loading)."""
+        tensors, meta = super().state_to_tensors(state)
+        extra, extra_meta = self._report_tensors(state)
+        return {**tensors, **extra}, {**meta, **extra_meta}
+
     def stats(self, state: ArchiveState) -> dict:
         filled = torch.tensor([i >= 0 for i in state.ids])
         means = state.scores.mean(dim=1)[filled]
@@ -177,7 +183,15 @@ class MapElites(_GroupArchive):
         return self._place(state, slot, cid, params, scores, scores_buf)
 
     def _archive_stats(self, state: ArchiveState, filled: torch.Tensor) -> dict:
-        return {"coverage": float(filled.double().mean())}
+        means = state.scores.double().mean(dim=1)[filled]
+        return {"coverage": float(filled.double().mean()), "qd_score": float(means.sum())}
+
+    def _report_tensors(self, state: ArchiveState) -> tuple[dict, dict]:
+        """Each cell's elite mean score (NaN where empty), and the grid's shape."""
+        grid = state.scores.double().mean(dim=1)
+        grid[torch.tensor([i < 0 for i in state.ids])] = float("nan")
+        shape = [self.config.cells] * len(self.config.descriptors)
+        return {"grid_fitness": grid}, {"grid_shape": shape}
 
 
 def dominates(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -235,3 +249,10 @@ class Pareto(_GroupArchive):
 
     def _archive_stats(self, state: ArchiveState, filled: torch.Tensor) -> dict:
         return {"front_size": int(filled.sum())}
+
+    def _report_tensors(self, state: ArchiveState) -> tuple[dict, dict]:
+        """The members' objectives (members x objectives), for the report's front plot."""
+        filled = [i for i, m in enumerate(state.ids) if m >= 0]
+        return {"objectives": self.group_scores(state.scores[filled])}, {
+            "objective_names": list(self.config.objectives)
+        }
