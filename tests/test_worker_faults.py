@@ -37,6 +37,17 @@ def test_a_hung_worker_is_killed_restarted_and_its_candidates_retried(tmp_path, 
     assert time.time() - t0 < 120
 
 
+def test_a_hung_metrics_call_is_retried_on_a_restarted_worker(tmp_path, write_config):
+    marker = tmp_path / "hung"
+    plugin = {"plugin": str(PLUGINS / "bad.py:MetricsHangOnce"), "options": {"marker": str(marker)}}
+    ev = {"kind": "ray", "workers": 1, "timeout_s": 1.5}
+    cfg = write_config(base_config(fitness=plugin, budget={"evaluations": 8}, evaluator=ev))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "-q"]) == 0
+    assert marker.exists()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "held_out" in summary["metrics"]
+
+
 def test_a_worker_that_never_returns_stops_the_run_in_one_line(tmp_path, write_config, capsys):
     cfg = base_config(
         fitness={"plugin": str(PLUGINS / "bad.py:Hangs")},

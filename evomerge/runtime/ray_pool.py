@@ -10,10 +10,11 @@ chunk is retried on the new process (``max_task_retries``): scoring is determini
 run's result does not change. Errors raised by the plug-in itself are not retried.
 
 With ``timeout_s`` a worker that has not returned a chunk of n candidates within
-n x ``timeout_s`` seconds (counted from when the chunk was handed to it, a restarted worker's
-set-up included) is taken to hang: its process is killed, Ray restarts it and retries the
-chunk on the new process, as for a death. A chunk that times out more than ``max_restarts``
-times stops the run with one line naming the plug-in and the timeout.
+n x ``timeout_s`` seconds of being handed it is taken to hang: its process is killed, Ray
+restarts it and retries the chunk on the new process, as for a death. The restarted worker
+gets its set-up time on top (5 s + twice what the pool's first set-up took). A chunk that
+times out more than ``max_restarts`` times stops the run with one line naming the plug-in and
+the timeout. A ``metrics()`` call (one candidate) is held to ``timeout_s`` the same way.
 """
 
 from __future__ import annotations
@@ -225,7 +226,10 @@ class RayEvaluator:
             actor.remote(spec, options, device, source, threads, recipe, lineage)
             for _ in range(workers)
         ]
+        t0 = time.monotonic()
         infos = self._get([a.info.remote() for a in self.actors])
+        # a worker restarted after a hang gets this on top of its timeout for its set-up
+        self.restart_allowance = 5.0 + 2 * (time.monotonic() - t0)
         self.info = infos[0]
         self.workers = workers
         self.device = device
@@ -322,7 +326,7 @@ class RayEvaluator:
                 )
             self.timeouts += 1
             self._ray.kill(self.actors[slot], no_restart=False)  # the task is retried
-            deadline[ref] = now + self.timeout_s * len(chunks[c])
+            deadline[ref] = now + self.restart_allowance + self.timeout_s * len(chunks[c])
 
     def _failure(self, exc: BaseException) -> BaseException:
         """The one-line error for a failed chunk: the plug-in's own, or the worker's death."""
@@ -340,7 +344,21 @@ class RayEvaluator:
         return PluginError(f"ray worker failed: {msg}")
 
     def metrics(self, params: torch.Tensor) -> dict[str, float]:
-        return self._get(self.actors[0].metrics.remote(transportable(params)))
+        """Held-out metrics of one candidate; under ``timeout_s`` like one candidate's score."""
+        ref = self.actors[0].metrics.remote(transportable(params))
+        tries, wait = 0, self.timeout_s
+        while self.timeout_s and not self._ray.wait([ref], timeout=wait)[0]:
+            tries += 1
+            if tries > self.max_restarts:
+                raise PluginError(
+                    f"fitness {self.spec_name}: metrics() did not return within "
+                    f"{self.timeout_s:g} s ({tries} tries on restarted workers); raise "
+                    "evaluator.timeout_s or find why the plug-in hangs"
+                )
+            self.timeouts += 1
+            self._ray.kill(self.actors[0], no_restart=False)  # the call is retried
+            wait = self.restart_allowance + self.timeout_s
+        return self._get(ref)
 
     def lineage_seeds(self):
         """The store of the seeds the workers' lineage genomes mix (object store or files)."""

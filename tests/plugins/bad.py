@@ -146,3 +146,18 @@ class RaisesLater(Small):
         if self.calls > self.after:
             raise ConnectionError("lost the connection to the data server")
         return super().score(params, example_ids)
+
+
+class MetricsHangOnce(Small):
+    """Hangs once in metrics() (per ``marker``): a held-out evaluation stuck on I/O."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def metrics(self, params):
+        if not os.path.exists(self.marker):
+            with open(self.marker, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(3600)
+        return {"held_out": float(params.sum())}
