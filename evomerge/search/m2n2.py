@@ -21,64 +21,44 @@ from .diversity import diversity
 from .keys import child_generator
 
 
-class M2N2Config(BaseModel):
-    """``strategy:`` section for ``name: m2n2``."""
+class VariationConfig(BaseModel):
+    """How children are made: shared by ``m2n2``, ``ga``, ``map_elites`` and ``pareto``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    crossover: bool = Field(True, description="Make children by crossover (else copy parent A).")
+    split_point: bool = Field(True, description="Crossover at a random split point (else SLERP).")
+    mutation_std: float = Field(
+        0.0, ge=0, description="Std of Gaussian noise added to every parameter (0: none)."
+    )
+    adaptive_mutation: am.AdaptiveMutationConfig | None = Field(
+        None,
+        description="CMA-adaptive mutation after crossover (covariance and step size learnt "
+        "from children the archive keeps); null: none.",
+    )
+    space: Literal["dense", "lineage"] = Field(
+        "dense",
+        description="Genomes: dense parameter vectors, or lineages (exact recipes over "
+        "pre-trained seeds, a few KB each whatever the model size; no Gaussian mutation).",
+    )
+
+    @model_validator(mode="after")
+    def one_mutation(self):
+        if self.mutation_std > 0 and self.adaptive_mutation is not None:
+            raise ValueError("give mutation_std or adaptive_mutation, not both")
+        return self
+
+
+class M2N2Config(VariationConfig):
+    """``strategy:`` section for ``name: m2n2``."""
+
     name: Literal["m2n2"] = "m2n2"
     archive_size: int = Field(20, ge=2, description="Members kept in the archive.")
     alpha: float = Field(1.0, ge=0, description="Resource-sharing exponent (0: no competition).")
     attraction: bool = Field(True, description="Choose parent B by attraction to parent A.")
-    crossover: bool = Field(True, description="Make children by crossover (else copy parent A).")
-    split_point: bool = Field(True, description="Crossover at a random split point (else SLERP).")
-    mutation_std: float = Field(
-        0.0, ge=0, description="Std of Gaussian noise added to every parameter (0: none)."
-    )
-    adaptive_mutation: am.AdaptiveMutationConfig | None = Field(
-        None,
-        description="CMA-adaptive mutation after crossover (covariance and step size learnt "
-        "from children the archive keeps); null: none.",
-    )
-    space: Literal["dense", "lineage"] = Field(
-        "dense",
-        description="Genomes: dense parameter vectors, or lineages (exact recipes over "
-        "pre-trained seeds, a few KB each whatever the model size; no Gaussian mutation).",
-    )
-
-    @model_validator(mode="after")
-    def one_mutation(self):
-        if self.mutation_std > 0 and self.adaptive_mutation is not None:
-            raise ValueError("give mutation_std or adaptive_mutation, not both")
-        return self
 
 
-class GAConfig(BaseModel):
-    """``strategy:`` section for ``name: ga``: M2N2 without competition (alpha 0) or attraction."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: Literal["ga"] = "ga"
-    archive_size: int = Field(20, ge=2, description="Members kept in the archive.")
-    crossover: bool = Field(True, description="Make children by crossover (else copy parent A).")
-    split_point: bool = Field(True, description="Crossover at a random split point (else SLERP).")
-    mutation_std: float = Field(
-        0.0, ge=0, description="Std of Gaussian noise added to every parameter (0: none)."
-    )
-    adaptive_mutation: am.AdaptiveMutationConfig | None = Field(
-        None,
-        description="CMA-adaptive mutation after crossover (covariance and step size learnt "
-        "from children the archive keeps); null: none.",
-    )
-    space: Literal["dense", "lineage"] = Field(
-        "dense",
-        description="Genomes: dense parameter vectors, or lineages (exact recipes over "
-        "pre-trained seeds, a few KB each whatever the model size; no Gaussian mutation).",
-    )
-
-    @model_validator(mode="after")
-    def one_mutation(self):
-        if self.mutation_std > 0 and self.adaptive_mutation is not None:
-            raise ValueError("give mutation_std or adaptive_mutation, not both")
-        return self
+class UncompetedConfig(VariationConfig):
+    """Archives without resource competition or attraction (parents chosen otherwise)."""
 
     @property
     def alpha(self) -> float:
@@ -87,6 +67,13 @@ class GAConfig(BaseModel):
     @property
     def attraction(self) -> bool:
         return False
+
+
+class GAConfig(UncompetedConfig):
+    """``strategy:`` section for ``name: ga``: M2N2 without competition (alpha 0) or attraction."""
+
+    name: Literal["ga"] = "ga"
+    archive_size: int = Field(20, ge=2, description="Members kept in the archive.")
 
 
 @dataclass(frozen=True)

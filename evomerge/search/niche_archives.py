@@ -22,47 +22,15 @@ from dataclasses import replace
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from ..errors import EvomergeError
-from . import adaptive_mutation as am
 from .diversity import diversity
-from .m2n2 import M2N2, ArchiveState
+from .m2n2 import M2N2, ArchiveState, UncompetedConfig
 from .random_search import check_bounds
 
 
-class _Variation(BaseModel):
-    """Crossover and mutation settings shared with M2N2."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    crossover: bool = Field(True, description="Make children by crossover (else copy parent A).")
-    split_point: bool = Field(True, description="Crossover at a random split point (else SLERP).")
-    mutation_std: float = Field(
-        0.0, ge=0, description="Std of Gaussian noise added to every parameter (0: none)."
-    )
-    adaptive_mutation: am.AdaptiveMutationConfig | None = Field(
-        None, description="CMA-adaptive mutation after crossover; null: none."
-    )
-    space: Literal["dense", "lineage"] = Field(
-        "dense", description="Genomes: dense parameter vectors, or lineages over the seeds."
-    )
-
-    @model_validator(mode="after")
-    def one_mutation(self):
-        if self.mutation_std > 0 and self.adaptive_mutation is not None:
-            raise ValueError("give mutation_std or adaptive_mutation, not both")
-        return self
-
-    @property
-    def alpha(self) -> float:
-        return 0.0
-
-    @property
-    def attraction(self) -> bool:
-        return False
-
-
-class MapElitesConfig(_Variation):
+class MapElitesConfig(UncompetedConfig):
     """``strategy:`` section for ``name: map_elites``."""
 
     name: Literal["map_elites"] = "map_elites"
@@ -86,7 +54,7 @@ class MapElitesConfig(_Variation):
         return self.cells ** len(self.descriptors)
 
 
-class ParetoConfig(_Variation):
+class ParetoConfig(UncompetedConfig):
     """``strategy:`` section for ``name: pareto``."""
 
     name: Literal["pareto"] = "pareto"
