@@ -158,3 +158,8 @@ def test_lineage_search_on_ray_maps_the_seed_files(lm_dir, bf16_dir, tmp_path):
     assert summary["evaluations"] == 60
     assert summary["metrics"]["train_score"] > 0.6  # each expert alone is about half right
     assert all(w["evaluated"] > 0 for w in summary["workers"])
+
+
+def test_tasks_are_the_example_groups_pareto_and_map_elites_use(lm_dir):
+    host = FitnessHost(PLUGIN, options(lm_dir))
+    assert host.info()["groups"] == {"reverse": list(range(8)), "add": list(range(8, 16))}
