@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..errors import RunDirError
-from ..files import write_atomic
+from ..files import pid_alive, write_atomic
 from ..search import checkpoint as ckpt_mod
 from ..search.rundir import CONFIG, SUMMARY, RunDir
 from .progress import colour_enabled
@@ -39,18 +39,6 @@ def painter(stream):
     if not colour_enabled(stream):
         return lambda text, style="": text
     return lambda text, style="": f"\033[{ANSI[style]}m{text}\033[0m" if style in ANSI else text
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 class RunLock:
@@ -132,7 +120,7 @@ def lock_is_live(lock: dict | None) -> bool:
         return False
     if lock.get("host") == socket.gethostname():
         pid = lock.get("pid")
-        return isinstance(pid, int) and _pid_alive(pid)
+        return isinstance(pid, int) and pid_alive(pid)
     return time.time() - float(lock.get("updated", 0)) < STALE_SECONDS
 
 

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import RunDirError
-from ..files import fsync_dir, sha256_file
+from ..files import fsync_dir, pid_alive, sha256_file
 
 FORMAT = 1
 STATE_FILES = ("state.safetensors", "state.json")
@@ -108,18 +108,8 @@ def _remove_orphans(root: Path) -> None:
     """Temporary folders left by a writer that was killed mid-write."""
     for tmp in root.glob(".tmp-*"):
         pid = tmp.name.rpartition("-")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def list_checkpoints(root: Path) -> list[Path]:
