@@ -29,7 +29,10 @@ class Budget(_Section):
 
 
 class FitnessSection(_Section):
-    plugin: str = Field(description="'path/to/file.py:Class' or 'package.module:Class'.")
+    plugin: str = Field(
+        description="'path/to/file.py:Class', 'package.module:Class' or a bundled plug-in's "
+        "name ('digits', 'causal_lm'; see evomerge/bundled.py)."
+    )
     options: dict[str, Any] = Field({}, description="Keyword arguments for the plug-in class.")
 
 
@@ -279,8 +282,11 @@ def read_yaml(path: Path) -> Any:
 
 
 def load_config(path: str | Path, overrides: list[str] = (), address: str | None = None):
-    """Read, override and validate a config file; ``address`` makes the evaluator join a cluster."""
-    path = Path(path)
+    """Read, override and validate a config file (or a bundled one by name, see
+    :mod:`evomerge.bundled`); ``address`` makes the evaluator join a cluster."""
+    from .bundled import config_path
+
+    path = config_path(path)
     raw = read_yaml(path)
     if isinstance(raw, dict):
         raw = join_cluster(apply_overrides(raw, list(overrides)), address)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from . import bundled
 from .errors import PluginError
 
 
@@ -35,14 +36,16 @@ def is_file_spec(target: str) -> bool:
 def resolve_spec(spec: str, bases: list[Path] = (), field: str = "fitness.plugin") -> str:
     """Make a file spec absolute (so a run directory can be resumed from anywhere).
 
-    A relative path is looked up in each of ``bases`` in turn (default: the working directory).
+    A relative path is looked up in each of ``bases`` in turn (default: the working directory),
+    then among the bundled plug-ins; a bundled name (``digits``) becomes its file.
     """
+    spec = bundled.plugin_spec(spec, field)
     target, name = split_spec(spec, field)
     if not is_file_spec(target):
         return spec
     path = Path(target).expanduser()
     if not path.is_absolute():
-        candidates = [b / path for b in (bases or [Path.cwd()])]
+        candidates = [b / path for b in (bases or [Path.cwd()])] + [bundled.root() / path]
         path = next((c for c in candidates if c.is_file()), candidates[0])
     return f"{path.resolve()}:{name}"
 
@@ -72,7 +75,7 @@ def _load_file_module(path: Path, source: str | None, field: str) -> ModuleType:
 
 def load_object(spec: str, field: str = "fitness.plugin", source: str | None = None):
     """Return the object named by ``spec``; ``source`` stands in for a file on another node."""
-    target, name = split_spec(spec, field)
+    target, name = split_spec(bundled.plugin_spec(spec, field), field)
     if is_file_spec(target):
         module = _load_file_module(Path(target), source, field)
         where = target

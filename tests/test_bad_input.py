@@ -50,7 +50,11 @@ BAD_CONFIGS = [
     ({"seeds": {"kind": "gaussian", "count": 30}}, r"seeds\.count: 30 seeds do not fit"),
     ({"evaluator": {"kind": "ray", "workers": 0}}, r"evaluator\.workers: .*greater than or equal"),
     ({"evaluator": {"kind": "slurm"}}, r"evaluator: .*'local', 'ray'"),
-    ({"fitness": {"plugin": "digits"}}, r"fitness\.plugin: 'digits' is not 'path/to/file\.py"),
+    ({"fitness": {"plugin": "digits.py"}}, r"fitness\.plugin: 'digits\.py' is not 'path/to/file"),
+    (
+        {"fitness": {"plugin": "digit"}},
+        r"fitness\.plugin: 'digit' is not a bundled plug-in; did you mean 'digits'\?",
+    ),
     ({"keep_last": 0}, r"keep_last: .*greater than or equal to 1"),
     ({"checkpoint_every": "often"}, r"checkpoint_every: .*valid integer.*'often'"),
     ({"seeds": {"kind": "gaussian", "std": -1}}, r"seeds\.std: .*greater than 0"),
@@ -94,6 +98,7 @@ def test_bad_set_override(write_config, capsys):
 def test_missing_config_file(tmp_path, capsys):
     code, err = run_cli(["run", str(tmp_path / "nope.yaml")], capsys)
     assert code == 2 and "config file not found" in one_line(err)
+    assert len(err) == 1 and "bundled: " in err[0] and "quickstart" in err[0]
 
 
 PLUGIN_CASES = [
