@@ -19,6 +19,7 @@ from ..errors import EvomergeError, RunDirError
 from ..search import loop
 from ..search.rundir import RunDir
 from ..tracking import Trackers
+from .init_project import add_init_command
 from .progress import Progress
 
 EXIT_CODES = """exit codes:
@@ -45,6 +46,7 @@ EXAMPLES_MAIN = """examples:
   evomerge report populations/quickstart-20260101-120000   # plots + index.html
   evomerge resume populations/quickstart-20260101-120000
   evomerge export populations/quickstart-20260101-120000 --out merged/best
+  evomerge init my-search                       # a starter project: config, plug-in, test
 
 'evomerge COMMAND --help' shows each command's options and examples.
 Colours: on a terminal only, and never when NO_COLOR is set.
@@ -252,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(EXAMPLES_RUN),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("config", help="YAML config (see configs/)")
+    run.add_argument("config", help="YAML config, or a bundled config's name (quickstart, ...)")
     run.add_argument("--out", help="run directory (default: populations/<name>-<time>)")
     run.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. seed=3"
@@ -319,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     _verbosity(export)
     export.set_defaults(func=cmd_export)
     _add_look_commands(sub)
+    add_init_command(sub, _verbosity, _epilog)
     return parser
 
 
