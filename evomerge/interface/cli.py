@@ -31,6 +31,7 @@ EXIT_CODES = """exit codes:
 
 EXAMPLES_RUN = """examples:
   evomerge run configs/quickstart.yaml
+  evomerge run quickstart                       # a bundled config by name, from any folder
   evomerge run configs/m2n2_digits.yaml --out populations/m2n2-s1 --set seed=1
   evomerge run configs/m2n2_digits.yaml --set evaluator.kind=ray --set evaluator.workers=2
   evomerge run configs/quickstart.yaml --set tracking.tensorboard=true --verbose

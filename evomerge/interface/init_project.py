@@ -53,8 +53,9 @@ def init_project(directory: str | Path, template: str = "digits", force: bool = 
             f"{template} template's files into it (same-named files are replaced)"
         )
     project = target.resolve().name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{project}.init-", dir=target.parent))
+    parent = target.resolve().parent  # 'init .' stages beside the folder, not inside it
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{project}.init-", dir=parent))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the project's
