@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from ..errors import RunDirError
-from ..files import pid_alive, write_atomic
+from ..files import is_locked, pid_alive, write_atomic
 from ..search import checkpoint as ckpt_mod
-from ..search.rundir import CONFIG, SUMMARY, RunDir
+from ..search.rundir import CONFIG, RUN_LOCK, SUMMARY, RunDir
 from .progress import colour_enabled
 
 LOCK = "running.json"
@@ -108,26 +108,46 @@ class RunLock:
 
 
 def read_lock(path: Path) -> dict | None:
+    """``running.json`` as a dict, or None (missing, damaged, or not a mapping)."""
     try:
         data = json.loads((Path(path) / LOCK).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def lock_is_live(lock: dict | None) -> bool:
+def _fresh(lock: dict) -> bool:
+    try:
+        return time.time() - float(lock.get("updated", 0)) < STALE_SECONDS
+    except (TypeError, ValueError):
+        return False
+
+
+def lock_is_live(lock: dict | None, held: bool | None = None) -> bool:
+    """Whether a process is writing the run. ``held``: whether ``run.lock``'s flock is held
+    (None: no ``run.lock``, a run directory of an earlier version: fall back on the pid)."""
+    if held:
+        return True
     if not lock:
         return False
     if lock.get("host") == socket.gethostname():
+        if held is False:  # the flock is free: nobody on this host writes, whatever the pid
+            return False
         pid = lock.get("pid")
         return isinstance(pid, int) and pid_alive(pid)
-    return time.time() - float(lock.get("updated", 0)) < STALE_SECONDS
+    return _fresh(lock)
+
+
+def running_elsewhere(path: str | Path) -> bool:
+    """A fresh heartbeat from another host (whose flock this host may not see)."""
+    lock = read_lock(Path(path))
+    return bool(lock) and lock.get("host") != socket.gethostname() and _fresh(lock)
 
 
 def run_state(path: str | Path) -> str:
     """``running``, ``finished`` or ``stopped`` (see the module docstring)."""
     path = Path(path)
-    if lock_is_live(read_lock(path)):
+    if lock_is_live(read_lock(path), is_locked(path / RUN_LOCK)):
         return "running"
     if (path / SUMMARY).is_file():
         return "finished"
