@@ -92,3 +92,15 @@ def is_locked(path: Path) -> bool | None:
     finally:
         os.close(fd)  # closing drops the shared lock at once
     return False
+
+
+def temp_sibling(path: Path, tag: str = "tmp") -> Path:
+    """A hidden temporary name beside ``path`` (same file system, so renaming is atomic),
+    shortened with a hash when ``path``'s name is near the 255-byte limit of a file name."""
+    path = Path(path)
+    suffix = f".{tag}-{os.getpid()}"
+    name = f".{path.name}{suffix}"
+    if len(name.encode()) > 255:
+        digest = hashlib.sha256(path.name.encode()).hexdigest()[:12]
+        name = f".{path.name.encode()[:180].decode(errors='ignore')}-{digest}{suffix}"
+    return path.parent / name

@@ -304,6 +304,29 @@ def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Sea
         raise
 
 
+def _once(warn):
+    seen = set()
+
+    def once(msg):
+        if msg not in seen:
+            seen.add(msg)
+            warn(msg)
+
+    return once
+
+
+def _parser(strategy, cfg: RunConfig, run: RunDir):
+    def parse(ckpt):
+        if ckpt.meta.get("config_sha256") != config_digest(cfg):
+            raise EvomergeError(
+                f"{run.path}: config.yaml differs from the config checkpoint {ckpt.path.name} "
+                "was made with; restore it, or start a new run with the new config"
+            )
+        return ckpt, strategy.state_from_tensors(ckpt.tensors, ckpt.meta)
+
+    return parse
+
+
 def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
     """Continue a search from its newest intact checkpoint.
 
@@ -314,7 +337,8 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
     if not checkpoint.list_checkpoints(run.checkpoints):
         progress.message(f"{run.path}: stopped before its first checkpoint; starting it again")
         return start(cfg, run, progress, fresh=False)
-    ckpt = checkpoint.load_latest(run.checkpoints, warn=progress.message)
+    warn = _once(progress.message)
+    ckpt = checkpoint.load_latest(run.checkpoints, warn=warn)
     meta = ckpt.meta
     if meta.get("config_sha256") != config_digest(cfg):
         raise EvomergeError(
@@ -329,7 +353,14 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
         raise
     if lineage_spec(cfg) is not None:
         use_lineage_space(cfg, evaluator, strategy)
-    state = strategy.state_from_tensors(ckpt.tensors, meta)
+    try:  # the newest checkpoint whose state also reads back (valid JSON of the wrong shape:
+        ckpt, state = checkpoint.load_latest(  # damaged, the previous one is used)
+            run.checkpoints, warn=warn, parse=_parser(strategy, cfg, run)
+        )
+    except BaseException:
+        evaluator.close()
+        raise
+    meta = ckpt.meta
     run.truncate_history(state.evaluations)
     run.clear_summary()
     search = Search(cfg, run, strategy, evaluator, state, float(meta["wall_seconds"]), progress)
