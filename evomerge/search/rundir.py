@@ -161,16 +161,36 @@ class RunDir:
         return err
 
     def history(self) -> list[dict]:
-        """Records written so far; a line cut short by a crash is ignored."""
+        """Records written so far; a line cut short by a crash, or damaged, is ignored (the
+        damaged ones are counted in ``damaged_history_lines``)."""
         out = []
+        self.damaged_history_lines = 0
         path = self.path / HISTORY
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            lines = path.read_bytes().splitlines()
+            for i, line in enumerate(lines):
                 try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
+                    rec = json.loads(line.decode("utf-8"))
+                except (ValueError, RecursionError):
+                    rec = None
+                if isinstance(rec, dict):
+                    out.append(rec)
+                elif i < len(lines) - 1 or line.strip():
+                    self.damaged_history_lines += i < len(lines) - 1
         return out
+
+    def read_summary(self) -> dict | None:
+        """``summary.json`` (None when the run has not finished); RunDirError when damaged."""
+        path = self.path / SUMMARY
+        if not path.is_file():
+            return None
+        try:
+            summary = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise RunDirError(f"{path}: damaged ({str(exc)[:80]})") from None
+        if not isinstance(summary, dict):
+            raise RunDirError(f"{path}: damaged (not a JSON object)")
+        return summary
 
     def truncate_history(self, evaluations: int) -> None:
         """Drop records after ``evaluations`` (they are re-made when a run resumes)."""
