@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import safe_yaml
 from .errors import ConfigError
-from .merge.recipe import RecipeSection
+from .merge.recipe import RecipeSection, sigmoid_bounds_problem
 from .plugins import resolve_spec
 from .search.registry import STRATEGIES
 
@@ -244,6 +244,10 @@ def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
                 f"{source}: strategy.mutation_std: lineage genomes are exact mixes of the seeds "
                 "and cannot be mutated; set it to 0 or use space: dense"
             )
+    if cfg.recipe is not None and (
+        problem := sigmoid_bounds_problem(cfg.recipe, getattr(strategy, "bounds", None))
+    ):
+        raise ConfigError(f"{source}: {problem}")
     if cfg.recipe is not None and cfg.seeds.kind != "plugin":
         raise ConfigError(
             f"{source}: seeds.kind: a recipe merges seed models the plug-in makes; "

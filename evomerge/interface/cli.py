@@ -78,7 +78,11 @@ def _finish(search, progress: Progress) -> int:
         search.evaluator.close()
         if search.trackers is not None:
             search.trackers.close()
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
+    odd = summary.get("nonfinite_metrics", {})
+    metrics = ", ".join(
+        f"{k} {odd.get(k, 'null')}" if v is None else f"{k} {v:.4f}"
+        for k, v in summary["metrics"].items()
+    )
     progress.message(
         f"done: {summary['evaluations']} evaluations in {summary['wall_seconds']:.1f} s "
         f"({summary['evaluations_per_second']:.0f}/s); member {summary['member']}: {metrics}"

@@ -5,8 +5,9 @@ in the run directory: its pid and host, when it started, and a heartbeat refresh
 seconds with the evaluations done, the recent evaluations/s and the workers. It removes the
 file when it ends, however it ends (a kill -9 leaves it behind with a dead pid). So a run is
 
-* ``running``: ``running.json`` names a live process on this host, or (another host, e.g. a
-  cluster head writing to shared storage) its heartbeat is fresh;
+* ``running``: the ``flock`` on ``run.lock`` is held (see :meth:`RunDir.writer`; a lock of a
+  dead process is released by the kernel, whatever its pid now is), or ``running.json`` names
+  another host (e.g. a cluster head writing to shared storage) with a fresh heartbeat;
 * ``finished``: not running, and ``summary.json`` exists (the run reached its budget);
 * ``stopped``: neither (interrupted, killed, crashed): ``evomerge resume`` continues it.
 """

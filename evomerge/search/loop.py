@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -96,6 +97,17 @@ class Search:
         metrics = {name: scores.mean().item(), **self.evaluator.metrics(params)}
         return member, metrics
 
+    @staticmethod
+    def with_nonfinite(out: dict) -> dict:
+        """JSON has no NaN: a metric that is NaN or Inf is written as null, and named with its
+        value ("nan", "inf", "-inf") in ``nonfinite_metrics``, so the files stay valid JSON and
+        the value is not lost."""
+        bad = {k: str(v) for k, v in out["metrics"].items() if not math.isfinite(v)}
+        if bad:
+            out["metrics"] = {k: (None if k in bad else v) for k, v in out["metrics"].items()}
+            out["nonfinite_metrics"] = bad
+        return out
+
     def record(self) -> dict:
         member, metrics = self.best_metrics()
         stats = self.strategy.stats(self.state)
@@ -107,6 +119,7 @@ class Search:
             "metrics": metrics,
             **stats,
         }
+        rec = self.with_nonfinite(rec)
         self.run.append_history(rec)
         if self.trackers is None:
             self.trackers = Trackers.open(self.cfg, self.run.path)
@@ -183,6 +196,7 @@ class Search:
                 summary["worker_utilisation"] = round(used, 4)
         if self.cfg.recipe is not None:
             summary["recipe"] = self.recipe_of(self.strategy.best(self.state)[1])
+        summary = self.with_nonfinite(summary)
         self.run.write_summary(summary)
         return summary
 
