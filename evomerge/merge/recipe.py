@@ -221,5 +221,5 @@ def sigmoid_bounds_problem(section: RecipeSection, bounds) -> str | None:
     return (
         f"recipe.genes.{sigmoid[0]}: transform 'sigmoid' with strategy.bounds [{low}, {high}] "
         f"reaches only {100 * reach[0]:.0f}-{100 * reach[1]:.0f} % of the gene's range; use "
-        "transform: linear with bounds, or remove strategy.bounds (cmaes) for sigmoid genes"
+        "transform: linear with bounds, or set strategy.bounds: null (cmaes) for sigmoid genes"
     )

@@ -42,6 +42,11 @@ class RunDir:
         process never blocks (whatever its pid now belongs to). ``create``: make the folder
         if it is missing (``evomerge run``); if no run came of it, nothing is left behind.
         """
+        if any(len(part.encode()) > 255 for part in self.path.parts):
+            raise RunDirError(
+                f"{self.path}: cannot create the run directory (File name too long: a name "
+                "over 255 bytes); choose a shorter --out"
+            )
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path}: is a file, not a folder; choose another --out")
         if create and not self.path.exists():
