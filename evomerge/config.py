@@ -11,11 +11,11 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import safe_yaml
 from .errors import ConfigError
-from .merge.recipe import RecipeSection
+from .merge.recipe import RecipeSection, sigmoid_bounds_problem
 from .plugins import resolve_spec
 from .search.registry import STRATEGIES
 
@@ -216,7 +216,12 @@ def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> d
             if not isinstance(child, dict):
                 raise ConfigError(f"{source} '{item}': '{part}' is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(value) if value else None
+        try:
+            node[parts[-1]] = safe_yaml.loads(value) if value else None
+        except safe_yaml.YamlError as exc:
+            raise ConfigError(
+                f"{source} '{item}': the value is not YAML ({exc}); quote it to pass it as text"
+            ) from None
     return raw
 
 
@@ -242,6 +247,10 @@ def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
                 f"{source}: strategy.mutation_std: lineage genomes are exact mixes of the seeds "
                 "and cannot be mutated; set it to 0 or use space: dense"
             )
+    if cfg.recipe is not None and (
+        problem := sigmoid_bounds_problem(cfg.recipe, getattr(strategy, "bounds", None))
+    ):
+        raise ConfigError(f"{source}: {problem}")
     if cfg.recipe is not None and cfg.seeds.kind != "plugin":
         raise ConfigError(
             f"{source}: seeds.kind: a recipe merges seed models the plug-in makes; "
@@ -270,15 +279,15 @@ def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
 
 
 def read_yaml(path: Path) -> Any:
+    """A config file through :mod:`evomerge.safe_yaml` (the one YAML reader), errors in one line."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+        return safe_yaml.load_file(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except safe_yaml.YamlError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = (), address: str | None = None):

@@ -57,7 +57,7 @@ def _load_file_module(path: Path, source: str | None, field: str) -> ModuleType:
                 f"{field}: file {path} not found; give a path to a .py file that defines the class",
                 exit_code=2,
             )
-        source = path.read_text(encoding="utf-8")
+        source = _read_text(path, field)
     digest = hashlib.sha1(f"{path}\n{source}".encode()).hexdigest()[:12]
     mod_name = f"evomerge_plugin_{path.stem}_{digest}"
     if mod_name in sys.modules:
@@ -67,7 +67,7 @@ def _load_file_module(path: Path, source: str | None, field: str) -> ModuleType:
     sys.modules[mod_name] = module
     try:
         exec(compile(source, str(path), "exec"), module.__dict__)  # the user's own plug-in
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plug-in calling sys.exit() is a failed import
         del sys.modules[mod_name]
         raise PluginError(f"{field}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
     return module
@@ -104,5 +104,17 @@ def read_source(spec: str) -> str | None:
     """The source text of a file plug-in, so remote workers need not share the file system."""
     target, _ = split_spec(spec)
     if is_file_spec(target) and Path(target).is_file():
-        return Path(target).read_text(encoding="utf-8")
+        return _read_text(Path(target), "fitness.plugin")
     return None
+
+
+def _read_text(path: Path, field: str) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PluginError(
+            f"{field}: {path}: byte {exc.start} (0x{data[exc.start]:02x}) is not UTF-8 text; "
+            "save the plug-in as UTF-8",
+            exit_code=2,
+        ) from None

@@ -81,7 +81,11 @@ def _finish(search, progress: Progress) -> int:
         search.evaluator.close()
         if search.trackers is not None:
             search.trackers.close()
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items())
+    odd = summary.get("nonfinite_metrics", {})
+    metrics = ", ".join(
+        f"{k} {odd.get(k, 'null')}" if v is None else f"{k} {v:.4f}"
+        for k, v in summary["metrics"].items()
+    )
     progress.message(
         f"done: {summary['evaluations']} evaluations in {summary['wall_seconds']:.1f} s "
         f"({summary['evaluations_per_second']:.0f}/s); member {summary['member']}: {metrics}"
@@ -96,31 +100,37 @@ def _finish(search, progress: Progress) -> int:
 def cmd_run(args) -> int:
     cfg = load_config(args.config, args.set or [], address=args.address)
     out = Path(args.out) if args.out else _default_out(args.config, cfg.name)
-    Trackers.open(cfg, out)  # a tracker whose package is missing is bad input: refuse now
-    progress = Progress(quiet=args.quiet)
-    if args.verbose:
-        _show_config(cfg, args.set or [])
-    progress.message(f"run {out}: {cfg.strategy.name}, seed {cfg.seed}")
-    search = loop.start(cfg, RunDir(out), progress)
-    return _finish(search, progress)
+    run = RunDir(out)
+    with run.writer(create=True):  # one writer per run directory, before anything is written
+        Trackers.open(cfg, out)  # a tracker whose package is missing is bad input: refuse now
+        progress = Progress(quiet=args.quiet)
+        if args.verbose:
+            _show_config(cfg, args.set or [])
+        progress.message(f"run {out}: {cfg.strategy.name}, seed {cfg.seed}")
+        search = loop.start(cfg, run, progress)
+        return _finish(search, progress)
 
 
 def cmd_resume(args) -> int:
     run = RunDir(args.run_dir)
-    cfg = validate(join_cluster(run.read_config(), args.address), str(run.path / "config.yaml"))
-    from .status import run_state
+    run.read_config()  # refuses a folder that is not a run before locking anything in it
+    with run.writer(create=False):
+        cfg = validate(join_cluster(run.read_config(), args.address), str(run.path / "config.yaml"))
+        from .status import running_elsewhere
 
-    if run_state(run.path) == "running":
-        raise RunDirError(
-            f"{run.path}: is running now (see 'evomerge status {run.path}'); stop it first"
-        )
-    Trackers.open(cfg, run.path)
-    progress = Progress(quiet=args.quiet)
-    if args.verbose:
-        _show_config(cfg, [])
-    search = loop.reopen(run, cfg, progress)
-    progress.message(f"resuming {run.path} at {search.state.evaluations} evaluations")
-    return _finish(search, progress)
+        if running_elsewhere(run.path):
+            raise RunDirError(
+                f"{run.path}: is running now on another host (see 'evomerge status {run.path}'); "
+                "stop it first"
+            )
+        Trackers.open(cfg, run.path)
+        progress = Progress(quiet=args.quiet)
+        if args.verbose:
+            _show_config(cfg, [])
+        progress.message(f"fitness plug-in (its code runs now): {cfg.fitness.plugin}")
+        search = loop.reopen(run, cfg, progress)
+        progress.message(f"resuming {run.path} at {search.state.evaluations} evaluations")
+        return _finish(search, progress)
 
 
 def cmd_merge(args) -> int:

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import base64
 import html
-import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import RunDirError
+from ..files import fsync_dir, temp_sibling
 from ..search import checkpoint as ckpt_mod
-from ..search.rundir import SUMMARY, RunDir
+from ..search.rundir import RunDir
 from .report_plots import (  # noqa: F401  (mean_se, pareto_mask: part of the report's API)
     _pyplot,
     mean_se,
@@ -63,8 +65,11 @@ class RunData:
             value = rec
             for key in keys:
                 value = value.get(key) if isinstance(value, dict) else None
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                xs.append(rec.get("evaluations", 0))
+            at = rec.get("evaluations", 0)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                isinstance(at, (int, float)) and not isinstance(at, bool)
+            ):
+                xs.append(at)
                 ys.append(float(value))
         return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
@@ -72,14 +77,17 @@ class RunData:
 def load_run(path: str | Path) -> RunData:
     run = RunDir(path)
     config = run.read_config()  # refuses a folder that is not a run
+    if not isinstance(config, dict):
+        raise RunDirError(f"{run.path / 'config.yaml'}: damaged (not a mapping of keys to values)")
     history = run.history()
-    summary = None
-    if (run.path / SUMMARY).is_file():
-        try:
-            summary = json.loads((run.path / SUMMARY).read_text(encoding="utf-8"))
-        except ValueError:
-            summary = None
     notes: list[str] = []
+    if run.damaged_history_lines:
+        notes.append(f"{run.path}: history.jsonl: {run.damaged_history_lines} damaged line(s)")
+    try:
+        summary = run.read_summary()
+    except RunDirError as exc:
+        summary = None
+        notes.append(str(exc))
     try:
         checkpoint = ckpt_mod.load_latest(run.checkpoints, warn=notes.append)
     except RunDirError as exc:
@@ -101,6 +109,7 @@ def summary_rows(runs: list[RunData]) -> list[dict]:
         last = run.history[-1] if run.history else {}
         summary = run.summary or {}
         metrics = summary.get("metrics") or last.get("metrics") or {}
+        metrics = metrics if isinstance(metrics, dict) else {}
         rows.append(
             {
                 "run": str(run.path),
@@ -179,14 +188,75 @@ def write_html(path: Path, runs: list[RunData], images: list[tuple[Path, str]], 
 
 def make_report(run_dirs: list[str | Path], out: str | Path | None = None) -> dict:
     """Write the plots and ``index.html`` for ``run_dirs``; returns what was written."""
-    runs = [load_run(p) for p in run_dirs]
-    out = Path(out) if out is not None else (runs[0].path / "report")
+    runs, skipped = [], []
+    for p in run_dirs:  # a damaged run is named in the notes; the others are reported
+        try:
+            runs.append(load_run(p))
+        except RunDirError as exc:
+            skipped.append(exc)
+    if not runs:
+        raise skipped[0]
+    final = Path(out) if out is not None else (runs[0].path / "report")
+    tmp = _report_folder(final)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        done = _write_report(runs, tmp, [f"damaged, left out: {e}" for e in skipped])
+        _swap_into_place(tmp, final)
     except OSError as exc:
-        raise RunDirError(f"{out}: cannot create the report folder ({exc.strerror})") from None
+        raise RunDirError(
+            f"{final}: cannot write the report ({exc.strerror or exc}); nothing was changed: "
+            "free disk space or fix permissions",
+            exit_code=1,
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "html": final / done["html"].name,
+        "images": [final / p.name for p in done["images"]],
+        "notes": done["notes"],
+    }
+
+
+REPORT_FILES = (".png", ".html")
+
+
+def _report_folder(final: Path) -> Path:
+    """The temporary folder the report is written in (renamed into place when complete).
+
+    ``final`` must be missing, empty or an earlier report (PNGs and HTML only): a report never
+    replaces a folder holding anything else."""
+    if final.exists() and (
+        not final.is_dir()
+        or any(not (p.is_file() and p.suffix in REPORT_FILES) for p in final.iterdir())
+    ):
+        raise RunDirError(
+            f"{final}: exists and is not a report folder (it holds other files); "
+            "choose another --out"
+        )
+    tmp = temp_sibling(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise RunDirError(f"{final}: cannot create the report folder ({exc.strerror})") from None
+    return tmp
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    for p in tmp.iterdir():
+        fsync_dir(p)
+    fsync_dir(tmp)
+    old = temp_sibling(final, "old")
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_report(runs: list[RunData], out: Path, notes: list[str]) -> dict:
     plt = _pyplot()
-    notes = [n for r in runs for n in r.notes]
+    notes = notes + [n for r in runs for n in r.notes]
     images: list[tuple[Path, str]] = []
 
     def add(path: Path | None, caption: str, missing: str | None = None) -> None:

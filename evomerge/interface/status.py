@@ -5,8 +5,9 @@ in the run directory: its pid and host, when it started, and a heartbeat refresh
 seconds with the evaluations done, the recent evaluations/s and the workers. It removes the
 file when it ends, however it ends (a kill -9 leaves it behind with a dead pid). So a run is
 
-* ``running``: ``running.json`` names a live process on this host, or (another host, e.g. a
-  cluster head writing to shared storage) its heartbeat is fresh;
+* ``running``: the ``flock`` on ``run.lock`` is held (see :meth:`RunDir.writer`; a lock of a
+  dead process is released by the kernel, whatever its pid now is), or ``running.json`` names
+  another host (e.g. a cluster head writing to shared storage) with a fresh heartbeat;
 * ``finished``: not running, and ``summary.json`` exists (the run reached its budget);
 * ``stopped``: neither (interrupted, killed, crashed): ``evomerge resume`` continues it.
 """
@@ -21,9 +22,9 @@ import time
 from pathlib import Path
 
 from ..errors import RunDirError
-from ..files import pid_alive, write_atomic
+from ..files import is_locked, pid_alive, write_atomic
 from ..search import checkpoint as ckpt_mod
-from ..search.rundir import CONFIG, SUMMARY, RunDir
+from ..search.rundir import CONFIG, RUN_LOCK, SUMMARY, RunDir
 from .progress import colour_enabled
 
 LOCK = "running.json"
@@ -108,26 +109,46 @@ class RunLock:
 
 
 def read_lock(path: Path) -> dict | None:
+    """``running.json`` as a dict, or None (missing, damaged, or not a mapping)."""
     try:
         data = json.loads((Path(path) / LOCK).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def lock_is_live(lock: dict | None) -> bool:
+def _fresh(lock: dict) -> bool:
+    try:
+        return time.time() - float(lock.get("updated", 0)) < STALE_SECONDS
+    except (TypeError, ValueError):
+        return False
+
+
+def lock_is_live(lock: dict | None, held: bool | None = None) -> bool:
+    """Whether a process is writing the run. ``held``: whether ``run.lock``'s flock is held
+    (None: no ``run.lock``, a run directory of an earlier version: fall back on the pid)."""
+    if held:
+        return True
     if not lock:
         return False
     if lock.get("host") == socket.gethostname():
+        if held is False:  # the flock is free: nobody on this host writes, whatever the pid
+            return False
         pid = lock.get("pid")
         return isinstance(pid, int) and pid_alive(pid)
-    return time.time() - float(lock.get("updated", 0)) < STALE_SECONDS
+    return _fresh(lock)
+
+
+def running_elsewhere(path: str | Path) -> bool:
+    """A fresh heartbeat from another host (whose flock this host may not see)."""
+    lock = read_lock(Path(path))
+    return bool(lock) and lock.get("host") != socket.gethostname() and _fresh(lock)
 
 
 def run_state(path: str | Path) -> str:
     """``running``, ``finished`` or ``stopped`` (see the module docstring)."""
     path = Path(path)
-    if lock_is_live(read_lock(path)):
+    if lock_is_live(read_lock(path), is_locked(path / RUN_LOCK)):
         return "running"
     if (path / SUMMARY).is_file():
         return "finished"
@@ -152,20 +173,42 @@ def _rate(value) -> str:
 
 
 def run_status(path: str | Path) -> dict:
-    """Everything ``evomerge status`` shows, as a dict (also what ``--json`` prints)."""
+    """Everything ``evomerge status`` shows, as a dict (also what ``--json`` prints).
+
+    A run file of the wrong shape (valid JSON or YAML holding something else) is one line."""
+    try:
+        return _run_status(path)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise RunDirError(
+            f"{path}: damaged run files ({type(exc).__name__}: {str(exc)[:120]}); 'evomerge "
+            "resume' may still work from its checkpoints"
+        ) from None
+
+
+def _run_status(path: str | Path) -> dict:
     run = RunDir(path)
     config = run.read_config() or {}
+    if not isinstance(config, dict):
+        raise RunDirError(f"{run.path / CONFIG}: damaged (not a mapping of keys to values)")
+    damaged: list[str] = []
     history = run.history()
+    if run.damaged_history_lines:
+        damaged.append(f"history.jsonl: {run.damaged_history_lines} damaged line(s) skipped")
     last = history[-1] if history else {}
     lock = read_lock(run.path)
+    if (run.path / LOCK).is_file() and lock is None:
+        damaged.append(f"{LOCK}: damaged (ignored)")
     state = run_state(run.path)
-    summary = None
-    if (run.path / SUMMARY).is_file():
-        try:
-            summary = json.loads((run.path / SUMMARY).read_text(encoding="utf-8"))
-        except ValueError:
-            summary = None
-    budget = int((config.get("budget") or {}).get("evaluations", 0))
+    try:
+        summary = run.read_summary()
+    except RunDirError as exc:
+        summary = None
+        damaged.append(str(exc).replace(f"{run.path}/", "", 1))
+    try:
+        budget = int((config.get("budget") or {}).get("evaluations", 0))
+    except (TypeError, ValueError, AttributeError):
+        budget = 0
+        damaged.append("config.yaml: budget.evaluations is not a number")
     ckpts = ckpt_mod.list_checkpoints(run.checkpoints)
     last_ckpt = None
     if ckpts:
@@ -209,6 +252,10 @@ def run_status(path: str | Path) -> dict:
         "evaluator": (config.get("evaluator") or {}).get("kind", "local"),
         "workers": (live or {}).get("workers", (config.get("evaluator") or {}).get("workers", 1)),
     }
+    if damaged:
+        out["damaged"] = damaged
+        if state != "running":
+            out["state"] = "damaged"
     if live:
         out["pid"], out["host"] = live.get("pid"), live.get("host")
         out["heartbeat"] = live.get("updated")
@@ -223,7 +270,7 @@ def run_status(path: str | Path) -> dict:
 
 def format_status(info: dict, paint=None) -> str:
     paint = paint or (lambda text, style="": text)
-    colours = {"running": "green", "finished": "blue", "stopped": "yellow"}
+    colours = {"running": "green", "finished": "blue", "stopped": "yellow", "damaged": "red"}
     pct = f" ({100 * info['progress']:.0f}%)" if info.get("progress") is not None else ""
     lines = [
         f"run          {info['run']}",
@@ -233,6 +280,7 @@ def format_status(info: dict, paint=None) -> str:
         f"progress     {info['evaluations']}/{info['budget']} evaluations{pct}",
     ]
     best = info.get("best_train_score")
+    best = best if isinstance(best, (int, float)) else None
     metrics = ", ".join(
         f"{k} {v:.4f}" for k, v in (info.get("metrics") or {}).items() if isinstance(v, float)
     )
@@ -256,6 +304,8 @@ def format_status(info: dict, paint=None) -> str:
             else "none"
         )
     )
+    for problem in info.get("damaged", []):
+        lines.append(f"damaged      {problem}")
     if info.get("stale_lock"):
         lines.append(
             f"note         a process (pid {info['stale_lock']['pid']}) left {LOCK} behind and "
@@ -285,8 +335,8 @@ def list_runs(root: str | Path) -> list[dict]:
             continue
         try:
             info = run_status(path)
-        except RunDirError:
-            continue
+        except Exception as exc:  # noqa: BLE001 - one damaged run must not hide the others
+            info = _damaged_row(path, exc)
         info["modified"] = max(
             (p.stat().st_mtime for p in (path / "history.jsonl", path / CONFIG) if p.exists()),
             default=0.0,
@@ -296,15 +346,29 @@ def list_runs(root: str | Path) -> list[dict]:
     return rows
 
 
+def _damaged_row(path: Path, exc: Exception) -> dict:
+    why = str(exc) if isinstance(exc, RunDirError) else f"{type(exc).__name__}: {exc}"
+    return {
+        "run": str(path),
+        "state": "damaged",
+        "strategy": None,
+        "evaluations": 0,
+        "budget": 0,
+        "best_train_score": None,
+        "damaged": [why[:200]],
+    }
+
+
 def format_ls(rows: list[dict], paint=None) -> str:
     paint = paint or (lambda text, style="": text)
     if not rows:
         return "no runs"
-    colours = {"running": "green", "finished": "blue", "stopped": "yellow"}
+    colours = {"running": "green", "finished": "blue", "stopped": "yellow", "damaged": "red"}
     width = max(len(r["run"]) for r in rows)
     lines = [f"{'RUN':<{width}}  {'STATE':<8}  {'STRATEGY':<10}  {'EVALUATIONS':>15}  BEST"]
     for r in rows:
         best = r.get("best_train_score")
+        best = best if isinstance(best, (int, float)) else None
         evals = f"{r['evaluations']}/{r['budget']}"
         state = paint(f"{r['state']:<8}", colours.get(r["state"], ""))
         lines.append(

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import EvomergeError
 from ..search.keys import key
+from .finite import check_inputs
 from .merge_config import DTYPES, MergeConfig, parse_size, resolve_value
 from .operators import get_merge_method
 from .recipe import DEFAULT_LAYER_PATTERN
@@ -74,6 +75,7 @@ def run_merge(cfg: MergeConfig, out_dir: Path, bases: list[Path], progress=None)
         with ShardedWriter(out_dir, plan, max_shard_bytes=parse_size(cfg.max_shard_size)) as out:
             for i, name in enumerate(names):
                 tensors = [s.get(name, dtype=compute) for s in seeds]
+                check_inputs(tensors, name, [s.file_of(name) for s in seeds])
                 base, models = (tensors[0], tensors[1:]) if has_base else (None, tensors)
                 g, m = _params_for(cfg, name, _layer_of(name), num_layers)
                 gen = torch.Generator().manual_seed(key(cfg.seed, i)) if method.random else None

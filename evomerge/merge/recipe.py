@@ -201,3 +201,25 @@ class RecipeSpace:
                 f"the layout covers {offset} parameters, the seeds have {seeds.shape[1]}"
             )
         return out
+
+
+def sigmoid_bounds_problem(section: RecipeSection, bounds) -> str | None:
+    """Why a bounded search cannot use this recipe's ``sigmoid`` genes, or None.
+
+    A sigmoid gene maps all reals onto [low, high]; bounded to [0, 1] it reaches only
+    sigmoid(0)..sigmoid(1), the 50-73 % slice of its range, and starts on the lower bound. A
+    bounded search wants ``linear`` genes (whose [0, 1] is the whole range); sigmoid genes want
+    an unbounded one.
+    """
+    if bounds is None:
+        return None
+    sigmoid = [name for name, g in section.genes.items() if g.transform == "sigmoid"]
+    if not sigmoid:
+        return None
+    low, high = bounds
+    reach = (_sigmoid(low), _sigmoid(high))
+    return (
+        f"recipe.genes.{sigmoid[0]}: transform 'sigmoid' with strategy.bounds [{low}, {high}] "
+        f"reaches only {100 * reach[0]:.0f}-{100 * reach[1]:.0f} % of the gene's range; use "
+        "transform: linear with bounds, or set strategy.bounds: null (cmaes) for sigmoid genes"
+    )

@@ -97,6 +97,8 @@ def _read_header(path: Path) -> dict[str, _TensorInfo]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _corrupt(path, f"header is not JSON: {exc}") from None
+    except RecursionError:
+        raise _corrupt(path, "header is JSON nested too deep to be a header") from None
     if not isinstance(header, dict):
         raise _corrupt(path, "header is not a JSON object")
     header.pop("__metadata__", None)
@@ -203,7 +205,7 @@ def _read_index(index: Path) -> dict[str, str]:
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
         ):
             raise TypeError
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         raise EvomergeError(
             f"{index}: not a valid safetensors index (expected JSON with a 'weight_map' of "
             "tensor name -> shard file); download or save the model again"

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from ..errors import EvomergeError
-from ..files import fsync_dir
+from ..files import fsync_dir, temp_sibling
+from .finite import check_output
 from .safetensors_format import INDEX_NAME, SINGLE_NAME, TORCH_TO_ST, WRITE_CHUNK, itemsize
 
 
@@ -110,7 +111,7 @@ class ShardedWriter:
         self.out_dir = Path(out_dir).absolute()
         self.plan = [(str(n), tuple(int(d) for d in s), dt) for n, s, dt in plan]
         self._check_args(max_shard_bytes, metadata)
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}"
+        self.tmp_dir = temp_sibling(self.out_dir)
         self._fds: list[int] = []
         self._copied: set[str] = set()
         self._state = "open"
@@ -132,11 +133,27 @@ class ShardedWriter:
             sizes[slot.shard] += slot.end - slot.begin
         try:
             self._create(layouts, sizes)
+        except OSError as exc:
+            self.abort()
+            raise self._os_error(exc) from None
         except BaseException:
             self.abort()
             raise
 
+    def _os_error(self, exc: OSError) -> EvomergeError:
+        """A write that the disk refused (full, file size limit, permissions): one line."""
+        return EvomergeError(
+            f"{self.out_dir}: cannot write the output ({exc.strerror or exc}); nothing was "
+            "saved: free disk space or fix permissions",
+            exit_code=1,
+        )
+
     def _check_args(self, max_shard_bytes: int, metadata: dict[str, str] | None) -> None:
+        if len(self.out_dir.name.encode()) > 255:
+            raise EvomergeError(
+                f"--out: the folder name is {len(self.out_dir.name.encode())} bytes long, more "
+                "than the 255 a file system allows; choose a shorter name"
+            )
         if self.out_dir.exists() and (not self.out_dir.is_dir() or any(self.out_dir.iterdir())):
             raise EvomergeError(
                 f"{self.out_dir}: already exists and is not an empty folder; choose a new output "
@@ -204,6 +221,7 @@ class ShardedWriter:
                 f"says {list(slot.shape)}"
             )
         t = tensor.detach().to(device="cpu", dtype=slot.dtype).contiguous()
+        check_output(t, name, self.out_dir)
         raw = t.reshape(-1).view(torch.uint8).numpy()
         fname = self.shard_files[slot.shard]
         self._pwrite(self._fds[slot.shard], fname, memoryview(raw), slot.begin)
@@ -220,7 +238,10 @@ class ShardedWriter:
                 raise EvomergeError(
                     f"{p}: cannot copy it into the output, the name '{p.name}' is already taken"
                 )
-            shutil.copyfile(p, self.tmp_dir / p.name)
+            try:
+                shutil.copyfile(p, self.tmp_dir / p.name)
+            except OSError as exc:
+                raise self._os_error(exc) from None
             self._copied.add(p.name)
 
     def write_text(self, name: str, text: str) -> None:
@@ -228,7 +249,10 @@ class ShardedWriter:
         self._require_open(f"write '{name}'")
         if Path(name).name != name or name in set(self.shard_files) | {INDEX_NAME} | self._copied:
             raise EvomergeError(f"{name}: not a free file name in the output folder")
-        (self.tmp_dir / name).write_text(text, encoding="utf-8")
+        try:
+            (self.tmp_dir / name).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise self._os_error(exc) from None
         self._copied.add(name)
 
     def commit(self) -> Path:
@@ -240,15 +264,19 @@ class ShardedWriter:
                 f"{self.out_dir}: tensor '{missing[0]}' and {len(missing) - 1} other planned "
                 "tensors were never written; nothing was saved"
             )
+        try:
+            for fd in self._fds:
+                os.fsync(fd)
+            if len(self.shard_files) > 1:
+                self._write_index()
+            for name in self._copied:
+                fsync_dir(self.tmp_dir / name)
+            fsync_dir(self.tmp_dir)
+        except OSError as exc:
+            raise self._os_error(exc) from None
         for fd in self._fds:
-            os.fsync(fd)
             os.close(fd)
         self._fds = []
-        if len(self.shard_files) > 1:
-            self._write_index()
-        for name in self._copied:
-            fsync_dir(self.tmp_dir / name)
-        fsync_dir(self.tmp_dir)
         try:
             os.replace(self.tmp_dir, self.out_dir)
         except OSError as exc:

@@ -11,13 +11,38 @@ import inspect
 import numpy as np
 import torch
 
-from ..errors import EvomergeError, PluginError
+from ..errors import ConfigError, EvomergeError, PluginError
 from ..genome.seed_store import DenseSeeds, MappedSeeds, from_description, load_into
 from ..plugins import load_object
 from .fitness import Fitness
 
 
+def check_device(device: str) -> torch.device:
+    """The evaluator's torch device, refused in one line (a config error, not the plug-in's)
+    when it does not parse or this machine does not have it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"evaluator.device: '{device}' is not a torch device ({exc})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index or 0) >= count:
+            raise ConfigError(
+                f"evaluator.device: '{device}' but this machine has {count} CUDA device(s); "
+                "use device: cpu, or run where the GPU is"
+            )
+    elif dev.type not in ("cpu", "meta"):
+        backend = getattr(torch.backends, dev.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise ConfigError(
+                f"evaluator.device: '{device}' is not available on this machine; use cpu"
+            )
+    return dev
+
+
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: sys.exit({exc.code!r})"
     return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
 
 
@@ -57,11 +82,11 @@ class FitnessHost:
                 f"fitness.options: {self.name} rejected the options ({exc}); it accepts {sig}",
                 exit_code=2,
             ) from None
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise PluginError(
                 f"fitness.options: {self.name}: {_describe(exc)}", exit_code=2
             ) from None
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self._call("setup", self.device)
         f = self.fitness
         if f.num_params <= 0 or f.num_examples <= 0:
@@ -112,7 +137,7 @@ class FitnessHost:
             return getattr(self.fitness, method)(*args, **kwargs)
         except EvomergeError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a plug-in must not end the run
             raise PluginError(f"fitness {self.name}: {method}() raised {_describe(exc)}") from exc
 
     def info(self) -> dict:
@@ -148,7 +173,7 @@ class FitnessHost:
             return getattr(obj, method)(*args)
         except EvomergeError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a plug-in must not end the run
             raise PluginError(f"fitness {self.name}: {method}() raised {_describe(exc)}") from exc
 
     def _recipe_info(self) -> dict:

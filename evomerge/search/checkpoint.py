@@ -123,8 +123,10 @@ def verify(path: Path) -> str | None:
     """Why the checkpoint at ``path`` is unusable, or None if its manifest matches."""
     try:
         manifest = json.loads((path / "manifest.json").read_text())["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return "manifest.json is missing or unreadable"
+    if not isinstance(manifest, dict):
+        return "manifest.json is not a mapping of file names to sha256 sums"
     for name in STATE_FILES:
         if not (path / name).is_file():
             return f"{name} is missing"
@@ -140,8 +142,11 @@ def load(path: Path) -> Checkpoint:
     try:
         tensors = load_file(path / "state.safetensors")
         meta = json.loads((path / "state.json").read_text())
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, RecursionError) as exc:
         raise RunDirError(f"{path}: unreadable checkpoint ({exc})") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise RunDirError(f"{path}: state.json is damaged ({problem})")
     if meta.get("format") != FORMAT:
         raise RunDirError(
             f"{path}: checkpoint format {meta.get('format')} is not {FORMAT}; "
@@ -150,12 +155,40 @@ def load(path: Path) -> Checkpoint:
     return Checkpoint(path, tensors, meta)
 
 
-def load_latest(root: Path, warn=lambda msg: None) -> Checkpoint:
-    """The newest checkpoint that verifies; damaged newer ones are reported through ``warn``."""
+def _meta_problem(meta) -> str | None:
+    """What is wrong with the shape of ``state.json`` (valid JSON can still be the wrong kind)."""
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    for key, kinds in (("evaluations", int), ("wall_seconds", (int, float))):
+        value = meta.get(key, 0.0 if key == "wall_seconds" else None)
+        if not isinstance(value, kinds) or isinstance(value, bool) or value < 0:
+            return f"'{key}' is {value!r}, not a non-negative number"
+    return None
+
+
+#: What a checkpoint whose files verify can still fail with when its state is read back.
+STATE_ERRORS = (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError)
+
+
+def load_latest(root: Path, warn=lambda msg: None, parse=None) -> Checkpoint:
+    """The newest checkpoint that verifies; damaged newer ones are reported through ``warn``.
+
+    ``parse(checkpoint)``, when given, must also succeed (e.g. the strategy reading its state
+    back): a checkpoint whose sums match but whose contents are of the wrong shape or types is
+    damaged too, and the previous one is used, as for a bad sha256. Its result is returned.
+    """
     candidates = list_checkpoints(root)
     for path in reversed(candidates):
         problem = verify(path)
         if problem is None:
-            return load(path)
+            try:
+                ckpt = load(path)
+                return ckpt if parse is None else parse(ckpt)
+            except RunDirError as exc:
+                if "checkpoint format" in str(exc):  # another version's: refused, not skipped
+                    raise
+                problem = str(exc).partition(": ")[2]
+            except STATE_ERRORS as exc:
+                problem = f"its state does not fit the run ({type(exc).__name__}: {exc})"
         warn(f"skipping damaged checkpoint {path}: {problem}")
     raise RunDirError(f"{root}: no usable checkpoint; the run cannot be resumed, start it again")

@@ -108,11 +108,12 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
     """Write member ``which`` (``best`` or an id) of the run at ``run_dir`` to ``out``."""
     run = RunDir(run_dir)
     cfg = validate(run.read_config(), str(run.path / "config.yaml"))
-    ckpt = checkpoint.load_latest(run.checkpoints)
     strategy = make_strategy(cfg.strategy, cfg.seed)
     if lineage_spec(cfg) is not None:  # rows are lineages; the angles are not needed here
         strategy.use_space(LineageSpace(gram=None))
-    state = strategy.state_from_tensors(ckpt.tensors, ckpt.meta)
+    ckpt, state = checkpoint.load_latest(  # one whose state reads back; else the one before
+        run.checkpoints, parse=lambda c: (c, strategy.state_from_tensors(c.tensors, c.meta))
+    )
     member, genome, scores = pick_member(strategy, state, which)
     host = FitnessHost(
         cfg.fitness.plugin,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -96,6 +97,17 @@ class Search:
         metrics = {name: scores.mean().item(), **self.evaluator.metrics(params)}
         return member, metrics
 
+    @staticmethod
+    def with_nonfinite(out: dict) -> dict:
+        """JSON has no NaN: a metric that is NaN or Inf is written as null, and named with its
+        value ("nan", "inf", "-inf") in ``nonfinite_metrics``, so the files stay valid JSON and
+        the value is not lost."""
+        bad = {k: str(v) for k, v in out["metrics"].items() if not math.isfinite(v)}
+        if bad:
+            out["metrics"] = {k: (None if k in bad else v) for k, v in out["metrics"].items()}
+            out["nonfinite_metrics"] = bad
+        return out
+
     def record(self) -> dict:
         member, metrics = self.best_metrics()
         stats = self.strategy.stats(self.state)
@@ -107,6 +119,7 @@ class Search:
             "metrics": metrics,
             **stats,
         }
+        rec = self.with_nonfinite(rec)
         self.run.append_history(rec)
         if self.trackers is None:
             self.trackers = Trackers.open(self.cfg, self.run.path)
@@ -183,6 +196,7 @@ class Search:
                 summary["worker_utilisation"] = round(used, 4)
         if self.cfg.recipe is not None:
             summary["recipe"] = self.recipe_of(self.strategy.best(self.state)[1])
+        summary = self.with_nonfinite(summary)
         self.run.write_summary(summary)
         return summary
 
@@ -304,6 +318,29 @@ def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Sea
         raise
 
 
+def _once(warn):
+    seen = set()
+
+    def once(msg):
+        if msg not in seen:
+            seen.add(msg)
+            warn(msg)
+
+    return once
+
+
+def _parser(strategy, cfg: RunConfig, run: RunDir):
+    def parse(ckpt):
+        if ckpt.meta.get("config_sha256") != config_digest(cfg):
+            raise EvomergeError(
+                f"{run.path}: config.yaml differs from the config checkpoint {ckpt.path.name} "
+                "was made with; restore it, or start a new run with the new config"
+            )
+        return ckpt, strategy.state_from_tensors(ckpt.tensors, ckpt.meta)
+
+    return parse
+
+
 def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
     """Continue a search from its newest intact checkpoint.
 
@@ -314,7 +351,8 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
     if not checkpoint.list_checkpoints(run.checkpoints):
         progress.message(f"{run.path}: stopped before its first checkpoint; starting it again")
         return start(cfg, run, progress, fresh=False)
-    ckpt = checkpoint.load_latest(run.checkpoints, warn=progress.message)
+    warn = _once(progress.message)
+    ckpt = checkpoint.load_latest(run.checkpoints, warn=warn)
     meta = ckpt.meta
     if meta.get("config_sha256") != config_digest(cfg):
         raise EvomergeError(
@@ -329,7 +367,14 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
         raise
     if lineage_spec(cfg) is not None:
         use_lineage_space(cfg, evaluator, strategy)
-    state = strategy.state_from_tensors(ckpt.tensors, meta)
+    try:  # the newest checkpoint whose state also reads back (valid JSON of the wrong shape:
+        ckpt, state = checkpoint.load_latest(  # damaged, the previous one is used)
+            run.checkpoints, warn=warn, parse=_parser(strategy, cfg, run)
+        )
+    except BaseException:
+        evaluator.close()
+        raise
+    meta = ckpt.meta
     run.truncate_history(state.evaluations)
     run.clear_summary()
     search = Search(cfg, run, strategy, evaluator, state, float(meta["wall_seconds"]), progress)

@@ -161,3 +161,15 @@ class MetricsHangOnce(Small):
                 f.write(str(os.getpid()))
             time.sleep(3600)
         return {"held_out": float(params.sum())}
+
+
+class NaNMetric(Small):
+    """Small whose held-out metric is NaN (e.g. a loss that diverged on the test set)."""
+
+    def metrics(self, params):
+        return {"test_loss": float("nan"), "test_ok": 1.0}
+
+
+class ExitsInSetup(Small):
+    def setup(self, device):
+        raise SystemExit(4)
