@@ -84,7 +84,11 @@ from types import MappingProxyType
 
 import torch
 
+from .della import della_magprune
 from .interpolation import linear, region_crossover, slerp
+from .pointwise import nearswap, passthrough
+from .sce import sce
+from .spherical import karcher, model_stock, multislerp, nuslerp
 from .task_vectors import breadcrumbs_trim, dare_drop, generalized_task_arithmetic, magnitude_trim
 
 
@@ -95,6 +99,8 @@ class MergeMethod:
     ``fn(base, models, model_params, params, generator)`` receives the parameters already
     completed with their defaults; ``model_params`` has one dict per model in ``models``.
     Defaults of ``None`` mark required parameters. ``random`` methods draw from ``generator``.
+    ``optional_base`` methods use a base when one is given (task vectors against it) and work
+    without one too.
     """
 
     name: str
@@ -103,6 +109,7 @@ class MergeMethod:
     model_params: Mapping[str, float | None]
     params: Mapping[str, float | bool | None]
     random: bool = False
+    optional_base: bool = False
 
     def __post_init__(self):
         # Read-only copies: a caller mutating its dict must not change a registered method.
@@ -182,7 +189,8 @@ def _gta_method(name, sparsify, consensus, normalize, rescale, extra=None) -> Me
     model_params = {"weight": None, "density": 1.0, **(extra or {})}
     params = {"normalize": normalize, "rescale": rescale, "lambda": 1.0, "int8_mask": False}
     fn = partial(generalized_task_arithmetic, sparsify=sparsify, consensus=consensus)
-    return MergeMethod(name, fn, True, model_params, params, random=sparsify is dare_drop)
+    random = sparsify in (dare_drop, della_magprune)
+    return MergeMethod(name, fn, True, model_params, params, random=random)
 
 
 for _method in (
@@ -201,6 +209,29 @@ for _method in (
         {},
         {"offset": 0, "split": None, "w": None, "omega": None},
     ),
+    _gta_method("della", della_magprune, True, True, True, {"epsilon": 0.15}),
+    _gta_method("della_linear", della_magprune, False, False, True, {"epsilon": 0.15}),
+    MergeMethod("model_stock", model_stock, True, {}, {"filter_wise": False}),
+    MergeMethod(
+        "nuslerp",
+        nuslerp,
+        False,
+        {"weight": None},
+        {"nuslerp_flatten": True, "nuslerp_row_wise": False},
+        optional_base=True,
+    ),
+    MergeMethod(
+        "multislerp",
+        multislerp,
+        False,
+        {"weight": None},
+        {"normalize_weights": True, "eps": 1e-8},
+        optional_base=True,
+    ),
+    MergeMethod("karcher", karcher, False, {}, {"max_iter": 10, "tol": 1e-5}),
+    MergeMethod("sce", sce, True, {}, {"select_topk": 1.0, "int8_mask": False}),
+    MergeMethod("nearswap", nearswap, True, {}, {"t": None}),
+    MergeMethod("passthrough", passthrough, False, {"scale": 1.0}, {}),
 ):
     register_merge_method(_method)
 del _method
