@@ -35,15 +35,46 @@ METHODS = {
     "dare_ties": ({"weight": 0.5, "density": 0.5}, {}),
     "breadcrumbs": ({"weight": 0.5, "density": 0.9, "gamma": 0.01}, {}),
     "slerp": ({}, {"t": 0.4}),
+    "della": ({"weight": 0.5, "density": 0.5, "epsilon": 0.1}, {}),
+    "della_linear": ({"weight": 0.5, "density": 0.5, "epsilon": 0.1}, {}),
+    "model_stock": ({}, {}),
+    "nuslerp": ({"weight": 0.5}, {}),
+    "multislerp": ({"weight": 0.5}, {}),
+    "karcher": ({}, {}),
+    "sce": ({}, {"select_topk": 0.5}),
+    "nearswap": ({}, {"t": 0.001}),
+    "passthrough": ({}, {}),
 }
+#: Methods of one base and one model (the base is the t = 0 end).
+PAIRS = {"slerp", "nearswap"}
+#: Methods that take no base model.
+NO_BASE = {"linear", "karcher", "passthrough"}
 
 
-def recipe(models: Path, method: str) -> dict:
+def stacked(models: Path, dtype: str) -> dict:
+    """Layer stacking: the first half of model_0's layers, then the last three quarters of
+    model_1's (a model 1.25 times as deep)."""
+    import json
+
+    layers = json.loads((models / "model_0" / "config.json").read_text())["num_hidden_layers"]
+    return {
+        "merge_method": "passthrough",
+        "slices": [
+            {"sources": [{"model": str(models / "model_0"), "layer_range": [0, layers // 2]}]},
+            {"sources": [{"model": str(models / "model_1"), "layer_range": [layers // 4, layers]}]},
+        ],
+        "dtype": dtype,
+    }
+
+
+def recipe(models: Path, method: str, dtype: str = "bfloat16") -> dict:
+    if method == "passthrough":
+        return stacked(models, dtype)
     per_model, params = METHODS[method]
     base = str(models / "base")
     others = (
         [str(models / "model_0")]
-        if method == "slerp"
+        if method in PAIRS
         else [
             str(models / "model_0"),
             str(models / "model_1"),
@@ -54,11 +85,11 @@ def recipe(models: Path, method: str) -> dict:
         "models": [
             {"model": m, **({"parameters": per_model} if per_model else {})} for m in others
         ],
-        "dtype": "bfloat16",
+        "dtype": dtype,
     }
-    if method != "linear":
+    if method not in NO_BASE:
         cfg["base_model"] = base
-    if method == "slerp":
+    if method in PAIRS:
         cfg["models"].insert(0, {"model": base})
     if params:
         cfg["parameters"] = params
@@ -124,6 +155,7 @@ def main() -> None:
     ap.add_argument("--mergekit", default="mergekit-yaml")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--dtype", default="bfloat16", help="the recipes' dtype (as the seeds are)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/merge_vs_mergekit.json"))
     args = ap.parse_args()
     evomerge = [sys.executable, "-m", "evomerge", "merge"]
@@ -133,7 +165,7 @@ def main() -> None:
         for rep in range(args.repeats):
             for method in args.methods:
                 cfg = tmp / f"{method}.yml"
-                cfg.write_text(yaml.safe_dump(recipe(args.models.resolve(), method)))
+                cfg.write_text(yaml.safe_dump(recipe(args.models.resolve(), method, args.dtype)))
                 outs = {}
                 for tool in ("mergekit", "evomerge"):
                     out = tmp / f"{tool}-{method}"

@@ -52,9 +52,7 @@ def _flat_combine(base, b, flats, relative: bool, coeffs: torch.Tensor, work) ->
         bb = b[sl].to(work) if relative else None
         acc = None
         for f, ck in zip(flats, c, strict=True):
-            v = f[sl].to(work)
-            if bb is not None:
-                v = v.sub_(bb)
+            v = f[sl].to(work) - bb if bb is not None else f[sl].to(work, copy=True)
             acc = v.mul_(ck) if acc is None else acc.add_(v, alpha=ck)
         out[sl] = acc.add_(bb) if bb is not None else acc
     return out
