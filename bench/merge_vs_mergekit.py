@@ -108,8 +108,9 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 2**20
 
 
-def max_diff(a: Path, b: Path) -> float:
-    """Largest absolute difference between two merged models (in float32)."""
+def max_diff(a: Path, b: Path) -> tuple[float, int, int]:
+    """Largest absolute difference between two merged models (in float32), the number of
+    entries that differ at all, and the number of entries."""
     from safetensors import safe_open
 
     def tensors(folder):
@@ -122,16 +123,18 @@ def max_diff(a: Path, b: Path) -> float:
 
     ta, tb = tensors(a), tensors(b)
     if set(ta) != set(tb):
-        return float("nan")
-    worst = 0.0
+        return float("nan"), -1, -1
+    worst, differ, total = 0.0, 0, 0
     for k in ta:
         with safe_open(ta[k][0], "pt") as ha, safe_open(tb[k][0], "pt") as hb:
             x, y = ha.get_tensor(k).float(), hb.get_tensor(k).float()
         worst = max(worst, (x - y).abs().max().item())
-    return worst
+        differ += int((x != y).sum())
+        total += x.numel()
+    return worst, differ, total
 
 
-def diff_in_child(a: Path, b: Path) -> float:
+def diff_in_child(a: Path, b: Path) -> tuple[float, int, int]:
     """``max_diff`` in a child process, so this process never holds tensors.
 
     Linux carries a process's peak RSS across fork and exec into the child's ``ru_maxrss``:
@@ -143,12 +146,13 @@ def diff_in_child(a: Path, b: Path) -> float:
         capture_output=True,
         text=True,
     )
-    return float(out.stdout.strip())
+    worst, differ, total = out.stdout.split()
+    return float(worst), int(differ), int(total)
 
 
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--diff":
-        print(max_diff(Path(sys.argv[2]), Path(sys.argv[3])))
+        print(*max_diff(Path(sys.argv[2]), Path(sys.argv[3])))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", type=Path)
@@ -181,26 +185,38 @@ def main() -> None:
                         {"method": method, "tool": tool, "rep": rep, "wall": wall, "rss_gb": rss}
                     )
                     print(json.dumps(rows[-1]), flush=True)
-                diff = diff_in_child(outs["mergekit"], outs["evomerge"])
-                rows.append({"method": method, "tool": "diff", "rep": rep, "max_abs_diff": diff})
+                diff, differ, total = diff_in_child(outs["mergekit"], outs["evomerge"])
+                rows.append(
+                    {
+                        "method": method,
+                        "tool": "diff",
+                        "rep": rep,
+                        "max_abs_diff": diff,
+                        "entries_differing": differ,
+                        "entries": total,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
     med = statistics.median
     print(
         "| method | mergekit s | evomerge s | speed-up | mergekit peak RSS GB | "
-        "evomerge peak RSS GB | max abs diff |"
+        "evomerge peak RSS GB | max abs diff | entries differing |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for method in args.methods:
         mk = [r for r in rows if r["method"] == method and r["tool"] == "mergekit"]
         ev = [r for r in rows if r["method"] == method and r["tool"] == "evomerge"]
-        df = [r["max_abs_diff"] for r in rows if r["method"] == method and r["tool"] == "diff"]
+        dr = [r for r in rows if r["method"] == method and r["tool"] == "diff"]
+        df = [r["max_abs_diff"] for r in dr]
+        share = max(r["entries_differing"] / max(r["entries"], 1) for r in dr)
+        count = max(r["entries_differing"] for r in dr)
         w_mk, w_ev = med(r["wall"] for r in mk), med(r["wall"] for r in ev)
         print(
             f"| {method} | {w_mk:.1f} | {w_ev:.1f} | {w_mk / w_ev:.2f}× | "
             f"{med(r['rss_gb'] for r in mk):.2f} | {med(r['rss_gb'] for r in ev):.2f} | "
-            f"{max(df):.3g} |"
+            f"{max(df):.3g} | {count:,} ({share:.2e}) |"
         )
 
 

@@ -360,3 +360,11 @@ def test_cmaes_recipe_search_with_new_methods(tmp_path, write_config, recipe):
             assert 0.0 <= m["weight"] <= 1.5
             if recipe["method"] == "della":
                 assert 0.3 <= m["density"] <= 0.8 and m["epsilon"] == 0.1
+
+
+def test_ties_keeps_at_least_one_entry_as_mergekit_does():
+    # int(0.1 * 5) = 0, mergekit 0.1.5 keeps max(1, 0) = 1: the largest magnitude
+    base = torch.zeros(5)
+    tau = T([0.5, -3.0, 1.0, 2.0, -0.1])
+    out = merge("ties", base, [tau], [{"weight": 1.0, "density": 0.1}])
+    close(out, [0.0, -3.0, 0.0, 0.0, 0.0])
