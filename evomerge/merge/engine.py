@@ -7,10 +7,16 @@ magnitudes that fall in their sampled bracket, a small fraction of the tensor). 
 two models that is about four times the largest tensor. (Reading the next tensor on a thread
 while this one is merged was tried: on two cores it competes with the arithmetic and is
 slower.)
+
+What is merged is a plan (:mod:`evomerge.merge.slices`): every tensor from every model for an
+ordinary merge, or the stacked layer ranges of ``slices``. Parameters are resolved per tensor
+as mergekit resolves them: a model's own settings, then its slice's, then the global ones (where
+per-model parameters such as ``weight`` apply to every model), then the method's defaults.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -20,10 +26,18 @@ import torch
 from ..errors import EvomergeError
 from ..search.keys import key
 from .finite import check_inputs
-from .merge_config import DTYPES, MergeConfig, parse_size, resolve_value
-from .operators import get_merge_method
-from .recipe import DEFAULT_LAYER_PATTERN
+from .merge_config import DTYPES, MergeConfig, parse_size, resolve_setting
+from .operators import MergeMethod, get_merge_method
 from .safetensors_io import SeedModel, ShardedWriter, check_seeds
+from .slices import (
+    PlannedTensor,
+    SliceRange,
+    layer_of,
+    plan_tensors,
+    whole_model_plan,
+    with_num_layers,
+)
+from .tokenizer_source import is_tokenizer_file, tokenizer_files
 
 
 def _resolve_path(text: str, bases: list[Path]) -> Path:
@@ -37,64 +51,171 @@ def _resolve_path(text: str, bases: list[Path]) -> Path:
     )
 
 
-def _layer_of(name: str) -> int | None:
-    m = re.search(DEFAULT_LAYER_PATTERN, name)
-    return int(m.group(1)) if m else None
+class _Layout:
+    """Seeds, slices (as lists of sources) and the scopes parameters are looked up in."""
+
+    def __init__(self, cfg: MergeConfig, method: MergeMethod):
+        takes_base = method.needs_base or method.optional_base or cfg.method == "slerp"
+        self.base_path = cfg.base if takes_base else None
+        if cfg.slices:
+            self.paths = list(dict.fromkeys(s.path for e in cfg.slices for s in e.sources))
+            self.slices = [
+                [(self.paths.index(s.path), s.layer_range, s.params) for s in e.sources]
+                for e in cfg.slices
+            ]
+            self.slice_params = [e.params for e in cfg.slices]
+        else:
+            entries = [(cfg.base, {})] if cfg.base is not None else []
+            entries += [(m.path, m.params) for m in cfg.models]
+            self.paths = [p for p, _ in entries]
+            self.slices = [[(i, None, params) for i, (_, params) in enumerate(entries)]]
+            self.slice_params = [{}]
+        self.has_base = [
+            next((k for k, (seed, _, _) in enumerate(srcs) if self._is_base(seed)), None)
+            for srcs in self.slices
+        ]
+
+    def _is_base(self, seed: int) -> bool:
+        return self.base_path is not None and self.paths[seed] == self.base_path
 
 
-def _params_for(cfg: MergeConfig, name: str, layer: int | None, num_layers: int):
-    """Global and per-model parameters of one tensor, overrides applied in order."""
-    params = dict(cfg.params)
-    model_params = [dict(m.params) for m in cfg.models]
+def _lookup(scopes, param: str, name: str, t: float):
+    for scope in scopes:
+        if param in scope:
+            value = resolve_setting(scope[param], name, t)
+            if value is not None:
+                return value
+    return None
+
+
+def _params_for(cfg, method, layout, tensor: PlannedTensor, base_pos):
+    """Global and per-model parameters of one planned tensor (mergekit's precedence)."""
+    name = tensor.name
+    glob = dict(cfg.params)
+    model_extra: list[dict] = [{} for _ in cfg.models]
     for override in cfg.overrides:
         if re.search(override.match, name):
-            params.update(override.params)
-            for mp, extra in zip(model_params, override.model_params or [], strict=False):
-                mp.update(extra)
-    g = {k: resolve_value(v, name, layer, num_layers) for k, v in params.items()}
-    m = [
-        {k: resolve_value(v, name, layer, num_layers) for k, v in mp.items()} for mp in model_params
-    ]
+            glob.update(override.params)
+            for extra, mp in zip(model_extra, override.model_params or [], strict=False):
+                extra.update(mp)
+    global_scopes = [layout.slice_params[tensor.slice], glob]
+    given = [k for scope in global_scopes for k in scope if k not in method.model_params]
+    g = {}
+    for p in {**dict.fromkeys(given), **method.params}:
+        value = _lookup(global_scopes, p, name, tensor.t)
+        if value is not None:
+            g[p] = value
+    sources = layout.slices[tensor.slice]
+    offset = 0 if cfg.slices or cfg.base is None else 1
+    m = []
+    for k, (_, _, own) in enumerate(sources):
+        if k == base_pos:
+            continue
+        own = {**own, **(model_extra[k - offset] if not cfg.slices else {})}
+        in_name = tensor.sources[k][1]
+        mp = {}
+        for p in {**dict.fromkeys(own), **method.model_params}:
+            value = _lookup([own], p, in_name, tensor.t)
+            if value is None and p in method.model_params:
+                value = _lookup(global_scopes, p, in_name, tensor.t)
+            if value is not None:
+                mp[p] = value
+        m.append(mp)
     return g, m
+
+
+def _plan(cfg, layout, seeds, labels) -> list[PlannedTensor]:
+    if not cfg.slices:
+        names = check_seeds(seeds, labels=labels)
+        return whole_model_plan(names, len(seeds))
+    ranges = [[SliceRange(seed, a, b) for seed, (a, b), _ in srcs] for srcs in layout.slices]
+    try:
+        plan = plan_tensors({i: s.names() for i, s in enumerate(seeds)}, ranges)
+    except ValueError as exc:
+        raise EvomergeError(f"slices: {exc}") from None
+    for tensor in plan:
+        shapes = {tuple(seeds[m].shape(n)) for m, n in tensor.sources}
+        if len(shapes) > 1:
+            listed = ", ".join(f"{labels[m]}:{n}" for m, n in tensor.sources)
+            raise EvomergeError(
+                f"slices: tensor '{tensor.name}' comes from tensors of different shapes ({listed})"
+            )
+    return plan
+
+
+def _stacked_config(seed: SeedModel, plan: list[PlannedTensor]) -> str | None:
+    """The first source's config.json with the stacked layer count, or None if it has none."""
+    path = seed.path / "config.json" if seed.path.is_dir() else None
+    if path is None or not path.is_file():
+        return None
+    layers: dict[int, int] = {}
+    for t in plan:
+        out, src = layer_of(t.name), layer_of(t.sources[0][1])
+        if out is not None:
+            layers.setdefault(out, src)
+    config = with_num_layers(
+        json.loads(path.read_text()), len(layers), [layers[i] for i in sorted(layers)]
+    )
+    return json.dumps(config, indent=2) + "\n"
 
 
 def run_merge(cfg: MergeConfig, out_dir: Path, bases: list[Path], progress=None) -> dict:
     """Merge as ``cfg`` says into ``out_dir``; returns a summary (tensors, bytes, seconds)."""
     t0 = time.perf_counter()
     method = get_merge_method(cfg.method)
-    compute = DTYPES[cfg.dtype]
-    out_dtype = DTYPES[cfg.out_dtype or cfg.dtype]
-    paths = ([cfg.base] if cfg.base is not None else []) + [m.path for m in cfg.models]
-    seeds = [SeedModel(_resolve_path(p, bases)) for p in paths]
+    compute = DTYPES[cfg.dtype] if cfg.dtype else None
+    fixed_out = cfg.out_dtype or cfg.dtype
+    layout = _Layout(cfg, method)
+    seeds = [SeedModel(_resolve_path(p, bases)) for p in layout.paths]
     try:
-        names = check_seeds(seeds, labels=paths)
-        layers = [x for x in (_layer_of(n) for n in names) if x is not None]
-        num_layers = max(layers) + 1 if layers else 0
-        plan = [(n, seeds[0].shape(n), out_dtype) for n in names]
-        has_base = cfg.base is not None
-        with ShardedWriter(out_dir, plan, max_shard_bytes=parse_size(cfg.max_shard_size)) as out:
-            for i, name in enumerate(names):
-                tensors = [s.get(name, dtype=compute) for s in seeds]
-                check_inputs(tensors, name, [s.file_of(name) for s in seeds])
-                base, models = (tensors[0], tensors[1:]) if has_base else (None, tensors)
-                g, m = _params_for(cfg, name, _layer_of(name), num_layers)
+        plan = _plan(cfg, layout, seeds, layout.paths)
+        extra = tokenizer_files(cfg.tokenizer_source, seeds, layout.paths, bases)
+        first = seeds[layout.slices[0][0][0]]
+
+        def out_dtype(tensor: PlannedTensor):
+            if fixed_out:
+                return DTYPES[fixed_out]
+            ref = layout.has_base[tensor.slice] or 0
+            seed, name = tensor.sources[ref]
+            return seeds[seed].dtype(name)
+
+        shapes = [
+            (t.name, seeds[t.sources[0][0]].shape(t.sources[0][1]), out_dtype(t)) for t in plan
+        ]
+        total = 0
+        with ShardedWriter(out_dir, shapes, max_shard_bytes=parse_size(cfg.max_shard_size)) as out:
+            for i, tensor in enumerate(plan):
+                tensors = [seeds[m].get(n, dtype=compute) for m, n in tensor.sources]
+                check_inputs(tensors, tensor.name, [seeds[m].file_of(n) for m, n in tensor.sources])
+                total += sum(seeds[m].nbytes(n) for m, n in tensor.sources)
+                base_pos = layout.has_base[tensor.slice]
+                base = tensors[base_pos] if base_pos is not None else None
+                models = [x for k, x in enumerate(tensors) if k != base_pos]
+                g, m = _params_for(cfg, method, layout, tensor, base_pos)
                 gen = torch.Generator().manual_seed(key(cfg.seed, i)) if method.random else None
                 try:
                     merged = method(base, models, m, g, gen)
                 except ValueError as exc:
-                    raise EvomergeError(f"{cfg.method} on tensor '{name}': {exc}") from None
-                out.write(name, merged)
+                    raise EvomergeError(f"{cfg.method} on tensor '{tensor.name}': {exc}") from None
+                out.write(tensor.name, merged)
                 del tensors, base, models, merged
                 if progress is not None:
-                    progress(i + 1, len(names))
-            out.copy_files(seeds[0].extra_files())
-            total = sum(s.nbytes(n) for s in seeds for n in names)
+                    progress(i + 1, len(plan))
+            files = first.extra_files()
+            if extra is not None:  # the tokenizer of the model tokenizer_source names
+                files = [p for p in files if not is_tokenizer_file(p.name)] + extra
+            config = _stacked_config(first, plan) if cfg.slices else None
+            if config is not None:
+                files = [p for p in files if p.name != "config.json"]
+            out.copy_files(files)
+            if config is not None:
+                out.write_text("config.json", config)
             out.commit()
     finally:
         for s in seeds:
             s.close()
     return {
-        "tensors": len(names),
+        "tensors": len(plan),
         "bytes_read": total,
         "wall_seconds": round(time.perf_counter() - t0, 3),
         "out_dir": str(out_dir),

@@ -1,9 +1,12 @@
 """The one-shot merge config: evomerge's own YAML, or a mergekit YAML read as it is.
 
-Both become one :class:`MergeSpec`. Parameter values may be a number, a gradient (a list of
-numbers spread over the layers, as in mergekit) or a list of ``{filter, value}`` entries (the
-first entry whose ``filter`` occurs in the tensor name wins; an entry without ``filter`` is the
-default).
+Both become one :class:`MergeConfig`. Parameter values may be a number, a gradient (a list of
+numbers spread over the layers, as in mergekit) or a list of ``{filter, value}`` entries, read
+as mergekit reads them: the first entry that applies wins, where an entry applies when its
+``filter`` occurs in the tensor name, is ``*``, or is absent (an entry without a filter applies
+everywhere, at its position in the list); when none applies the parameter is looked up in the
+next scope (a model's own parameters, then the slice's, then the global ``parameters``), then
+its default.
 """
 
 from __future__ import annotations
@@ -14,13 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
 from .operators import get_merge_method
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ParamValue = float | bool | list[float] | list[dict[str, Any]]
+ParamValue = float | bool | list[float] | list[dict[str, Any]] | dict[str, Any]
 
 
 class _Strict(BaseModel):
@@ -30,6 +33,17 @@ class _Strict(BaseModel):
 class ModelEntry(_Strict):
     path: str = Field(description="A .safetensors file or a Hugging Face folder.")
     params: dict[str, ParamValue] = Field({}, description="Per-model parameters (weight, ...).")
+
+
+class SliceSource(_Strict):
+    path: str = Field(description="A .safetensors file or a Hugging Face folder.")
+    layer_range: tuple[int, int] = Field(description="Layers [start, end) taken from it.")
+    params: dict[str, ParamValue] = Field({}, description="Per-model parameters in this slice.")
+
+
+class SliceEntry(_Strict):
+    sources: list[SliceSource] = Field(min_length=1)
+    params: dict[str, ParamValue] = Field({}, description="Parameters of this slice's tensors.")
 
 
 class Override(_Strict):
@@ -49,11 +63,23 @@ class MergeConfig(_Strict):
 
     method: str
     base: str | None = None
-    models: list[ModelEntry] = Field(min_length=1)
-    params: dict[str, ParamValue] = {}
+    models: list[ModelEntry] = Field([], description="The models to merge (or give slices).")
+    slices: list[SliceEntry] | None = Field(
+        None, description="Layer stacking: layer ranges of the models, stacked in order."
+    )
+    params: dict[str, ParamValue] = Field(
+        {}, description="Global parameters; per-model ones (weight, ...) apply to every model."
+    )
     overrides: list[Override] = []
-    dtype: str = Field("float32", description="Compute dtype: float32, bfloat16 or float16.")
+    dtype: str | None = Field(
+        None, description="Compute dtype: float32, bfloat16 or float16 (default: the seeds')."
+    )
     out_dtype: str | None = Field(None, description="Output dtype (default: dtype).")
+    tokenizer_source: str | None = Field(
+        None,
+        description="mergekit's tokenizer_source (base, union or a model): accepted when the "
+        "seeds' vocabularies are identical, refused otherwise.",
+    )
     seed: int = Field(0, description="Seed of random methods (DARE).")
     max_shard_size: str = Field("5GB", description="Largest output shard, e.g. 2GB, 500MB.")
 
@@ -70,6 +96,14 @@ class MergeConfig(_Strict):
         get_merge_method(v)
         return v
 
+    @model_validator(mode="after")
+    def _models_or_slices(self):
+        if bool(self.models) == bool(self.slices):
+            raise ValueError("give either models or slices (exactly one of them)")
+        if self.slices and any(o.model_params is not None for o in self.overrides):
+            raise ValueError("overrides: model_params are per model; with slices use params")
+        return self
+
 
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(text), re.IGNORECASE)
@@ -81,39 +115,47 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * scale[unit])
 
 
+_MERGEKIT_KEYS = {
+    "merge_method",
+    "base_model",
+    "models",
+    "slices",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "random_seed",
+}
+
+
 def from_mergekit(raw: dict, source: str) -> dict:
     """Translate a mergekit YAML mapping into evomerge's merge config mapping."""
-    unsupported = sorted(
-        set(raw)
-        - {
-            "merge_method",
-            "base_model",
-            "models",
-            "parameters",
-            "dtype",
-            "out_dtype",
-            "tokenizer_source",
-            "random_seed",
-        }
-    )
+    unsupported = sorted(set(raw) - _MERGEKIT_KEYS)
     if unsupported:
         raise ConfigError(
             f"{source}: {unsupported[0]}: this mergekit key is not supported by 'evomerge merge' "
-            "(supported: merge_method, base_model, models, parameters, dtype, out_dtype)"
+            f"(supported: {', '.join(sorted(_MERGEKIT_KEYS))})"
         )
     method = raw.get("merge_method")
     base = raw.get("base_model")
-    models = []
-    for i, entry in enumerate(raw.get("models") or []):
-        if not isinstance(entry, dict) or "model" not in entry:
-            raise ConfigError(f"{source}: models[{i}]: expected a mapping with 'model'")
-        if entry["model"] == base and _needs_base_or_slerp(method):
-            continue  # the base is the reference point, not a task vector
-        models.append({"path": entry["model"], "params": entry.get("parameters") or {}})
-    out = {"method": method, "models": models, "params": raw.get("parameters") or {}}
-    if base is not None and _needs_base_or_slerp(method):
+    takes_base = _takes_base(method)
+    out: dict = {"method": method, "params": raw.get("parameters") or {}}
+    if raw.get("slices") is not None:
+        out["slices"] = [_mergekit_slice(s, i, source) for i, s in enumerate(raw["slices"])]
+    else:
+        models = []
+        for i, entry in enumerate(raw.get("models") or []):
+            if not isinstance(entry, dict) or "model" not in entry:
+                raise ConfigError(f"{source}: models[{i}]: expected a mapping with 'model'")
+            if entry["model"] == base and takes_base:
+                continue  # the base is the reference point, not a task vector
+            models.append({"path": entry["model"], "params": entry.get("parameters") or {}})
+        if base is not None and not takes_base and base not in [m["path"] for m in models]:
+            models.append({"path": base, "params": {}})  # mergekit adds it as an input
+        out["models"] = models
+    if base is not None and takes_base:
         out["base"] = base
-    for key in ("dtype", "out_dtype"):
+    for key in ("dtype", "out_dtype", "tokenizer_source"):
         if raw.get(key) is not None:
             out[key] = raw[key]
     if raw.get("random_seed") is not None:
@@ -121,11 +163,39 @@ def from_mergekit(raw: dict, source: str) -> dict:
     return out
 
 
-def _needs_base_or_slerp(method) -> bool:
+def _mergekit_slice(entry, i: int, source: str) -> dict:
+    where = f"{source}: slices[{i}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("sources"), list):
+        raise ConfigError(f"{where}: expected a mapping with a 'sources' list")
+    extra = sorted(set(entry) - {"sources", "parameters"})
+    if extra:
+        raise ConfigError(
+            f"{where}: {extra[0]}: not supported by 'evomerge merge' (supported: sources, "
+            "parameters); give base_model at the top level"
+        )
+    sources = []
+    for j, src in enumerate(entry["sources"]):
+        if not isinstance(src, dict) or "model" not in src or "layer_range" not in src:
+            raise ConfigError(
+                f"{where}.sources[{j}]: expected a mapping with model and layer_range"
+            )
+        sources.append(
+            {
+                "path": src["model"],
+                "layer_range": src["layer_range"],
+                "params": src.get("parameters") or {},
+            }
+        )
+    return {"sources": sources, "params": entry.get("parameters") or {}}
+
+
+def _takes_base(method) -> bool:
+    """Whether a mergekit ``base_model`` is this method's base (rather than one more input)."""
     try:
-        return get_merge_method(str(method)).needs_base or method == "slerp"
+        m = get_merge_method(str(method))
     except ValueError:
         return False
+    return m.needs_base or m.optional_base or method == "slerp"
 
 
 def load_merge_config(path: Path, raw: Any) -> MergeConfig:
@@ -144,10 +214,18 @@ def load_merge_config(path: Path, raw: Any) -> MergeConfig:
     method = get_merge_method(cfg.method)
     if method.needs_base and cfg.base is None:
         raise ConfigError(f"{source}: base: {cfg.method} merges task vectors; name a base model")
-    if cfg.method == "slerp" and (cfg.base is None or len(cfg.models) != 1):
+    if cfg.method == "slerp" and (cfg.base is None or (cfg.models and len(cfg.models) != 1)):
         raise ConfigError(
             f"{source}: slerp merges two models: a base (t = 0) and one model (t = 1)"
         )
+    takes_base = method.needs_base or method.optional_base or cfg.method == "slerp"
+    for i, entry in enumerate(cfg.slices or []):
+        paths = [s.path for s in entry.sources]
+        if takes_base and cfg.base is not None and cfg.base not in paths:
+            raise ConfigError(
+                f"{source}: slices[{i}]: the base model '{cfg.base}' is not among its sources; "
+                f"{cfg.method} needs it in every slice"
+            )
     for override in cfg.overrides:
         if override.model_params is not None and len(override.model_params) != len(cfg.models):
             raise ConfigError(
@@ -157,23 +235,30 @@ def load_merge_config(path: Path, raw: Any) -> MergeConfig:
     return cfg
 
 
-def resolve_value(value: ParamValue, name: str, layer: int | None, num_layers: int):
-    """A parameter's value for one tensor: scalar, gradient over layers, or name filters."""
+def resolve_setting(value: ParamValue, name: str, t: float):
+    """A parameter's value for tensor ``name`` at gradient position ``t``, as mergekit reads it.
+
+    Scalars are themselves; a list of numbers is a gradient, interpolated at ``t``; a list of
+    ``{filter, value}`` entries gives the first entry that applies (filter absent, ``*``, or a
+    substring of ``name``), resolved in turn; None when no entry applies.
+    """
+    if isinstance(value, dict):
+        value = [value]
     if isinstance(value, bool | int | float):
         return value
-    if value and all(isinstance(v, dict) for v in value):
-        default = None
+    if not value:
+        return None
+    if all(isinstance(v, dict) for v in value):
         for entry in value:
             flt = entry.get("filter")
-            if flt is None:
-                default = entry.get("value")
-            elif flt in name:
-                return resolve_value(entry["value"], name, layer, num_layers)
-        if default is None:
-            raise ConfigError(f"parameter for '{name}': no filter matches and no default entry")
-        return resolve_value(default, name, layer, num_layers)
+            if flt is None or flt == "*" or (name and str(flt) in name):
+                if "value" not in entry:
+                    raise ConfigError(f"parameter for '{name}': a filter entry has no 'value'")
+                return resolve_setting(entry["value"], name, t)
+        return None
+    if all(isinstance(v, bool) for v in value):
+        return value[int(t * (len(value) - 1))]
     grad = [float(v) for v in value]
     if len(grad) == 1:
         return grad[0]
-    pos = 0.0 if layer is None or num_layers <= 1 else layer / (num_layers - 1)
-    return float(np.interp(pos * (len(grad) - 1), np.arange(len(grad)), grad))
+    return float(np.interp(t * (len(grad) - 1), np.arange(len(grad)), grad))

@@ -3,8 +3,9 @@
 A merge method is a :class:`MergeMethod`: a function over one tensor of every input model plus
 the names and defaults of its parameters. ``MERGE_METHODS`` holds the built-in ones under
 mergekit's names (``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``,
-``breadcrumbs``, ``breadcrumbs_ties``, ``slerp``) plus M2N2's ``region_crossover``; add your
-own without editing the package::
+``breadcrumbs``, ``breadcrumbs_ties``, ``slerp``, ``della``, ``della_linear``,
+``model_stock``, ``nuslerp``, ``multislerp``, ``karcher``, ``sce``, ``nearswap``,
+``passthrough``) plus M2N2's ``region_crossover``; add your own without editing the package::
 
     from evomerge.merge.operators import MergeMethod, register_merge_method
 
@@ -39,23 +40,39 @@ dare_ties          weight, density=1                           normalize=False, 
 breadcrumbs        weight, density=1, gamma=0.01               normalize=False, rescale=False
 breadcrumbs_ties   weight, density=1, gamma=0.01               normalize=False, rescale=False
 slerp              -                                           t
+della              weight, density=1, epsilon=0.15             normalize=True, rescale=True
+della_linear       weight, density=1, epsilon=0.15             normalize=False, rescale=True
+model_stock        -                                           filter_wise=False
+nuslerp            weight                                      nuslerp_flatten=True,
+                                                               nuslerp_row_wise=False
+multislerp         weight                                      normalize_weights=True, eps=1e-8
+karcher            -                                           max_iter=10, tol=1e-5
+sce                -                                           select_topk=1, int8_mask=False
+nearswap           -                                           t
+passthrough        scale=1                                     -
 region_crossover   -                                           offset=0, split, w, omega
 =================  ==========================================  ==================================
+
+della/della_linear (:mod:`~evomerge.merge.della`) are task-vector methods with DELLA's
+rank-dependent drops; model_stock, nuslerp, multislerp and karcher
+(:mod:`~evomerge.merge.spherical`) take their coefficients from the angles between tensors
+(nuslerp and multislerp use a base when given one and work without); sce
+(:mod:`~evomerge.merge.sce`), nearswap and passthrough (:mod:`~evomerge.merge.pointwise`).
 
 ``omega`` of region_crossover must be given; ``None`` there means linear interpolation.
 Every task-vector method also takes ``lambda=1.0`` and ``int8_mask=False`` (accepted, no effect:
 it only changes the dtype of mergekit's mask, not the result).
 
-* Magnitude trim (ties): keeps exactly ``k = int(density * n)`` entries, the largest ``|tau|``;
-  equal magnitudes rank the lower flat index first, so ties are broken deterministically
-  (mergekit's unstable argsort leaves them unspecified). ``density >= 1`` keeps everything,
-  ``k = 0`` keeps nothing (mergekit asserts). The threshold comes from a sampled,
+* Magnitude trim (ties): keeps exactly ``k = max(1, int(density * n))`` entries (mergekit
+  0.1.5), the largest ``|tau|``; equal magnitudes rank the lower flat index first, so ties are
+  broken deterministically (mergekit's unstable argsort leaves them unspecified).
+  ``density >= 1`` keeps everything, ``density <= 0`` nothing. The threshold comes from a sampled,
   exact selection (:mod:`evomerge.merge.ranking`, O(n)), not a sort.
 * Breadcrumbs: with ``keep = int(density * n)`` and ``top = int(gamma * n)`` (``top`` lowered
   to ``n - keep`` when both do not fit), keeps the entries ranked ``top .. top + keep - 1`` from
   the largest magnitude, ties ranked as above. ``density >= 1`` keeps everything (gamma is not
-  applied, as in mergekit). Where ``top`` is 0 mergekit's slice ``[n_bot:-0]`` is empty and
-  drops the whole task vector; here the ``keep`` largest are kept, as intended.
+  applied, as in mergekit). Where ``top`` is 0 the ``keep`` largest are kept (as in
+  mergekit 0.1.5).
 * ``rescale`` after a magnitude or breadcrumbs trim multiplies the kept entries so the L1 norm
   of the task vector is unchanged (skipped when either norm is below 1e-7), as mergekit does.
 * DARE: each model gets its own numpy SFC64 stream, seeded by one ``torch.randint(0, 2**62)``
@@ -84,7 +101,11 @@ from types import MappingProxyType
 
 import torch
 
+from .della import della_magprune
 from .interpolation import linear, region_crossover, slerp
+from .pointwise import nearswap, passthrough
+from .sce import sce
+from .spherical import karcher, model_stock, multislerp, nuslerp
 from .task_vectors import breadcrumbs_trim, dare_drop, generalized_task_arithmetic, magnitude_trim
 
 
@@ -95,6 +116,8 @@ class MergeMethod:
     ``fn(base, models, model_params, params, generator)`` receives the parameters already
     completed with their defaults; ``model_params`` has one dict per model in ``models``.
     Defaults of ``None`` mark required parameters. ``random`` methods draw from ``generator``.
+    ``optional_base`` methods use a base when one is given (task vectors against it) and work
+    without one too.
     """
 
     name: str
@@ -103,6 +126,7 @@ class MergeMethod:
     model_params: Mapping[str, float | None]
     params: Mapping[str, float | bool | None]
     random: bool = False
+    optional_base: bool = False
 
     def __post_init__(self):
         # Read-only copies: a caller mutating its dict must not change a registered method.
@@ -182,7 +206,8 @@ def _gta_method(name, sparsify, consensus, normalize, rescale, extra=None) -> Me
     model_params = {"weight": None, "density": 1.0, **(extra or {})}
     params = {"normalize": normalize, "rescale": rescale, "lambda": 1.0, "int8_mask": False}
     fn = partial(generalized_task_arithmetic, sparsify=sparsify, consensus=consensus)
-    return MergeMethod(name, fn, True, model_params, params, random=sparsify is dare_drop)
+    random = sparsify in (dare_drop, della_magprune)
+    return MergeMethod(name, fn, True, model_params, params, random=random)
 
 
 for _method in (
@@ -201,6 +226,29 @@ for _method in (
         {},
         {"offset": 0, "split": None, "w": None, "omega": None},
     ),
+    _gta_method("della", della_magprune, True, True, True, {"epsilon": 0.15}),
+    _gta_method("della_linear", della_magprune, False, False, True, {"epsilon": 0.15}),
+    MergeMethod("model_stock", model_stock, True, {}, {"filter_wise": False}),
+    MergeMethod(
+        "nuslerp",
+        nuslerp,
+        False,
+        {"weight": None},
+        {"nuslerp_flatten": True, "nuslerp_row_wise": False},
+        optional_base=True,
+    ),
+    MergeMethod(
+        "multislerp",
+        multislerp,
+        False,
+        {"weight": None},
+        {"normalize_weights": True, "eps": 1e-8},
+        optional_base=True,
+    ),
+    MergeMethod("karcher", karcher, False, {}, {"max_iter": 10, "tol": 1e-5}),
+    MergeMethod("sce", sce, True, {}, {"select_topk": 1.0, "int8_mask": False}),
+    MergeMethod("nearswap", nearswap, True, {}, {"t": None}),
+    MergeMethod("passthrough", passthrough, False, {"scale": 1.0}, {}),
 ):
     register_merge_method(_method)
 del _method

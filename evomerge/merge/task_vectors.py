@@ -24,7 +24,7 @@ from .op_support import (
 )
 from .ranking import RankCut, rank_cuts
 
-# --- sparsifiers: (base, theta, model params, rescale, generator, dtype) -> _Keep or None ----
+# --- sparsifiers: (base, theta, model params, rescale, generator, dtype, shape) -> _Keep | None
 
 
 class _Keep:
@@ -115,19 +115,19 @@ def _magnitudes(b, theta, work):
     return blocks, sample
 
 
-def magnitude_trim(b, theta, mp, rescale, generator, work):
-    """TIES trim: keep the top ``k = int(density * n)`` entries by magnitude."""
+def magnitude_trim(b, theta, mp, rescale, generator, work, shape=None):
+    """TIES trim: keep the top ``k = max(1, int(density * n))`` entries by magnitude."""
     density = as_fraction(mp, "density")
     if density >= 1:
         return None
     n = b.numel()
-    k = int(density * n)
+    k = max(1, int(density * n)) if density > 0 else 0
     blocks, sample = _magnitudes(b, theta, work)
     cuts = rank_cuts(blocks, n, [k], sample)
     return _RankKeep(cuts[k], None, rescale)
 
 
-def breadcrumbs_trim(b, theta, mp, rescale, generator, work):
+def breadcrumbs_trim(b, theta, mp, rescale, generator, work, shape=None):
     """Drop the top ``int(gamma * n)`` outliers and the smallest, keeping ``int(density * n)``."""
     density, gamma = as_fraction(mp, "density"), as_fraction(mp, "gamma")
     if density >= 1:
@@ -142,7 +142,7 @@ def breadcrumbs_trim(b, theta, mp, rescale, generator, work):
     return _RankKeep(cuts[top + keep], cuts[top] if top > 0 else None, rescale)
 
 
-def dare_drop(b, theta, mp, rescale, generator, work):
+def dare_drop(b, theta, mp, rescale, generator, work, shape=None):
     """DARE: keep each entry with probability ``density`` (one uniform draw per entry)."""
     density = as_fraction(mp, "density")
     if density >= 1:
@@ -222,7 +222,11 @@ def generalized_task_arithmetic(
     weights, keeps = [], []
     for theta, mp in zip(thetas, model_params, strict=True):
         weights.append(as_number(mp["weight"], "weight"))
-        keeps.append(None if sparsify is None else sparsify(b, theta, mp, rescale, generator, work))
+        keeps.append(
+            None
+            if sparsify is None
+            else sparsify(b, theta, mp, rescale, generator, work, shape=base.shape)
+        )
     factors = [
         _l1_factor(b, t, k, work) if k is not None and k.l1 else None
         for t, k in zip(thetas, keeps, strict=True)

@@ -40,6 +40,14 @@ MERGEKIT_METHODS = {
     "breadcrumbs",
     "breadcrumbs_ties",
     "slerp",
+    "della",
+    "della_linear",
+    "model_stock",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "sce",
+    "nearswap",
 }
 
 
