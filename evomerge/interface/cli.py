@@ -93,6 +93,9 @@ def _finish(search, progress: Progress) -> int:
 def cmd_run(args) -> int:
     cfg = load_config(args.config, args.set or [], address=args.address)
     out = Path(args.out) if args.out else _default_out(args.config, cfg.name)
+    from ..runtime.ray_cluster import check_job_out
+
+    check_job_out(out)  # under 'ray job submit' a relative --out lands in Ray's cache
     Trackers.open(cfg, out)  # a tracker whose package is missing is bad input: refuse now
     progress = Progress(quiet=args.quiet)
     if args.verbose:
@@ -116,6 +119,11 @@ def cmd_resume(args) -> int:
     if args.verbose:
         _show_config(cfg, [])
     search = loop.reopen(run, cfg, progress)
+    if args.address:  # joined: a later plain 'resume' goes to the same cluster
+        try:
+            run.write_config(cfg.to_dict())
+        except OSError as exc:
+            progress.message(f"the new address is not recorded in config.yaml ({exc.strerror})")
     progress.message(f"resuming {run.path} at {search.state.evaluations} evaluations")
     return _finish(search, progress)
 

@@ -208,3 +208,16 @@ def free_room(ray) -> str:
         have = free.get(n["id"], {})
         n["CPU"], n["GPU"] = float(have.get("CPU", 0.0)), float(have.get("GPU", 0.0))
     return describe_nodes(nodes)
+
+
+def check_job_out(out: Path) -> None:
+    """Under ``ray job submit`` a relative run directory would land in Ray's copy of the job's
+    working directory (deleted with the job's files): refuse it, naming the fix."""
+    if not in_ray_job() or out.is_absolute():
+        return
+    where = f"Ray's copy of the working directory ({Path.cwd()})"
+    raise EvomergeError(
+        f"--out {out}: a relative run directory in a Ray job lands in {where}, which Ray "
+        "deletes; give an absolute path on storage that outlives the job, e.g. "
+        "--out /shared/populations/NAME"
+    )
