@@ -177,37 +177,57 @@ def check_placement(ray, workers: int, num_cpus: float, num_gpus: float) -> None
         return
     what = "no node can hold one worker" if room == 0 else f"the nodes hold only {room}"
     raise EvomergeError(
-        f"evaluator: {workers} workers (evaluator.workers) of num_cpus {num_cpus:g} and "
-        f"num_gpus {num_gpus:g} each: {what}, as a worker must fit on one node (nodes: "
+        f"evaluator: evaluator.workers {workers} of num_cpus {num_cpus:g} and num_gpus "
+        f"{num_gpus:g} each: {what}, as a worker must fit on one node (nodes: "
         f"{describe_nodes(nodes)}); lower evaluator.workers / num_cpus / num_gpus or add "
         "nodes with room"
     )
 
 
-def actor_state(ray, actor) -> str:
-    """The actor's state in the cluster's table: ALIVE, RESTARTING, PENDING_CREATION, ..."""
+def actor_state(ray, actor) -> tuple[str, bool]:
+    """The actor's state in the cluster's table (ALIVE, RESTARTING, PENDING_CREATION, ...) and
+    whether it has a process on a live node (False: it waits for a node with room)."""
     try:
         from ray._private import state
 
         info = state.actors(actor_id=actor._actor_id.hex())
-        return str(info.get("State", "ALIVE"))
     except Exception:  # noqa: BLE001 - a version without this table: take it as alive
-        return "ALIVE"
+        return "ALIVE", True
+    name = str(info.get("State", "ALIVE"))
+    if name == "ALIVE":
+        return name, True
+    node = (info.get("Address") or {}).get("NodeID")
+    live = {n["id"] for n in alive_nodes(ray)}
+    # a restarting actor's table entry keeps a process id and names a live node before it
+    # has one: only a pending creation's entry tells
+    return name, name != "RESTARTING" and bool(info.get("Pid")) and node in live
 
 
-def free_room(ray) -> str:
-    """What each live node has free now (for the line about a worker waiting for a node)."""
+def free_nodes(ray) -> list[dict] | None:
+    """Each live node with what it has free now (None: the cluster does not say)."""
     try:
         from ray._private import state
 
         free = state.available_resources_per_node()
     except Exception:  # noqa: BLE001 - the report is best effort
-        return "unknown"
+        return None
     nodes = alive_nodes(ray)
     for n in nodes:
         have = free.get(n["id"], {})
         n["CPU"], n["GPU"] = float(have.get("CPU", 0.0)), float(have.get("GPU", 0.0))
-    return describe_nodes(nodes)
+    return nodes
+
+
+def free_room(ray) -> str:
+    """What each live node has free now (for the line about a worker waiting for a node)."""
+    nodes = free_nodes(ray)
+    return "unknown" if nodes is None else describe_nodes(nodes)
+
+
+def room_for_one(ray, num_cpus: float, num_gpus: float) -> bool:
+    """True when some live node has room for one more worker now."""
+    nodes = free_nodes(ray)
+    return nodes is None or any(per_node(n["CPU"], n["GPU"], num_cpus, num_gpus) for n in nodes)
 
 
 def check_job_out(out: Path) -> None:

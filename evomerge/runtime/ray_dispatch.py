@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from ..errors import EvomergeError, PluginError
-from .ray_cluster import actor_state, free_room
+from .ray_cluster import actor_state, free_room, room_for_one
 
 POLL_S = 1.0  # how often the states of busy and missing workers are read
-WAITING = {"RESTARTING", "PENDING_CREATION", "DEPENDENCIES_UNREADY"}
+REPORT_AFTER_S = 3.0  # a worker without a node this long is reported (not a quick restart)
 
 
 def warn(text: str) -> None:
@@ -49,7 +49,6 @@ class Batch:
 
     def run(self) -> torch.Tensor:
         ray = self.ray
-        checked = time.monotonic()
         try:
             while any(p is None for p in self.parts):
                 self._hand_out()
@@ -63,9 +62,9 @@ class Batch:
                     time.sleep(wait)
                 for ref in done:
                     self._collect(ref)
-                if time.monotonic() - checked >= POLL_S:
+                if time.monotonic() - self.pool.checked >= POLL_S:  # over batches: short ones
                     self._check_away()
-                    checked = time.monotonic()
+                    self.pool.checked = time.monotonic()
                 self._kill_hung()
         except ray.exceptions.RayError as exc:
             self._cancel_all()
@@ -98,11 +97,11 @@ class Batch:
         pool = self.pool
         busy = {slot: ref for ref, (slot, _) in self.running.items()}
         for slot in sorted(set(busy) | pool.away):
-            state = actor_state(self.ray, pool.actors[slot])
+            state, _ = actor_state(self.ray, pool.actors[slot])
             if state == "ALIVE":
+                pool.unplaced.pop(slot, None)
                 if slot in pool.away:
                     pool.away.discard(slot)
-                    pool.reported.discard(slot)
                     self.free.append(slot)
                 continue
             if slot in busy:  # its chunk goes back to the queue, for any worker alive
@@ -112,15 +111,24 @@ class Batch:
                 self.waiting.insert(0, c)
                 self._cancel(ref)
             pool.away.add(slot)
-            if state in WAITING and slot not in pool.reported:
-                pool.reported.add(slot)
+            if state == "DEAD":
+                pool.unplaced.pop(slot, None)
+                continue
+            since = pool.unplaced.setdefault(slot, [time.monotonic(), False])
+            away_s = time.monotonic() - since[0]
+            if (
+                not since[1]
+                and away_s >= REPORT_AFTER_S
+                and not room_for_one(self.ray, pool.num_cpus, pool.num_gpus)
+            ):
+                since[1] = True  # one line each time a worker stays away
                 warn(
-                    f"worker {pool.names[slot]} is {state.lower().replace('_', ' ')}, waiting "
-                    f"for a node with {pool.need()} free (free now: {free_room(self.ray)}); "
-                    "the other workers take its candidates"
+                    f"worker {pool.names[slot]} is {state.lower()} for {away_s:.0f} s, "
+                    f"waiting for a node with {pool.need()} free (no free resources now: "
+                    f"{free_room(self.ray)}); the other workers take its candidates"
                 )
         if len(pool.away) == pool.workers and all(
-            actor_state(self.ray, a) == "DEAD" for a in pool.actors
+            actor_state(self.ray, a)[0] == "DEAD" for a in pool.actors
         ):
             raise PluginError(
                 f"ray workers died and were restarted {pool.max_restarts} times without "
@@ -161,7 +169,7 @@ class Batch:
         now = time.monotonic()
         for ref in [r for r, t in self.deadline.items() if t <= now]:
             slot, c = self.running[ref]
-            if actor_state(self.ray, pool.actors[slot]) != "ALIVE":
+            if actor_state(self.ray, pool.actors[slot])[0] != "ALIVE":
                 self._check_away()
                 return
             self.hung[c] += 1

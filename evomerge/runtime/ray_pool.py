@@ -161,7 +161,8 @@ class RayEvaluator:
         args = (spec, options, device, source, threads, recipe, lineage)
         self.actors, self.names = _named_actors(actor, workers, name or "run", args)
         self.away: set[int] = set()  # worker slots not alive now (restarting, or unplaced)
-        self.reported: set[int] = set()  # of those, the ones a warning line was printed for
+        self.unplaced: dict[int, list] = {}  # slot -> [since when without a node, reported]
+        self.checked = time.monotonic()  # when the workers' states were last read
         t0 = time.monotonic()
         infos = self._get(self._started([a.info.remote() for a in self.actors]))
         # a worker restarted after a hang gets this on top of its timeout for its set-up
@@ -183,7 +184,7 @@ class RayEvaluator:
 
     def _started(self, refs):
         """Wait for the workers' set-up; a worker still without a node is reported once."""
-        waited = 0.0
+        waited, reported = 0.0, False
         while True:
             _, pending = self._ray.wait(refs, num_returns=len(refs), timeout=10.0)
             if not pending:
@@ -191,12 +192,10 @@ class RayEvaluator:
             waited += 10.0
             slots = [refs.index(r) for r in pending]
             unplaced = [
-                self.names[s]
-                for s in slots
-                if actor_state(self._ray, self.actors[s]) in ("PENDING_CREATION", "RESTARTING")
+                self.names[s] for s in slots if not actor_state(self._ray, self.actors[s])[1]
             ]
-            if unplaced and not self.reported:
-                self.reported.update(slots)
+            if unplaced and not reported:
+                reported = True
                 warn(
                     f"{len(unplaced)} of {len(refs)} workers ({', '.join(unplaced)}) wait for "
                     f"a node with {self.need()} free after {waited:.0f} s: no free resources "
