@@ -7,7 +7,10 @@ actor is free (order of results is preserved).
 
 A worker whose process or node dies is restarted by Ray (``max_restarts``) and its unfinished
 chunk is retried on the new process (``max_task_retries``): scoring is deterministic, so the
-run's result does not change. Errors raised by the plug-in itself are not retried.
+run's result does not change. Errors raised by the plug-in itself are not retried. While a
+worker is not alive (restarting, or waiting for a node with room) the others take its
+candidates (ray_dispatch.py). The pool is checked against each node's resources first
+(ray_cluster.py), and workers are named ``evomerge-<run>-<i>`` in the ``evomerge`` namespace.
 
 With ``timeout_s`` a worker that has not returned a chunk of n candidates within
 n x ``timeout_s`` seconds of being handed it is taken to hang: its process is killed, Ray
