@@ -105,6 +105,8 @@ def test_run_joins_a_running_cluster(tmp_path, write_config):
         )
         assert resumed.returncode == 0, resumed.stderr
         assert json.loads((part / "summary.json").read_text())["evaluator"] == "ray"
+        recorded = yaml.safe_load((part / "config.yaml").read_text())["evaluator"]
+        assert recorded["address"] == f"127.0.0.1:{port}"  # a plain resume goes there again
         whole = dict(local, budget={"evaluations": 80})
         out80 = tmp_path / "whole"
         assert main(["run", str(write_config(whole, "whole.yaml")), "--out", str(out80), "-q"]) == 0

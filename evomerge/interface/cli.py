@@ -100,6 +100,9 @@ def _finish(search, progress: Progress) -> int:
 def cmd_run(args) -> int:
     cfg = load_config(args.config, args.set or [], address=args.address)
     out = Path(args.out) if args.out else _default_out(args.config, cfg.name)
+    from ..runtime.ray_cluster import check_job_out
+
+    check_job_out(out)  # under 'ray job submit' a relative --out lands in Ray's cache
     run = RunDir(out)
     with run.writer(create=True):  # one writer per run directory, before anything is written
         Trackers.open(cfg, out)  # a tracker whose package is missing is bad input: refuse now
@@ -129,6 +132,11 @@ def cmd_resume(args) -> int:
             _show_config(cfg, [])
         progress.message(f"fitness plug-in (its code runs now): {cfg.fitness.plugin}")
         search = loop.reopen(run, cfg, progress)
+        if args.address:  # joined: a later plain 'resume' goes to the same cluster
+            try:
+                run.write_config(cfg.to_dict())
+            except OSError as exc:
+                progress.message(f"the new address is not recorded in config.yaml ({exc.strerror})")
         progress.message(f"resuming {run.path} at {search.state.evaluations} evaluations")
         return _finish(search, progress)
 

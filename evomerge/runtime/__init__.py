@@ -6,12 +6,19 @@ from .fitness import Fitness
 from .local import LocalEvaluator
 
 
-def make_evaluator(section, fitness, recipe: dict | None = None, lineage: dict | None = None):
+def make_evaluator(
+    section,
+    fitness,
+    recipe: dict | None = None,
+    lineage: dict | None = None,
+    name: str | None = None,
+):
     """Build the evaluator a config's ``evaluator`` section describes.
 
     ``recipe`` (seeds to make and the recipe section) turns each worker's fitness into a
     recipe fitness: candidates are then gene vectors, merged in the worker. ``lineage`` (seeds
-    to make) lets workers materialise lineage genomes over those seeds.
+    to make) lets workers materialise lineage genomes over those seeds. ``name`` (the run's)
+    names Ray workers ``evomerge-<name>-<i>``.
     """
     if section.kind == "local":
         return LocalEvaluator(
@@ -31,6 +38,7 @@ def make_evaluator(section, fitness, recipe: dict | None = None, lineage: dict |
         chunk_size=section.chunk_size,
         timeout_s=section.timeout_s,
         lineage=lineage,
+        name=name,
     )
 
 

@@ -7,7 +7,10 @@ actor is free (order of results is preserved).
 
 A worker whose process or node dies is restarted by Ray (``max_restarts``) and its unfinished
 chunk is retried on the new process (``max_task_retries``): scoring is deterministic, so the
-run's result does not change. Errors raised by the plug-in itself are not retried.
+run's result does not change. Errors raised by the plug-in itself are not retried. While a
+worker is not alive (restarting, or waiting for a node with room) the others take its
+candidates (ray_dispatch.py). The pool is checked against each node's resources first
+(ray_cluster.py), and workers are named ``evomerge-<run>-<i>`` in the ``evomerge`` namespace.
 
 With ``timeout_s`` a worker that has not returned a chunk of n candidates within
 n x ``timeout_s`` seconds of being handed it is taken to hang: its process is killed, Ray
@@ -21,12 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import socket
-import tempfile
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +34,11 @@ from ..genome.seed_store import from_description
 from ..plugins import read_source
 from .host import FitnessHost
 from .local import transportable
+from .ray_cluster import actor_state, check_placement, free_room, start_ray
+from .ray_dispatch import Batch, warn
+
+NAMESPACE = "evomerge"  # 'ray list actors' shows the workers as evomerge-<run>-<i> in it
+ANSWER_S = 5.0  # how long a report waits for a worker that is not alive
 
 
 def _make_seeds(spec, options, source, lineage):
@@ -107,77 +110,6 @@ def _unwrap(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, EvomergeError) else exc
 
 
-def _join_error(address: str, why: str) -> EvomergeError:
-    return EvomergeError(
-        f"evaluator.address: cannot join Ray cluster at '{address}' ({why}); "
-        "start one with 'ray start --head' or drop the address to run locally"
-    )
-
-
-def resolve_address(address: str) -> str:
-    """'auto' means the cluster ``ray start`` recorded on this machine, as Ray reads it."""
-    if address != "auto":
-        return address
-    record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-    try:
-        found = record.read_text().strip()
-    except OSError:
-        found = ""
-    if not found:
-        raise _join_error(address, f"no running cluster is recorded in {record}")
-    return found
-
-
-def check_reachable(address: str, timeout: float = 10.0) -> None:
-    """Fail in seconds, not minutes: Ray retries an unreachable GCS for a long time."""
-    host, sep, port = address.rpartition(":")
-    if not sep or "://" in address or not port.isdigit():
-        return  # 'ray://...' (Ray Client) and friends: let Ray resolve them
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise _join_error(address, exc.strerror or str(exc)) from None
-
-
-def start_ray(address: str | None, num_cpus: float | None = None) -> bool:
-    """Connect to ``address`` or start an embedded local Ray. Returns True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    on_sigterm = signal.getsignal(signal.SIGTERM)
-    try:
-        _init_ray(ray, address, num_cpus)
-    finally:
-        # ray.init installs its own SIGTERM handler in the driver (log and exit 15): put back
-        # the program's own, so a scheduler's stop still checkpoints first (evomerge's cli)
-        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, on_sigterm)
-    return True
-
-
-def _init_ray(ray, address: str | None, num_cpus: float | None) -> None:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = address or os.environ.get("RAY_ADDRESS")  # set inside 'ray job submit'
-
-    if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only embedded cluster
-        ray.init(
-            address="local",  # a new embedded instance, never a cluster left on this machine
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            logging_level="WARNING",
-            log_to_driver=True,
-        )
-    else:
-        address = resolve_address(address)
-        check_reachable(address)
-        try:
-            ray.init(address=address, logging_level="WARNING")
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise _join_error(address, str(exc)) from None
-
-
 class RayEvaluator:
     """An actor pool of ``workers`` fitness hosts with ``num_cpus`` / ``num_gpus`` each."""
 
@@ -196,14 +128,21 @@ class RayEvaluator:
         lineage=None,
         chunk_size=None,
         timeout_s=None,
+        name=None,
     ):
         import ray
 
         self._ray = ray
         need = max(workers * num_cpus, os.cpu_count() or 1)
         self._owns_ray = start_ray(address, num_cpus=math.ceil(need))
-        self._check_fits(workers, num_cpus, num_gpus)
+        try:
+            check_placement(ray, workers, num_cpus, num_gpus)
+        except EvomergeError:
+            if self._owns_ray:
+                ray.shutdown()
+            raise
         device = "cuda" if num_gpus > 0 else "cpu"
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
         actor = ray.remote(
             num_cpus=num_cpus,
             num_gpus=num_gpus,
@@ -222,12 +161,13 @@ class RayEvaluator:
             task = ray.remote(num_cpus=num_cpus, max_retries=max_restarts)(_make_seeds)
             self._seeds_ref = task.remote(spec, options, source, lineage)
             lineage = self._seeds_ref
-        self.actors = [
-            actor.remote(spec, options, device, source, threads, recipe, lineage)
-            for _ in range(workers)
-        ]
+        args = (spec, options, device, source, threads, recipe, lineage)
+        self.actors, self.names = _named_actors(actor, workers, name or "run", args)
+        self.away: set[int] = set()  # worker slots not alive now (restarting, or unplaced)
+        self.unplaced: dict[int, list] = {}  # slot -> [since when without a node, reported]
+        self.checked = time.monotonic()  # when the workers' states were last read
         t0 = time.monotonic()
-        infos = self._get([a.info.remote() for a in self.actors])
+        infos = self._get(self._started([a.info.remote() for a in self.actors]))
         # a worker restarted after a hang gets this on top of its timeout for its set-up
         self.restart_allowance = 5.0 + 2 * (time.monotonic() - t0)
         self.info = infos[0]
@@ -240,19 +180,30 @@ class RayEvaluator:
         self.scoring_seconds = 0.0  # wall time the driver spent waiting for scores
         self.evaluated = [0] * workers  # candidates scored by each worker slot
 
-    def _check_fits(self, workers: int, num_cpus: float, num_gpus: float) -> None:
-        """Refuse at once a pool the cluster cannot hold (Ray would wait for it forever)."""
-        have = self._ray.cluster_resources()
-        cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
-        if cpus + 1e-9 >= workers * num_cpus and gpus + 1e-9 >= workers * num_gpus:
-            return
-        if self._owns_ray:
-            self._ray.shutdown()
-        raise EvomergeError(
-            f"evaluator: {workers} workers need {workers * num_cpus:g} CPUs and "
-            f"{workers * num_gpus:g} GPUs, the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs; "
-            "lower evaluator.workers / num_cpus / num_gpus or add nodes"
-        )
+    def need(self) -> str:
+        """One worker's resources, as the warnings name them."""
+        gpus = f", {self.num_gpus:g} GPU" if self.num_gpus else ""
+        return f"{self.num_cpus:g} CPU{gpus}"
+
+    def _started(self, refs):
+        """Wait for the workers' set-up; a worker still without a node is reported once."""
+        waited, reported = 0.0, False
+        while True:
+            _, pending = self._ray.wait(refs, num_returns=len(refs), timeout=10.0)
+            if not pending:
+                return refs
+            waited += 10.0
+            slots = [refs.index(r) for r in pending]
+            unplaced = [
+                self.names[s] for s in slots if not actor_state(self._ray, self.actors[s])[1]
+            ]
+            if unplaced and not reported:
+                reported = True
+                warn(
+                    f"{len(unplaced)} of {len(refs)} workers ({', '.join(unplaced)}) wait for "
+                    f"a node with {self.need()} free after {waited:.0f} s: no free resources "
+                    f"now (free: {free_room(self._ray)}); they start when room is made"
+                )
 
     def _get(self, refs):
         try:
@@ -268,65 +219,9 @@ class RayEvaluator:
     def score(self, params) -> torch.Tensor:
         t0 = time.perf_counter()
         try:
-            return self._score(transportable(params))
+            return Batch(self, transportable(params)).run()
         finally:
             self.scoring_seconds += time.perf_counter() - t0
-
-    def _score(self, rows) -> torch.Tensor:
-        chunk = self.chunk_size or math.ceil(len(rows) / self.workers)
-        chunks = [rows[i : i + chunk] for i in range(0, len(rows), chunk)]
-        parts = [None] * len(chunks)
-        waiting = list(range(len(chunks)))
-        free = list(range(self.workers))
-        running = {}  # object ref -> (worker slot, chunk index)
-        deadline = {}  # object ref -> when its worker is taken to hang (with timeout_s)
-        hung = [0] * len(chunks)  # times each chunk's worker was killed for hanging
-        try:
-            while waiting or running:
-                while waiting and free:
-                    slot, c = free.pop(0), waiting.pop(0)
-                    ref = self.actors[slot].score.remote(chunks[c])
-                    running[ref] = (slot, c)
-                    if self.timeout_s:
-                        deadline[ref] = time.monotonic() + self.timeout_s * len(chunks[c])
-                wait = None
-                if deadline:
-                    wait = max(0.0, min(deadline.values()) - time.monotonic())
-                done, _ = self._ray.wait(list(running), num_returns=1, timeout=wait)
-                if not done:
-                    self._kill_hung(deadline, running, hung, chunks)
-                    continue
-                ref = done[0]
-                deadline.pop(ref, None)
-                slot, c = running.pop(ref)
-                parts[c] = self._ray.get(ref)
-                self.evaluated[slot] += len(chunks[c])
-                free.append(slot)
-        except self._ray.exceptions.RayError as exc:
-            for ref in running:  # the run stops: do not leave the other chunks queued
-                try:
-                    self._ray.cancel(ref)
-                except Exception:  # noqa: BLE001 - best effort; the error below is the news
-                    pass
-            raise self._failure(exc) from None
-        return torch.from_numpy(np.concatenate(parts))
-
-    def _kill_hung(self, deadline: dict, running: dict, hung: list, chunks: list) -> None:
-        """Kill the workers past their deadline; Ray restarts them and retries their chunk."""
-        now = time.monotonic()
-        for ref in [r for r, t in deadline.items() if t <= now]:
-            slot, c = running[ref]
-            hung[c] += 1
-            if hung[c] > self.max_restarts:
-                raise PluginError(
-                    f"fitness {self.spec_name}: score() did not return within "
-                    f"{self.timeout_s:g} s per candidate ({len(chunks[c])} candidates, "
-                    f"{hung[c]} tries on restarted workers); raise evaluator.timeout_s or find "
-                    "why the plug-in hangs"
-                )
-            self.timeouts += 1
-            self._ray.kill(self.actors[slot], no_restart=False)  # the task is retried
-            deadline[ref] = now + self.restart_allowance + self.timeout_s * len(chunks[c])
 
     def _failure(self, exc: BaseException) -> BaseException:
         """The one-line error for a failed chunk: the plug-in's own, or the worker's death."""
@@ -343,9 +238,15 @@ class RayEvaluator:
             )
         return PluginError(f"ray worker failed: {msg}")
 
+    def _first(self):
+        """The first worker that is alive (all of them away: the first one)."""
+        alive = [s for s in range(len(self.actors)) if s not in self.away]
+        return self.actors[alive[0] if alive else 0]
+
     def metrics(self, params: torch.Tensor) -> dict[str, float]:
         """Held-out metrics of one candidate; under ``timeout_s`` like one candidate's score."""
-        ref = self.actors[0].metrics.remote(transportable(params))
+        first = self._first()
+        ref = first.metrics.remote(transportable(params))
         tries, wait = 0, self.timeout_s
         while self.timeout_s and not self._ray.wait([ref], timeout=wait)[0]:
             tries += 1
@@ -356,7 +257,7 @@ class RayEvaluator:
                     "evaluator.timeout_s or find why the plug-in hangs"
                 )
             self.timeouts += 1
-            self._ray.kill(self.actors[0], no_restart=False)  # the call is retried
+            self._ray.kill(first, no_restart=False)  # the call is retried
             wait = self.restart_allowance + self.timeout_s
         return self._get(ref)
 
@@ -364,29 +265,45 @@ class RayEvaluator:
         """The store of the seeds the workers' lineage genomes mix (object store or files)."""
         return from_description(self._get(self._seeds_ref))
 
+    def _ask(self, method: str) -> list:
+        """Each worker's answer; None from a worker that is not alive (waiting for a node)."""
+        refs = [getattr(a, method).remote() for a in self.actors]
+        done, _ = self._ray.wait(refs, num_returns=len(refs), timeout=ANSWER_S)
+        answers = []
+        for ref in refs:
+            if ref in done:
+                answers.append(self._get(ref))
+            else:
+                self._ray.cancel(ref)
+                answers.append(None)
+        return answers
+
     def seeds_shared(self) -> list[bool]:
         return self._get([a.seeds_shared.remote() for a in self.actors])
 
     def make_seeds(self, count: int, seed: int, options: dict) -> torch.Tensor:
-        seeds = self._get(self.actors[0].make_seeds.remote(count, seed, options))
+        seeds = self._get(self._first().make_seeds.remote(count, seed, options))
         return torch.from_numpy(np.array(seeds))  # a writable copy of Ray's read-only array
 
-    def nodes(self) -> list[str]:
-        return self._get([a.node.remote() for a in self.actors])
+    def nodes(self) -> list[str | None]:
+        """Each worker's node now (None: the worker waits for one)."""
+        return self._ask("node")
 
     def workers_report(self) -> list[dict]:
-        """Each worker slot's node (now), the candidates it scored and its busy seconds."""
-        busy = self._get([a.busy_seconds.remote() for a in self.actors])
+        """Each worker slot's name, node (now), the candidates it scored and busy seconds."""
+        busy = self._ask("busy_seconds")
         return [
-            {"node": node, "evaluated": count, "busy_seconds": round(b, 3)}
-            for node, count, b in zip(self.nodes(), self.evaluated, busy, strict=True)
+            {"name": name, "node": node, "evaluated": count, "busy_seconds": round(b or 0.0, 3)}
+            for name, node, count, b in zip(
+                self.names, self.nodes(), self.evaluated, busy, strict=True
+            )
         ]
 
     def utilisation(self) -> float | None:
         """Worker-busy seconds over workers x the driver's seconds waiting for scores."""
         if self.scoring_seconds <= 0:
             return None
-        busy = sum(self._get([a.busy_seconds.remote() for a in self.actors]))
+        busy = sum(b or 0.0 for b in self._ask("busy_seconds"))
         return busy / (self.workers * self.scoring_seconds)
 
     def describe(self) -> str:
@@ -398,3 +315,28 @@ class RayEvaluator:
         self.actors = []
         if self._owns_ray:
             self._ray.shutdown()
+
+
+def _named_actors(actor, workers: int, run: str, args: tuple) -> tuple[list, list[str]]:
+    """Workers named ``evomerge-<run>-<i>`` in the ``evomerge`` namespace.
+
+    A name held by a live actor (another run of the same name on the cluster, or the workers
+    of a driver that is still shutting down) gets a suffix: ``evomerge-<run>.2-<i>``. A
+    restarted worker keeps its name (Ray restarts the same actor).
+    """
+    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in run)[:80] or "run"
+    for k in range(1, 100):
+        tag = stem if k == 1 else f"{stem}.{k}"
+        names = [f"evomerge-{tag}-{i}" for i in range(workers)]
+        made = []
+        try:
+            for n in names:
+                made.append(actor.options(name=n, namespace=NAMESPACE).remote(*args))
+        except ValueError:  # the name is taken
+            import ray
+
+            for a in made:
+                ray.kill(a)
+            continue
+        return made, names
+    raise EvomergeError(f"evaluator: no free worker names for run '{run}' on the cluster")

@@ -269,7 +269,9 @@ def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Sea
     """
     progress = progress or NullProgress()
     t0 = time.perf_counter()
-    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg))
+    evaluator = make_evaluator(
+        cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg), name=run.path.name
+    )
     try:
         strategy = prepared_strategy(cfg, evaluator)
         n = evaluator.info["num_params"]
@@ -359,7 +361,9 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
             f"{run.path}: config.yaml differs from the config checkpoint {ckpt.path.name} was "
             "made with; restore it, or start a new run with the new config"
         )
-    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg))
+    evaluator = make_evaluator(
+        cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg), name=run.path.name
+    )
     try:
         strategy = prepared_strategy(cfg, evaluator)
     except BaseException:

@@ -134,6 +134,10 @@ class RunDir:
                 f"{self.path}: cannot create the run directory ({exc.strerror})"
             ) from None
 
+    def write_config(self, config: dict) -> None:
+        """Replace config.yaml (e.g. a resume on a new cluster records its address)."""
+        write_atomic(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
+
     def read_config(self) -> dict:
         if not (self.path / CONFIG).is_file():
             what = "does not exist" if not self.path.exists() else "is not an evomerge run"
