@@ -140,3 +140,32 @@ def test_seeds_on_device_is_a_no_op_on_the_cpu(lm_dir):
     for a, b in [(0, n), (n0 - 2, n0 + 3), (7, 8)]:
         assert torch.equal(copy.read(a, b), store.read(a, b))
         assert torch.equal(copy.piece(1, a, b), store.read(a, b)[1])
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_seeds_on_device_is_validated_and_reaches_the_workers(kind, capsys):
+    from conftest import DIGITS
+
+    from evomerge.config import validate
+    from evomerge.errors import ConfigError
+    from evomerge.runtime import make_evaluator
+
+    raw = {
+        "seed": 0,
+        "budget": {"evaluations": 4},
+        "strategy": {"name": "m2n2"},
+        "fitness": {"plugin": DIGITS},
+        "evaluator": {"kind": kind},
+    }
+    assert validate(raw, "c.yaml").evaluator.seeds_on_device == "auto"
+    for value in (True, False, "auto"):
+        raw["evaluator"]["seeds_on_device"] = value
+        assert validate(raw, "c.yaml").evaluator.seeds_on_device == value
+    raw["evaluator"]["seeds_on_device"] = "sometimes"
+    with pytest.raises(ConfigError, match=r"c.yaml: evaluator.*seeds_on_device"):
+        validate(raw, "c.yaml")
+    if kind == "local":
+        raw["evaluator"]["seeds_on_device"] = True
+        cfg = validate(raw, "c.yaml")
+        ev = make_evaluator(cfg.evaluator, cfg.fitness)
+        assert ev.host.seeds_on_device is True and ev.host.load_seeds is None

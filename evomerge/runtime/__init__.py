@@ -15,7 +15,12 @@ def make_evaluator(section, fitness, recipe: dict | None = None, lineage: dict |
     """
     if section.kind == "local":
         return LocalEvaluator(
-            fitness.plugin, fitness.options, section.device, recipe=recipe, lineage=lineage
+            fitness.plugin,
+            fitness.options,
+            section.device,
+            recipe=recipe,
+            lineage=lineage,
+            seeds_on_device=section.seeds_on_device,
         )
     from .ray_pool import RayEvaluator
 
@@ -31,6 +36,7 @@ def make_evaluator(section, fitness, recipe: dict | None = None, lineage: dict |
         chunk_size=section.chunk_size,
         timeout_s=section.timeout_s,
         lineage=lineage,
+        seeds_on_device=section.seeds_on_device,
     )
 
 

@@ -48,21 +48,15 @@ def _make_seeds(spec, options, source, lineage):
 class _Worker:
     """The Ray actor body: a FitnessHost living in its own process."""
 
-    def __init__(self, spec, options, device, source, threads, recipe=None, lineage=None):
+    def __init__(self, *host_args):
+        """``host_args``: FitnessHost's, in its order (spec, options, device, source, threads,
+        recipe, lineage, seeds_on_device)."""
         # A failed set-up is kept and raised by info(): errors raised by an actor's
         # constructor reach the driver only as text, task errors keep their type.
         self.error = None
         self.busy = 0.0
         try:
-            self.host = FitnessHost(
-                spec,
-                options,
-                device,
-                source=source,
-                threads=threads,
-                recipe=recipe,
-                lineage=lineage,
-            )
+            self.host = FitnessHost(*host_args)
         except EvomergeError as exc:
             self.error = exc
 
@@ -196,6 +190,7 @@ class RayEvaluator:
         lineage=None,
         chunk_size=None,
         timeout_s=None,
+        seeds_on_device="auto",
     ):
         import ray
 
@@ -223,7 +218,7 @@ class RayEvaluator:
             self._seeds_ref = task.remote(spec, options, source, lineage)
             lineage = self._seeds_ref
         self.actors = [
-            actor.remote(spec, options, device, source, threads, recipe, lineage)
+            actor.remote(spec, options, device, source, threads, recipe, lineage, seeds_on_device)
             for _ in range(workers)
         ]
         t0 = time.monotonic()
