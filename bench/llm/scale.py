@@ -49,6 +49,13 @@ SIZES = {  # TinyLlama's shape, and a 3B of the same family
         num_attention_heads=24,
         num_key_value_heads=8,
     ),
+    "smoke": dict(  # seconds: checks the bench itself
+        hidden_size=256,
+        num_hidden_layers=4,
+        intermediate_size=512,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
 }
 SEEDS = ("base", "a", "b")
 CHARS = "0123456789+="
@@ -177,6 +184,7 @@ def vm_hwm() -> int:
     return 0
 
 
+@__import__("torch").no_grad()
 def floor(store, tensors, repeats: int) -> tuple[float, float]:
     """Seconds to read every seed tensor once, and to write one model, as plain copies."""
     import torch
@@ -273,7 +281,10 @@ def measure(root: Path, repeats: int, device: str = "cpu") -> list[dict]:
             "--device",
             device,
         ]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"{space}: the worker failed:\n{done.stderr[-3000:]}")
+        out = done.stdout
         row = json.loads(out.strip().splitlines()[-1])
         row["private/model"] = round(row["private_gb"] / row["model_gb"], 2)
         row["load/floor"] = round(row["load_s"] / row["floor_s"], 2)
