@@ -169,3 +169,37 @@ def test_seeds_on_device_is_validated_and_reaches_the_workers(kind, capsys):
         cfg = validate(raw, "c.yaml")
         ev = make_evaluator(cfg.evaluator, cfg.fitness)
         assert ev.host.seeds_on_device is True and ev.host.load_seeds is None
+
+
+def test_a_recipe_search_on_ray_workers_equals_the_local_one(lm_dir, bf16_dir, tmp_path, ray_local):  # noqa: F811
+    """Ray workers receive genes only and merge into their own resident bf16 model."""
+    import json
+
+    import yaml
+
+    from evomerge.interface.cli import main
+
+    summaries = []
+    for kind in ("local", "ray"):
+        cfg = {
+            "seed": 0,
+            "budget": {"evaluations": 8},
+            "batch": 4,
+            "checkpoint_every": 8,
+            "history_every": 4,
+            "fitness": {
+                "plugin": PLUGIN,
+                "options": options(lm_dir, dtype="bfloat16", seed_root=bf16_dir),
+            },
+            "seeds": {"kind": "plugin", "count": 3},
+            "recipe": SECTIONS["ties"],
+            "strategy": {"name": "cmaes", "sigma0": 0.3, "popsize": 4},
+            "evaluator": {"kind": kind, **({"workers": 2} if kind == "ray" else {})},
+        }
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        assert main(["run", str(path), "--out", str(tmp_path / kind), "-q"]) == 0
+        summaries.append(json.loads((tmp_path / kind / "summary.json").read_text()))
+    local, ray = summaries
+    assert ray["evaluations"] == local["evaluations"] == 8
+    assert ray["metrics"] == local["metrics"] and ray["recipe"] == local["recipe"]
