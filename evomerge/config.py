@@ -51,6 +51,12 @@ class PluginSeeds(_Section):
 class LocalEvaluatorSection(_Section):
     kind: Literal["local"] = "local"
     device: str = Field("cpu", description="torch device for scoring: cpu, cuda, cuda:1, ...")
+    seeds_on_device: Literal["auto", True, False] = Field(
+        "auto",
+        description="Keep the K seed models on the worker's GPU so a candidate's load is a "
+        "device-side mix (auto: when they fit in its free memory). No effect on the CPU, "
+        "where the seeds are memory-mapped.",
+    )
 
 
 class RayEvaluatorSection(_Section):
@@ -58,6 +64,12 @@ class RayEvaluatorSection(_Section):
     workers: int = Field(2, ge=1, description="Ray actors, each with its own fitness instance.")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per worker (fractions allowed).")
+    seeds_on_device: Literal["auto", True, False] = Field(
+        "auto",
+        description="Keep the K seed models on the worker's GPU so a candidate's load is a "
+        "device-side mix (auto: when they fit in its free memory). No effect on the CPU, "
+        "where the seeds are memory-mapped.",
+    )
     address: str | None = Field(
         None, description="Existing cluster ('auto' or HOST:PORT); none: start Ray here."
     )

@@ -131,9 +131,14 @@ class CausalLM(Fitness):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         first = self.seed_paths[0]
+        from evomerge.runtime.empty_init import build_empty
+
         config = AutoConfig.from_pretrained(first)
-        self.model = AutoModelForCausalLM.from_config(config)  # weights come from candidates
-        self.model.to(device=device, dtype=self.dtype).eval()
+        # weights come from candidates: parameters made empty in the worker's dtype on its
+        # device, never a random float32 initialisation on the CPU
+        self.model = build_empty(
+            lambda: AutoModelForCausalLM.from_config(config), device, self.dtype
+        ).eval()
         self.device = torch.device(device)
         tok = AutoTokenizer.from_pretrained(first)
         self.eos = tok.eos_token_id

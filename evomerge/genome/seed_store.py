@@ -54,6 +54,12 @@ class DenseSeeds:
             warnings.simplefilter("ignore", UserWarning)
             return torch.from_numpy(self.array[:, start:stop])
 
+    def piece(self, seed: int, start: int, stop: int) -> torch.Tensor:
+        """Seed ``seed``'s entries ``start:stop``, flat: a view, no copy."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(self.array[seed, start:stop])
+
     def dense(self) -> torch.Tensor:
         """All seeds as a writable ``(K, N)`` float32 tensor."""
         return torch.from_numpy(np.array(self.array))
@@ -111,6 +117,15 @@ class MappedSeeds:
         """Seed ``seed``'s tensor ``index`` of the layout, flat, in its stored dtype."""
         return self._tensors[seed][index]
 
+    def piece(self, seed: int, start: int, stop: int) -> torch.Tensor:
+        """Seed ``seed``'s entries ``start:stop``, flat, in the stored dtype (a view of the
+        mapped file when the range lies in one tensor)."""
+        j = bisect.bisect_right(self.offsets, start) - 1
+        if start < stop <= self.offsets[j + 1]:
+            a = start - int(self.offsets[j])
+            return self._tensors[seed][j][a : a + stop - start]
+        return self.read(start, stop)[seed]
+
     def read(self, start: int, stop: int) -> torch.Tensor:
         if not 0 <= start <= stop <= self.num_params:
             raise ValueError(f"range {start}:{stop} outside 0:{self.num_params}")
@@ -138,6 +153,51 @@ class MappedSeeds:
 
     def describe(self) -> dict:
         return {"folders": list(self.folders), "layout": [list(x) for x in self.layout]}
+
+
+class DeviceSeeds:
+    """Another store's seeds copied once to an accelerator, in their stored dtype.
+
+    A candidate's load is then a mix on the device, not K host-to-device copies of every
+    tensor (``evaluator.seeds_on_device``). ``describe`` gives the host store's description.
+    """
+
+    shared = False
+
+    def __init__(self, store, device: torch.device, layout=None):
+        self.host = store
+        self.num_seeds, self.num_params = store.num_seeds, store.num_params
+        sizes = [math.prod(s) for _, s in layout] if layout else [store.num_params]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.blocks = [
+            torch.stack([store.piece(k, int(a), int(b)) for k in range(self.num_seeds)]).to(device)
+            for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)
+        ]
+
+    def piece(self, seed: int, start: int, stop: int) -> torch.Tensor:
+        j = bisect.bisect_right(self.offsets, start) - 1
+        if start < stop <= self.offsets[j + 1]:
+            a = start - int(self.offsets[j])
+            return self.blocks[j][seed, a : a + stop - start]
+        return self.read(start, stop)[seed]
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        parts = []
+        j = bisect.bisect_right(self.offsets, start) - 1
+        while j < len(self.blocks) and self.offsets[j] < stop:
+            a = max(start, int(self.offsets[j])) - int(self.offsets[j])
+            b = min(stop, int(self.offsets[j + 1])) - int(self.offsets[j])
+            parts.append(self.blocks[j][:, a:b])
+            j += 1
+        if len({p.dtype for p in parts}) > 1:
+            parts = [p.float() for p in parts]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def dense(self) -> torch.Tensor:
+        return self.host.dense()
+
+    def describe(self):
+        return self.host.describe()
 
 
 def from_description(desc) -> DenseSeeds | MappedSeeds:

@@ -178,23 +178,30 @@ class RecipeSpace:
                 out[group]["models"][model][param] = v
         return out
 
+    def merge_tensor(self, index: int, parts: Sequence[torch.Tensor], recipe: dict) -> torch.Tensor:
+        """Tensor ``index`` of the layout merged from the K seeds' ``parts`` (its shape).
+
+        ``recipe`` is :meth:`decode`'s answer. Random methods (DARE) draw from a generator
+        keyed by the recipe's seed and the tensor's index, so a tensor is the same whether
+        it is merged alone, in a flat vector, or straight into a resident model.
+        """
+        group = self.group_of[index]
+        base = None if self.section.base is None else parts[self.section.base]
+        models = [parts[m] for m in self.models]
+        gen = None
+        if self.method.random:
+            gen = torch.Generator().manual_seed(key(self.section.seed, index))
+        return self.method(base, models, recipe[group]["models"], recipe[group]["params"], gen)
+
     def materialize(self, seeds: torch.Tensor, genes: Sequence[float]) -> torch.Tensor:
         """The merged flat parameter vector of one recipe over ``(K, N)`` flat seeds."""
         recipe = self.decode(genes)
         out = torch.empty(seeds.shape[1], dtype=seeds.dtype, device=seeds.device)
         offset = 0
-        for i, ((_, shape), group) in enumerate(zip(self.layout, self.group_of, strict=True)):
+        for i, (_, shape) in enumerate(self.layout):
             n = math.prod(shape)
             part = seeds[:, offset : offset + n].view(len(seeds), *shape)
-            base = None if self.section.base is None else part[self.section.base]
-            models = [part[m] for m in self.models]
-            gen = None
-            if self.method.random:
-                gen = torch.Generator().manual_seed(key(self.section.seed, i))
-            merged = self.method(
-                base, models, recipe[group]["models"], recipe[group]["params"], gen
-            )
-            out[offset : offset + n] = merged.reshape(-1)
+            out[offset : offset + n] = self.merge_tensor(i, list(part), recipe).reshape(-1)
             offset += n
         if offset != seeds.shape[1]:
             raise ValueError(

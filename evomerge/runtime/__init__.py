@@ -22,7 +22,12 @@ def make_evaluator(
     """
     if section.kind == "local":
         return LocalEvaluator(
-            fitness.plugin, fitness.options, section.device, recipe=recipe, lineage=lineage
+            fitness.plugin,
+            fitness.options,
+            section.device,
+            recipe=recipe,
+            lineage=lineage,
+            seeds_on_device=section.seeds_on_device,
         )
     from .ray_pool import RayEvaluator
 
@@ -39,6 +44,7 @@ def make_evaluator(
         timeout_s=section.timeout_s,
         lineage=lineage,
         name=name,
+        seeds_on_device=section.seeds_on_device,
     )
 
 

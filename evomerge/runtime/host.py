@@ -11,10 +11,12 @@ import inspect
 import numpy as np
 import torch
 
+from ..contracts import resident_tensors
 from ..errors import ConfigError, EvomergeError, PluginError
 from ..genome.seed_store import DenseSeeds, MappedSeeds, from_description, load_into
 from ..plugins import load_object
 from .fitness import Fitness
+from .resident import on_device
 
 
 def check_device(device: str) -> torch.device:
@@ -60,10 +62,25 @@ def aligned_rows(params: np.ndarray) -> torch.Tensor:
 
 
 class FitnessHost:
-    """Loads the plug-in named by ``spec``, calls ``setup(device)``, and checks every result."""
+    """Loads the plug-in named by ``spec``, calls ``setup(device)``, and checks every result.
+
+    ``plugin`` is the user's plug-in; ``fitness`` what scores flat rows (the plug-in, or for
+    recipes over a plug-in without a resident model a :class:`RecipeFitness` around it).
+    ``resident`` is the plug-in's resident model tensors (a
+    :class:`~evomerge.contracts.ResidentModel`) when lineage or recipe candidates are loaded
+    into it; ``recipe`` then loads recipe genes (``space`` is the recipe space either way).
+    """
 
     def __init__(
-        self, spec, options, device="cpu", source=None, threads=None, recipe=None, lineage=None
+        self,
+        spec,
+        options,
+        device="cpu",
+        source=None,
+        threads=None,
+        recipe=None,
+        lineage=None,
+        seeds_on_device="auto",
     ):
         if threads:
             torch.set_num_threads(int(threads))
@@ -86,7 +103,9 @@ class FitnessHost:
             raise PluginError(
                 f"fitness.options: {self.name}: {_describe(exc)}", exit_code=2
             ) from None
+        self.plugin = self.fitness
         self.device = check_device(device)
+        self.seeds_on_device = seeds_on_device
         self._call("setup", self.device)
         f = self.fitness
         if f.num_params <= 0 or f.num_examples <= 0:
@@ -94,17 +113,34 @@ class FitnessHost:
                 f"fitness {self.name}: setup() must set num_params and num_examples > 0 "
                 f"(got {f.num_params}, {f.num_examples})"
             )
+        self.recipe = self.space = self.resident = None
         if recipe is not None:
             self._use_recipe(recipe)
         # The seeds lineage genomes mix: made or mapped here from a spec, or described by the
         # driver (on Ray, a read-only object-store array shared by the node's workers, or the
         # seed folders, memory-mapped and so shared through the page cache).
-        self.lineage_seeds = None
+        self.lineage_seeds = self.load_seeds = None
         if isinstance(lineage, dict) and "count" in lineage:
             self.lineage_seeds = self.lineage_store(lineage)
         elif lineage is not None:
             self.lineage_seeds = from_description(lineage)
-        self.resident = self._call("resident_tensors") if self.lineage_seeds is not None else None
+        if self.lineage_seeds is not None:
+            self.resident = self._resident()
+            if self.resident is not None:
+                layout = self._call("param_layout")
+                self.load_seeds = on_device(
+                    self.lineage_seeds, layout, self.device, seeds_on_device
+                )
+
+    def _resident(self) -> list[torch.Tensor] | None:
+        try:
+            return resident_tensors(self.plugin)
+        except EvomergeError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"fitness {self.name}: resident_tensors() raised {_describe(exc)}"
+            ) from exc
 
     def lineage_store(self, spec: dict):
         """The lineage seeds: the plug-in's seed folders, mapped, or the seeds it makes."""
@@ -120,16 +156,32 @@ class FitnessHost:
         return MappedSeeds(folders, self._call("param_layout"))
 
     def _use_recipe(self, recipe: dict) -> None:
-        """Search merge recipes over the plug-in's seeds instead of its raw parameters."""
+        """Search merge recipes over the plug-in's seeds instead of its raw parameters.
+
+        With a resident model, candidates are merged tensor by tensor straight into it from
+        the mapped seed folders (or the made seeds); without one, over dense flat seeds.
+        """
         from ..merge.recipe import RecipeSection
         from .recipe_fitness import RecipeFitness
+        from .resident import ResidentRecipe
 
-        seeds = self.make_seeds(recipe["count"], recipe["seed"], recipe["options"])
         section = RecipeSection.model_validate(recipe["section"])
+        tensors = self._resident()
         try:
+            if tensors is not None:
+                layout = self._call("param_layout")
+                store = on_device(
+                    self.lineage_store(recipe), layout, self.device, self.seeds_on_device
+                )
+                self.recipe = ResidentRecipe(section, layout, store, tensors)
+                self.resident = tensors
+                self.space = self.recipe.space
+                return
+            seeds = self.make_seeds(recipe["count"], recipe["seed"], recipe["options"])
             self.fitness = RecipeFitness(self.fitness, section, torch.from_numpy(seeds))
         except ValueError as exc:
             raise PluginError(f"recipe: {exc}", exit_code=2) from None
+        self.space = self.fitness.space
         self.fitness.setup(self.device)
 
     def _call(self, method, *args, **kwargs):
@@ -143,7 +195,7 @@ class FitnessHost:
     def info(self) -> dict:
         f = self.fitness
         return {
-            "num_params": int(f.num_params),
+            "num_params": int(f.num_params if self.recipe is None else self.space.dim),
             "num_examples": int(f.num_examples),
             "score_name": str(f.score_name),
             "nonnegative": bool(f.nonnegative),
@@ -152,7 +204,7 @@ class FitnessHost:
         }
 
     def _groups(self) -> dict[str, list[int]]:
-        inner = getattr(self.fitness, "inner", self.fitness)
+        inner = self.plugin
         groups = self._call_on(inner, "example_groups")
         try:
             out = {str(k): [int(i) for i in v] for k, v in dict(groups).items()}
@@ -177,13 +229,12 @@ class FitnessHost:
             raise PluginError(f"fitness {self.name}: {method}() raised {_describe(exc)}") from exc
 
     def _recipe_info(self) -> dict:
-        space = getattr(self.fitness, "space", None)
-        if space is None:
+        if self.space is None:
             return {}
         return {
-            "initial": space.initial(),
-            "layout": space.layout,
-            "num_seeds": len(self.fitness.seeds),
+            "initial": self.space.initial(),
+            "layout": self.space.layout,
+            "num_seeds": len(self.space.models) + (self.space.section.base is not None),
         }
 
     def dense_rows(self, params):
@@ -211,6 +262,9 @@ class FitnessHost:
 
         if isinstance(params, Lineage):
             params = LineageBatch([params])
+        if self.recipe is not None:  # gene rows, each merged into the resident model
+            rows = np.asarray(params, dtype=np.float32).reshape(-1, self.space.dim)
+            return np.concatenate([self._score_one(g, example_ids) for g in rows])
         if isinstance(params, LineageBatch) and (len(params) > 1 or self.resident is not None):
             return np.concatenate([self._score_one(m, example_ids) for m in params])
         p = aligned_rows(self.dense_rows(params)).to(self.device)
@@ -233,8 +287,14 @@ class FitnessHost:
         return self._checked(out, 1, ids, "score_loaded")
 
     def _load(self, genome) -> None:
+        if self.recipe is not None:
+            try:
+                self.recipe.load(np.asarray(genome, dtype=np.float64).reshape(-1).tolist())
+            except ValueError as exc:
+                raise PluginError(f"recipe: {_describe(exc)}") from None
+            return
         try:
-            load_into(genome, self.lineage_seeds, self.resident)
+            load_into(genome, self.load_seeds, self.resident)
         except (ValueError, RuntimeError) as exc:
             raise PluginError(
                 f"fitness {self.name}: cannot load a lineage into resident_tensors() "
@@ -266,7 +326,8 @@ class FitnessHost:
         if isinstance(params, LineageBatch):
             params = params[0]
         with torch.no_grad():
-            if isinstance(params, Lineage) and self.resident is not None:
+            resident = isinstance(params, Lineage) and self.resident is not None
+            if self.recipe is not None or resident:
                 self._load(params)
                 out = self._call("metrics_loaded")
             else:

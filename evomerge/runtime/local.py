@@ -24,8 +24,11 @@ class LocalEvaluator:
         device: str = "cpu",
         recipe: dict | None = None,
         lineage: dict | None = None,
+        seeds_on_device="auto",
     ):
-        self.host = FitnessHost(spec, options, device, recipe=recipe, lineage=lineage)
+        self.host = FitnessHost(
+            spec, options, device, recipe=recipe, lineage=lineage, seeds_on_device=seeds_on_device
+        )
         self.info = self.host.info()
         self.workers = 1
 

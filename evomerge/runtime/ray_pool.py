@@ -51,21 +51,15 @@ def _make_seeds(spec, options, source, lineage):
 class _Worker:
     """The Ray actor body: a FitnessHost living in its own process."""
 
-    def __init__(self, spec, options, device, source, threads, recipe=None, lineage=None):
+    def __init__(self, *host_args):
+        """``host_args``: FitnessHost's, in its order (spec, options, device, source, threads,
+        recipe, lineage, seeds_on_device)."""
         # A failed set-up is kept and raised by info(): errors raised by an actor's
         # constructor reach the driver only as text, task errors keep their type.
         self.error = None
         self.busy = 0.0
         try:
-            self.host = FitnessHost(
-                spec,
-                options,
-                device,
-                source=source,
-                threads=threads,
-                recipe=recipe,
-                lineage=lineage,
-            )
+            self.host = FitnessHost(*host_args)
         except EvomergeError as exc:
             self.error = exc
 
@@ -129,6 +123,7 @@ class RayEvaluator:
         chunk_size=None,
         timeout_s=None,
         name=None,
+        seeds_on_device="auto",
     ):
         import ray
 
@@ -161,7 +156,7 @@ class RayEvaluator:
             task = ray.remote(num_cpus=num_cpus, max_retries=max_restarts)(_make_seeds)
             self._seeds_ref = task.remote(spec, options, source, lineage)
             lineage = self._seeds_ref
-        args = (spec, options, device, source, threads, recipe, lineage)
+        args = (spec, options, device, source, threads, recipe, lineage, seeds_on_device)
         self.actors, self.names = _named_actors(actor, workers, name or "run", args)
         self.away: set[int] = set()  # worker slots not alive now (restarting, or unplaced)
         self.unplaced: dict[int, list] = {}  # slot -> [since when without a node, reported]

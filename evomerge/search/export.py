@@ -131,7 +131,7 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
         lineage=lineage_spec(cfg),
     )
     fitness = host.fitness
-    inner = getattr(fitness, "inner", fitness)
+    inner = host.plugin
     info = inner.export_info()
     doc = {
         "evomerge": __version__,
@@ -150,8 +150,11 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
     with torch.no_grad():
         if cfg.recipe is not None:
             genes = genome.double()
-            flat = fitness.merged(genes[None])[0]
-            decoded = fitness.space.decode(genes.tolist())
+            if host.recipe is not None:  # merged tensor by tensor, never a flat copy
+                flat, merged = None, host.recipe.merged(genes.tolist())
+            else:
+                flat = fitness.merged(genes[None])[0]
+            decoded = host.space.decode(genes.tolist())
             doc["space"] = "recipe"
             doc["recipe"] = {
                 "method": cfg.recipe.method,
@@ -159,7 +162,7 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
                 "groups": decoded,
             }
             if info.get("seeds"):
-                mergekit = _mergekit_doc(fitness.space, decoded, info["seeds"], out_dtype)
+                mergekit = _mergekit_doc(host.space, decoded, info["seeds"], out_dtype)
         elif isinstance(genome, Lineage):  # materialised tensor by tensor, never whole
             store = host.lineage_seeds
             flat = None
@@ -172,7 +175,12 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
             flat = genome.float()
             doc["space"] = "dense"
     layout = inner.param_layout()
-    size = genome.num_params if flat is None else flat.numel()
+    if flat is not None:
+        size = flat.numel()
+    elif cfg.recipe is not None:
+        size = sum(math.prod(s) for _, s in host.space.layout)
+    else:
+        size = genome.num_params
     if sum(math.prod(s) for _, s in layout) != size:
         raise EvomergeError(
             f"fitness {host.name}: param_layout() covers "
@@ -180,6 +188,8 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
         )
 
     def tensor_at(offset: int, n: int) -> torch.Tensor:
+        if cfg.recipe is not None and flat is None:
+            return next(merged)
         if flat is None:
             return genome.materialize(store.read, offset, offset + n)
         return flat[offset : offset + n]

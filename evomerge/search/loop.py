@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
+from ..contracts import WorkerPool
 from ..errors import EvomergeError, PluginError, RunDirError
 from ..runtime import make_evaluator
 from ..tracking import Trackers
@@ -189,7 +190,7 @@ class Search:
             "evaluator": self.evaluator.kind,
             "run_dir": str(self.run.path),
         }
-        if hasattr(self.evaluator, "workers_report"):
+        if isinstance(self.evaluator, WorkerPool):
             summary["workers"] = self.evaluator.workers_report()
             used = self.evaluator.utilisation()
             if used is not None:  # since this process started (a resume restarts the count)
