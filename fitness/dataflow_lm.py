@@ -183,9 +183,16 @@ class DataFlowLM(CausalLM):
         return self.metrics_loaded()
 
     def make_seeds(self, count: int, seed: int) -> torch.Tensor:
-        """Each seed's own genome (its layers in repeat 0, scale 1), in the order of ``seeds``."""
+        """Each seed's own genome (its layers in repeat 0, scale 1), in the order of ``seeds``;
+        ``count: 1`` gives the base seed's alone (CMA-ES then starts from the base's stack, not
+        from the mean of all the seeds' genomes)."""
+        if count == 1:
+            return self.flow.seed_genome(self.base)[None]
         if count != self.flow.num_seeds:
-            raise ValueError(f"seeds.count is {count} but {self.flow.num_seeds} folders are given")
+            raise ValueError(
+                f"seeds.count is {count} but {self.flow.num_seeds} folders are given "
+                "(or 1: the base seed's stack only)"
+            )
         return torch.stack([self.flow.seed_genome(k) for k in range(count)])
 
     def export_info(self) -> dict:

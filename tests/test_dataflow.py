@@ -76,6 +76,7 @@ def test_seed_genomes_score_as_the_seeds(lm_dir):
     assert torch.equal(mine[0], theirs[0])  # seed 0 is the base: its genome is the seed
     # seed 1's genome is its layers on the base's embeddings and head: not seed 1 itself
     assert not torch.equal(mine[1], theirs[1])
+    assert torch.equal(dfs.make_seeds(1, 0), dfs.make_seeds(2, 0)[:1])  # count 1: the base's
 
 
 def test_a_layer_in_two_slots_decodes_with_the_cache_as_without(lm_dir):
