@@ -146,6 +146,11 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
     out_dtype = dtype or info.get("dtype") or "float32"
     if out_dtype not in DTYPES:
         raise EvomergeError(f"--dtype: '{out_dtype}' is not one of {', '.join(DTYPES)}")
+    folder_writer = getattr(inner, "export_folder", None)  # spaces that change the shape
+    if folder_writer is not None and cfg.recipe is None and not isinstance(genome, Lineage):
+        with torch.no_grad():
+            done = folder_writer(genome, out, out_dtype, doc)
+        return {"member": member, "out_dir": str(out), **done}
     mergekit = None
     with torch.no_grad():
         if cfg.recipe is not None:
