@@ -15,20 +15,38 @@ no weights downloaded), its parameters set from the candidate's flat vector. Opt
         test_metric: exact_match                 # for the held-out file (default: metric)
         max_new_tokens: 16                       # exact_match only
         limit: 64                                # use the first 64 training examples only
+        include_eos: false                       # teacher forcing also scores the stop
+        stop: ["\n"]                             # exact_match: cut generations here
+        chat_template: false                     # prompt as a user turn of the chat template
     batch_size: 16
     dtype: float32                               # float32 | bfloat16 | float16
+    include_eos: false                           # defaults for every task's own keys
+    stop: []
+    chat_template: false
 
 Per-example scores, all in [0, 1] (so resource competition can use them):
 
 * ``exact_match``: greedy decoding of up to ``max_new_tokens`` after the prompt; 1 when the
-  text before the first end-of-sequence token, stripped, equals the answer, stripped.
+  text before the first end-of-sequence token and the first ``stop`` string, stripped, equals
+  the answer, stripped.
 * ``token_accuracy``: teacher forcing; the share of the answer's tokens that are the most
   likely next token given the prompt and the answer's previous tokens.
 * ``likelihood``: teacher forcing; ``exp(mean log p(answer token))``, the per-token
   geometric-mean probability of the answer.
 
-The prompt is tokenised as the tokenizer does by default (BOS included where it adds one) and
-the answer without special tokens, then the two are concatenated, so the boundary is exact.
+Tokenisation is the model's own, at the boundary too: ``prompt + answer`` (the answer follows
+the prompt directly, so put a separating space in one of them where the text has one) is
+tokenised as one text, and the answer's tokens are those that cover its characters (from the
+fast tokenizer's character offsets): SentencePiece and byte-level BPE tokenizers split a
+separately tokenised answer differently from the same text after the prompt. The tokenizer's
+leading special tokens (BOS) are kept; tokens it appends (an automatic EOS) are dropped, from
+prompts and answers alike. ``include_eos: true`` adds one end-of-sequence target after the
+answer (any of the end ids counts: a stop is rewarded, rambling on is not); the end ids are
+every ``eos_token_id`` of the first seed's ``generation_config.json`` (an id or a list) and the
+tokenizer's EOS. ``stop`` strings serve base models that never emit an EOS. ``chat_template:
+true`` (instruct models) wraps each prompt as a user message with the tokenizer's chat template
+and its generation prompt; the answer is the assistant's reply.
+
 Examples are batched with padding (left for generation, right for teacher forcing) and the
 padding never changes a score. Tasks keep their example ids apart: task ``i``'s training
 examples are ids ``start_i .. stop_i - 1`` in the order of ``tasks`` (:meth:`task_ranges`),
@@ -39,65 +57,23 @@ them, so merge recipes group them by layer and kind.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
 from evomerge import Fitness
+from evomerge.runtime.lm_text import (
+    Example,
+    LMTask,
+    answer_text,
+    end_ids,
+    special_head,
+    stop_criteria,
+    tokenize_example,
+)
 
-METRICS = ("exact_match", "token_accuracy", "likelihood")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """``prompt`` / ``answer`` records of one JSONL file, checked line by line."""
-    examples = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not all(
-            isinstance(record.get(k), str) for k in ("prompt", "answer")
-        ):
-            raise ValueError(f"{path}:{number}: needs string fields 'prompt' and 'answer'")
-        examples.append(record)
-    if not examples:
-        raise ValueError(f"{path}: no examples")
-    return examples
-
-
-class _Task:
-    """One task's settings and its tokenised train and test examples."""
-
-    def __init__(self, spec: dict, index: int):
-        known = {"name", "train", "test", "metric", "test_metric", "max_new_tokens", "limit"}
-        unknown = set(spec) - known
-        if unknown:
-            raise ValueError(f"tasks[{index}]: unknown key '{sorted(unknown)[0]}'")
-        if "train" not in spec:
-            raise ValueError(f"tasks[{index}]: 'train' (a JSONL file) is required")
-        self.name = str(spec.get("name", f"task{index}"))
-        self.metric = spec.get("metric", "exact_match")
-        self.test_metric = spec.get("test_metric", self.metric)
-        for key in ("metric", "test_metric"):
-            if getattr(self, key) not in METRICS:
-                raise ValueError(
-                    f"tasks[{index}].{key}: '{getattr(self, key)}' is not one of {METRICS}"
-                )
-        self.max_new_tokens = int(spec.get("max_new_tokens", 32))
-        self.train = read_jsonl(Path(spec["train"]))
-        if spec.get("limit") is not None:
-            self.train = self.train[: int(spec["limit"])]
-        self.test = read_jsonl(Path(spec["test"])) if spec.get("test") else []
 
 
 class CausalLM(Fitness):
@@ -111,24 +87,31 @@ class CausalLM(Fitness):
         tasks: list[dict],
         batch_size: int = 16,
         dtype: str = "float32",
+        include_eos: bool = False,
+        stop: list[str] | str = (),
+        chat_template: bool = False,
     ):
-        if not seeds:
-            raise ValueError("seeds: give at least one model folder")
         if not tasks:
             raise ValueError("tasks: give at least one task")
+        self._model_options(seeds, batch_size, dtype)
+        defaults = {"include_eos": include_eos, "stop": stop, "chat_template": chat_template}
+        self.tasks = [LMTask(t, i, defaults) for i, t in enumerate(tasks)]
+
+    def _model_options(self, seeds: list[str], batch_size: int, dtype: str) -> None:
+        if not seeds:
+            raise ValueError("seeds: give at least one model folder")
         if dtype not in DTYPES:
             raise ValueError(f"dtype: '{dtype}' is not one of {sorted(DTYPES)}")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.seed_paths = [Path(s) for s in seeds]
-        self.tasks = [_Task(t, i) for i, t in enumerate(tasks)]
         self.batch_size = batch_size
         self.dtype = DTYPES[dtype]
 
     # --- set-up ---------------------------------------------------------------------------
 
     def setup(self, device: torch.device) -> None:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         first = self.seed_paths[0]
         from evomerge.runtime.empty_init import build_empty
@@ -140,28 +123,50 @@ class CausalLM(Fitness):
             lambda: AutoModelForCausalLM.from_config(config), device, self.dtype
         ).eval()
         self.device = torch.device(device)
+        self.params = list(self.model.parameters())
+        self.layout = [(n, tuple(p.shape)) for n, p in self.model.named_parameters()]
+        self.num_params = sum(p.numel() for p in self.params)
+        self._setup_text(first)
+
+    # --- tokenising -----------------------------------------------------------------------
+
+    def _setup_tokenizer(self, first: Path) -> None:
+        """The first seed's tokenizer, its end-of-sequence ids, pad id and leading specials."""
+        from transformers import AutoTokenizer
+
         tok = AutoTokenizer.from_pretrained(first)
-        self.eos = tok.eos_token_id
+        self.eos_ids = end_ids(first, tok)
+        self.eos = self.eos_ids[0] if self.eos_ids else None
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos
         if self.pad is None:
             raise ValueError(f"{first}: the tokenizer has neither a pad nor an eos token")
         self.tokenizer = tok
-        self.params = list(self.model.parameters())
-        self.layout = [(n, tuple(p.shape)) for n, p in self.model.named_parameters()]
-        self.num_params = sum(p.numel() for p in self.params)
+        self.head = special_head(tok)
+
+    def _setup_text(self, first: Path) -> None:
+        """The tokenizer, and every task's examples tokenised."""
+        self._setup_tokenizer(first)
         start = 0
         self.ranges = []
-        for task in self.tasks:
-            task.train_tok = [self._tokenize(e) for e in task.train]
-            task.test_tok = [self._tokenize(e) for e in task.test]
+        for i, task in enumerate(self.tasks):
+            if task.include_eos and not self.eos_ids:
+                raise ValueError(
+                    f"tasks[{i}].include_eos: {first} names no end-of-sequence id "
+                    "(generation_config.json eos_token_id or the tokenizer's eos_token)"
+                )
+            if task.chat_template and not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(
+                    f"tasks[{i}].chat_template: the tokenizer of {first} has no chat template; "
+                    "set chat_template: false or use an instruct model's folder"
+                )
+            task.train_tok = [self._tokenize(e, task) for e in task.train]
+            task.test_tok = [self._tokenize(e, task) for e in task.test]
             self.ranges.append((task.name, start, start + len(task.train)))
             start += len(task.train)
         self.num_examples = start
 
-    def _tokenize(self, example: dict) -> tuple[list[int], list[int], str]:
-        prompt = self.tokenizer(example["prompt"])["input_ids"]
-        answer = self.tokenizer(example["answer"], add_special_tokens=False)["input_ids"]
-        return prompt, answer, example["answer"]
+    def _tokenize(self, example: dict, task: LMTask) -> Example:
+        return tokenize_example(self.tokenizer, self.head, example, task.chat_template, task.name)
 
     def task_ranges(self) -> list[tuple[str, int, int]]:
         """``(name, start, stop)`` of each task's training example ids."""
@@ -259,20 +264,22 @@ class CausalLM(Fitness):
 
     # --- scoring --------------------------------------------------------------------------
 
-    def _score_task(self, task: _Task, examples: list, metric: str | None = None) -> torch.Tensor:
+    def _score_task(self, task: LMTask, examples: list, metric: str | None = None) -> torch.Tensor:
         metric = metric or task.metric
         scores = []
         for i in range(0, len(examples), self.batch_size):
             batch = examples[i : i + self.batch_size]
             if metric == "exact_match":
-                scores.append(self._exact_match(batch, task.max_new_tokens))
+                scores.append(self._exact_match(batch, task.max_new_tokens, task.stop))
             else:
-                scores.append(self._teacher_forced(batch, metric))
+                scores.append(self._teacher_forced(batch, metric, task.include_eos))
         return torch.cat(scores)
 
     @torch.no_grad()
-    def _teacher_forced(self, batch, metric: str) -> torch.Tensor:
-        seqs = [p + a for p, a, _ in batch]
+    def _answer_logprobs(self, batch: list[Example]) -> list[torch.Tensor]:
+        """Per example, ``(len(answer) + 1, vocab)`` next-token log-probabilities: after each
+        of the prefix's last token and the answer's tokens (the last row: after the answer)."""
+        seqs = [e.prefix + e.answer for e in batch]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -281,43 +288,55 @@ class CausalLM(Fitness):
             mask[r, : len(s)] = 1
         logits = self.model(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-        ).logits.float()
+        ).logits
+        return [
+            torch.log_softmax(logits[r, len(e.prefix) - 1 : len(s)].float(), dim=-1)
+            for r, (e, s) in enumerate(zip(batch, seqs, strict=True))
+        ]
+
+    def _teacher_forced(self, batch: list[Example], metric: str, eos: bool) -> torch.Tensor:
         out = torch.empty(len(batch))
-        for r, (prompt, answer, _) in enumerate(batch):
-            if not answer:
+        for r, (e, logp) in enumerate(zip(batch, self._answer_logprobs(batch), strict=True)):
+            n = len(e.answer) + int(eos)  # targets: the answer's tokens, then any end id
+            if n == 0:
                 out[r] = 1.0
                 continue
-            pos = torch.arange(len(prompt) - 1, len(prompt) + len(answer) - 1)
-            target = torch.tensor(answer, device=logits.device)
-            rows = logits[r, pos.to(logits.device)]
+            ends = torch.tensor(self.eos_ids, dtype=torch.long, device=logp.device)
+            target = torch.tensor(e.answer, dtype=torch.long, device=logp.device)
             if metric == "token_accuracy":
-                out[r] = (rows.argmax(dim=-1) == target).float().mean().item()
+                best = logp.argmax(dim=-1)
+                hits = (best[: len(e.answer)] == target).float().sum()
+                if eos:
+                    hits += torch.isin(best[-1], ends).float()
+                out[r] = (hits / n).item()
             else:
-                logp = torch.log_softmax(rows, dim=-1).gather(1, target[:, None])
-                out[r] = math.exp(logp.mean().item())
+                total = logp[: len(e.answer)].gather(1, target[:, None]).sum()
+                if eos:
+                    total += torch.logsumexp(logp[-1, ends], dim=0)
+                out[r] = math.exp(total.item() / n)
         return out
 
     @torch.no_grad()
-    def _exact_match(self, batch, max_new_tokens: int) -> torch.Tensor:
-        width = max(len(p) for p, _, _ in batch)
+    def _exact_match(self, batch: list[Example], max_new_tokens: int, stop=()) -> torch.Tensor:
+        width = max(len(e.prompt) for e in batch)
         ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, (prompt, _, _) in enumerate(batch):  # left padding: prompts end together
-            ids[r, width - len(prompt) :] = torch.tensor(prompt)
-            mask[r, width - len(prompt) :] = 1
+        for r, e in enumerate(batch):  # left padding: prompts end together
+            ids[r, width - len(e.prompt) :] = torch.tensor(e.prompt)
+            mask[r, width - len(e.prompt) :] = 1
         generated = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=self.pad,
-            eos_token_id=self.eos,
+            eos_token_id=self.eos_ids or None,
+            stopping_criteria=stop_criteria(self.tokenizer, width, stop),
         )[:, width:].cpu()
         out = torch.empty(len(batch))
-        for r, (_, _, answer) in enumerate(batch):
-            tokens = generated[r].tolist()
-            if self.eos is not None and self.eos in tokens:
-                tokens = tokens[: tokens.index(self.eos)]
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            out[r] = float(text.strip() == answer.strip())
+        for r, e in enumerate(batch):
+            out[r] = float(
+                answer_text(self.tokenizer, self.eos_ids, generated[r].tolist(), stop)
+                == e.text.strip()
+            )
         return out

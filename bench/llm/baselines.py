@@ -36,6 +36,7 @@ def fitness(models: Path, seed: Path):
             "test_metric": "exact_match",
             "max_new_tokens": new_tokens,
             "limit": 48,
+            "include_eos": True,
         }
         for name, new_tokens in (("add", 6), ("reverse", 8))
     ]
