@@ -61,7 +61,7 @@ def train(model, tok, examples, steps=150):
     return model
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lm_dir(tmp_path_factory):
     """A base and two experts (reversal, addition) from one init, with tasks on disk."""
     import transformers
