@@ -208,12 +208,14 @@ def from_description(desc) -> DenseSeeds | MappedSeeds:
 
 
 @torch.no_grad()
-def load_into(genome, store, tensors, block: int = 1 << 22) -> None:
+def load_into(genome, store, tensors, block: int = 1 << 18) -> None:
     """Write lineage ``genome``'s parameters into ``tensors`` in place, one block at a time.
 
     ``tensors`` are a resident model's parameters in the flat vector's order (any dtype and
-    device). Each block of a tensor is mixed from the seeds on the tensor's device in float32
-    and copied in, so a worker never holds a flat float32 copy of the model.
+    device). Each block of a tensor is mixed in float32 on the tensor's device straight from
+    views of the seeds (no copy of the seeds' block) and copied in, so a worker never holds a
+    flat float32 copy of the model. Blocks of 2**18 entries keep the float32 accumulator in
+    cache, which on CPU is what makes the mix run near copy speed.
     """
     bounds, coeffs = genome.bounds, genome.coeffs
     total = sum(t.numel() for t in tensors)
@@ -223,20 +225,24 @@ def load_into(genome, store, tensors, block: int = 1 << 22) -> None:
             f"model of {total}"
         )
     offset = 0
+    acc_buf = None
     for t in tensors:
         flat = t.view(-1)
         n = flat.numel()
+        if acc_buf is None or acc_buf.device != t.device:
+            acc_buf = torch.empty(block, dtype=torch.float32, device=t.device)
         for s in range(0, n, block):
             e = min(s + block, n)
             lo, hi = offset + s, offset + e
-            src = store.read(lo, hi).to(t.device, non_blocking=True)
-            acc = torch.zeros(e - s, dtype=torch.float32, device=t.device)
+            acc = acc_buf[: e - s]
+            acc.zero_()
             r = int(np.searchsorted(bounds, lo, side="right")) - 1
             while r < len(coeffs) and bounds[r] < hi:
-                a, b = max(int(bounds[r]), lo) - lo, min(int(bounds[r + 1]), hi) - lo
+                a, b = max(int(bounds[r]), lo), min(int(bounds[r + 1]), hi)
                 for k, c in enumerate(coeffs[r]):
                     if c != 0.0:
-                        acc[a:b].add_(src[k, a:b], alpha=float(c))
+                        src = store.piece(k, a, b).to(t.device, non_blocking=True)
+                        acc[a - lo : b - lo].add_(src, alpha=float(c))
                 r += 1
             flat[s:e].copy_(acc)
         offset += n
