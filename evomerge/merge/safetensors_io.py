@@ -31,13 +31,8 @@ from .safetensors_format import (
     itemsize,
 )
 
-# Files a merged model should carry over from its base model's folder (config, tokenizer,
-# generation settings, remote code); weights and weight indexes never match these.
-EXTRA_FILE_PATTERNS = (
-    "config.json",
-    "generation_config.json",
-    "preprocessor_config.json",
-    "processor_config.json",
+#: The files of a model folder that make up its tokenizer.
+TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "tokenizer.model",
@@ -49,6 +44,15 @@ EXTRA_FILE_PATTERNS = (
     "vocab.*",
     "merges.txt",
     "chat_template.*",
+)
+# Files a merged model should carry over from its base model's folder (config, tokenizer,
+# generation settings, remote code); weights and weight indexes never match these.
+EXTRA_FILE_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    *TOKENIZER_FILES,
     "configuration_*.py",
     "modeling_*.py",
     "tokenization_*.py",

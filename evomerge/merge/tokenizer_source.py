@@ -15,22 +15,7 @@ import json
 from pathlib import Path
 
 from ..errors import EvomergeError
-from .safetensors_io import SeedModel
-
-#: Files of a model folder that make up its tokenizer.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "*.tiktoken",
-    "spiece.model",
-    "sentencepiece*.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.*",
-    "merges.txt",
-    "chat_template.*",
-)
+from .safetensors_io import TOKENIZER_FILES, SeedModel
 
 
 def is_tokenizer_file(name: str) -> bool:
