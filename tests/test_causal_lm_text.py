@@ -87,6 +87,9 @@ def make_fitness(tmp_path, kind, eos_ids=None, template=None, **task):
     spec = {"name": "t", "train": str(folder / "task.jsonl"), "max_new_tokens": 8, **task}
     fit = cls(seeds=[str(folder)], tasks=[spec])
     fit.setup(torch.device("cpu"))
+    # the plug-in builds its model empty (candidates fill it): load the seed, as a worker would
+    seed = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    fit.model.load_state_dict(seed.state_dict())
     return fit
 
 
