@@ -169,8 +169,8 @@ def test_a_pool_the_cluster_cannot_hold_is_refused(tmp_path, write_config, capsy
     code, err = run_cli(["run", str(write_config(cfg)), "--out", str(out)], capsys)
     assert code == 2
     line = one_line(err)
-    assert re.search(r"evaluator: 2 workers need 2 CPUs and 1 GPUs, the Ray cluster has", line)
-    assert "0 GPUs" in line and not out.exists()
+    assert re.search(r"evaluator: .*num_gpus 0\.5 each: no node can hold one worker", line)
+    assert "2 CPU 0 GPU" in line and not out.exists()
 
 
 # --- seed model files ------------------------------------------------------------------------
