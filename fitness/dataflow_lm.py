@@ -87,7 +87,7 @@ class DataFlowLM(CausalLM):
     # --- set-up ---------------------------------------------------------------------------
 
     def setup(self, device: torch.device) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         self.device = torch.device(device)
         self.seed_models = []
@@ -111,20 +111,8 @@ class DataFlowLM(CausalLM):
             len(self.seed_models), counts.pop(), self.repeats, self.scales, self.scale_range
         )
         self.model = self._skeleton(self.seed_models[self.base])
-        tok = AutoTokenizer.from_pretrained(self.seed_paths[self.base])
-        self.eos = tok.eos_token_id
-        self.pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos
-        if self.pad is None:
-            raise ValueError(f"{self.seed_paths[self.base]}: the tokenizer has no pad or eos token")
-        self.tokenizer = tok
+        self._setup_text(self.seed_paths[self.base])  # tokenizer, end ids, tokenised tasks
         self.num_params = self.flow.dim
-        start, self.ranges = 0, []
-        for task in self.tasks:
-            task.train_tok = [self._tokenize(e) for e in task.train]
-            task.test_tok = [self._tokenize(e) for e in task.test]
-            self.ranges.append((task.name, start, start + len(task.train)))
-            start += len(task.train)
-        self.num_examples = start
 
     def _skeleton(self, base_model):
         """A model of the base's class whose non-layer modules are the base's own."""
