@@ -6,13 +6,17 @@ import pytest
 import torch
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "fitness"))
-import digits  # noqa: E402
+from evomerge.plugins import load_object
+
+# loaded as users name it (a file plug-in), not by putting fitness/ on sys.path, where its
+# lm_eval.py would shadow the lm-eval package for every later test
+Digits = load_object(f"{ROOT / 'fitness' / 'digits.py'}:Digits")
+digits = sys.modules[Digits.__module__]
 
 
 @pytest.fixture(scope="module")
 def fit():
-    f = digits.Digits()
+    f = Digits()
     f.setup(torch.device("cpu"))
     return f
 
