@@ -159,16 +159,9 @@ class DataFlowLM(CausalLM):
     def resident_tensors(self):
         return None
 
-    def score(self, params: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
-        out = []
-        for genes in params:
-            self.stack(genes)
-            out.append(self.score_loaded(example_ids))
-        return torch.stack(out)
-
-    def metrics(self, params: torch.Tensor) -> dict[str, float]:
-        self.stack(params.reshape(-1))
-        return self.metrics_loaded()
+    def _load(self, genes: torch.Tensor) -> None:
+        """A candidate is a stack of the seeds' layers (CausalLM's score/metrics call this)."""
+        self.stack(genes)
 
     def make_seeds(self, count: int, seed: int) -> torch.Tensor:
         """Each seed's own genome (its layers in repeat 0, scale 1), in the order of ``seeds``;

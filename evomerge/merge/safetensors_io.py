@@ -23,13 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EvomergeError
-from .safetensors_format import (
-    INDEX_NAME,
-    MAX_HEADER_BYTES,
-    READ_CHUNK,
-    ST_TO_TORCH,
-    itemsize,
-)
+from .safetensors_format import INDEX_NAME, MAX_HEADER_BYTES, READ_CHUNK, ST_TO_TORCH, itemsize
 
 #: The files of a model folder that make up its tokenizer.
 TOKENIZER_FILES = (
@@ -45,8 +39,7 @@ TOKENIZER_FILES = (
     "merges.txt",
     "chat_template.*",
 )
-# Files a merged model should carry over from its base model's folder (config, tokenizer,
-# generation settings, remote code); weights and weight indexes never match these.
+# What a merged model carries over from its base's folder (never weights or weight indexes).
 EXTRA_FILE_PATTERNS = (
     "config.json",
     "generation_config.json",
