@@ -9,49 +9,21 @@ as configs/dfs_tiny.yaml (layer stacking over the merge and the two experts):
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tiny_lm import CHARS, SPECIAL, add_task, make_tokenizer, reverse_task, train  # noqa: E402
+from tiny_lm import make_lm_dir  # noqa: E402
 
 
 def make(root: Path) -> None:
-    import transformers
-
     from evomerge.interface.cli import main
 
     root.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer(root / "tok")
-    cfg = transformers.LlamaConfig(
-        vocab_size=len(SPECIAL) + len(CHARS),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=32,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    base = transformers.LlamaForCausalLM(cfg)
-    init = {k: v.clone() for k, v in base.state_dict().items()}
-    base.save_pretrained(root / "base")
-    for name, task in (("reverse", reverse_task()), ("add", add_task())):
-        base.load_state_dict(init)
-        train(base, tok, task).save_pretrained(root / name)
-        (root / f"{name}.jsonl").write_text("\n".join(json.dumps(e) for e in task))
-    for folder in ("base", "reverse", "add"):
-        for f in (root / "tok").iterdir():
-            shutil.copy(f, root / folder / f.name)
+    make_lm_dir(root)
     merge = {
         "method": "task_arithmetic",
         "base": str(root / "base"),

@@ -64,9 +64,13 @@ def train(model, tok, examples, steps=150):
 @pytest.fixture(scope="session")
 def lm_dir(tmp_path_factory):
     """A base and two experts (reversal, addition) from one init, with tasks on disk."""
+    return make_lm_dir(tmp_path_factory.mktemp("lm"))
+
+
+def make_lm_dir(root):
+    """Write the base, the two experts (with the tokenizer) and their tasks under ``root``."""
     import transformers
 
-    root = tmp_path_factory.mktemp("lm")
     tok = make_tokenizer(root / "tok")
     cfg = transformers.LlamaConfig(
         vocab_size=len(SPECIAL) + len(CHARS),
