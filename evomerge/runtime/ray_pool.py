@@ -192,12 +192,15 @@ class RayEvaluator:
             unplaced = [
                 self.names[s] for s in slots if not actor_state(self._ray, self.actors[s])[1]
             ]
-            if unplaced and not reported:
+            # Ray's table shows a worker whose process is still starting (imports on a busy
+            # node) like one waiting for room, so the line says both and waits 30 s first
+            if unplaced and not reported and waited >= 30.0:
                 reported = True
                 warn(
-                    f"{len(unplaced)} of {len(refs)} workers ({', '.join(unplaced)}) wait for "
-                    f"a node with {self.need()} free after {waited:.0f} s: no free resources "
-                    f"now (free: {free_room(self._ray)}); they start when room is made"
+                    f"{len(unplaced)} of {len(refs)} workers ({', '.join(unplaced)}) have no "
+                    f"process after {waited:.0f} s: still starting, or waiting for a node with "
+                    f"{self.need()} free (free now: {free_room(self._ray)}); they start when "
+                    "room is made"
                 )
 
     def _get(self, refs):
