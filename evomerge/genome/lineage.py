@@ -182,8 +182,8 @@ class SeedGram:
         count = -(-num_params // chunk)
         self._prefix = np.zeros((count + 1, num_seeds, num_seeds))
         for c in range(count):
-            x = self._block(c * chunk, min((c + 1) * chunk, num_params))
-            self._prefix[c + 1] = self._prefix[c] + x @ x.T
+            x = torch.from_numpy(self._block(c * chunk, min((c + 1) * chunk, num_params)))
+            self._prefix[c + 1] = self._prefix[c] + (x @ x.T).numpy()  # torch's mm: 3x numpy's
         self._partial: dict[int, np.ndarray] = {}
 
     def _block(self, start: int, stop: int) -> np.ndarray:

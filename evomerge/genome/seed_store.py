@@ -31,7 +31,10 @@ from ..merge.safetensors_io import SeedModel
 def as_float64(block) -> np.ndarray:
     """A read block (numpy array or torch tensor of any float dtype) as float64 numpy."""
     if isinstance(block, torch.Tensor):
-        return block.detach().to("cpu", torch.float64).numpy()
+        block = block.detach().to("cpu")
+        if block.dtype in (torch.bfloat16, torch.float16):  # exact, and 2-3x faster than one
+            block = block.float()  # half -> float64 cast on CPU
+        return block.double().numpy()
     return np.asarray(block, dtype=np.float64)
 
 
