@@ -106,11 +106,12 @@ def _magnitudes(b, theta, work):
 
     def blocks():
         for sl in block_slices(b.numel(), b.device):
-            yield sl.start, (theta[sl].to(work) - b[sl].to(work)).abs_()
+            yield sl.start, torch.sub(theta[sl], b[sl].to(work)).abs_()
 
     def sample(idx):
-        idx = idx.to(b.device)
-        return (theta[idx].to(work) - b[idx].to(work)).abs_()
+        # sorted, the gathers walk memory in order; the sample is a multiset either way
+        idx = idx.sort().values.to(b.device)
+        return torch.sub(theta[idx], b[idx].to(work)).abs_()
 
     return blocks, sample
 
@@ -185,8 +186,8 @@ def _consensus_block(deltas, weights, normalize):
     unchanged) never count, neither in the sum nor in the per-entry divisor (the weights of
     the agreeing models); zero divisors become 1.
     """
-    total = deltas[0].clone()
-    for d in deltas[1:]:
+    total = deltas[0].clone() if len(deltas) == 1 else torch.add(deltas[0], deltas[1])
+    for d in deltas[2:]:
         total.add_(d)
     sign = torch.copysign(torch.ones((), dtype=total.dtype, device=total.device), total)
     mixed = total.zero_()
@@ -241,7 +242,7 @@ def generalized_task_arithmetic(
         for theta, w, keep, apply, factor in zip(
             thetas, weights, keeps, appliers, factors, strict=True
         ):
-            d = theta[sl].to(work) - bb
+            d = torch.sub(theta[sl], bb)  # theta's half dtype promotes to bb's, exactly
             if apply is not None:
                 d = apply(sl, d)
                 if keep.divide is not None:
