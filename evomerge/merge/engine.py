@@ -192,6 +192,8 @@ def run_merge(cfg: MergeConfig, out_dir: Path, bases: list[Path], progress=None)
         total = 0
 
         def merge_one(i: int, tensor: PlannedTensor, tensors: list) -> torch.Tensor:
+            files = [seeds[m].file_of(n) for m, n in tensor.sources]
+            check_inputs(tensors, tensor.name, files)  # here, so the checks run in parallel too
             base_pos = layout.has_base[tensor.slice]
             base = tensors[base_pos] if base_pos is not None else None
             models = [x for k, x in enumerate(tensors) if k != base_pos]
@@ -221,8 +223,6 @@ def run_merge(cfg: MergeConfig, out_dir: Path, bases: list[Path], progress=None)
             try:
                 for i, tensor in enumerate(plan):
                     tensors = [seeds[m].get(n, dtype=compute) for m, n in tensor.sources]
-                    files = [seeds[m].file_of(n) for m, n in tensor.sources]
-                    check_inputs(tensors, tensor.name, files)
                     total += sum(seeds[m].nbytes(n) for m, n in tensor.sources)
                     pending.append((tensor, pool.submit(merge_one, i, tensor, tensors)))
                     del tensors
