@@ -63,12 +63,12 @@ def della_magprune(b, theta, mp, rescale, generator, work, shape=None):
     n_rows, length = _rows(shape)
     mask = torch.empty(b.numel(), dtype=torch.uint8)
     step = max(1, (4 * BLOCK) // max(length, 1))
-    positions = torch.arange(length, dtype=torch.int32)
+    limits = _thresholds(density, epsilon, length)
     for r0 in range(0, n_rows, step):
         r1 = min(r0 + step, n_rows)
         flat = slice(r0 * length, r1 * length)
         mag = (theta[flat].to(work) - b[flat].to(work)).abs_().view(r1 - r0, length)
-        mask[flat] = _keep_rows(mag, positions, density, epsilon, draws).reshape(-1)
+        mask[flat] = _keep_rows(mag, limits, draws).reshape(-1)
     return _MaskKeep(mask, rescale)
 
 
@@ -83,13 +83,33 @@ def _thresholds(density, epsilon, length) -> torch.Tensor:
     return torch.round(p * 2**16).to(torch.int32)
 
 
-def _keep_rows(mag, positions, density, epsilon, draws) -> torch.Tensor:
-    """0/1 (uint8) keep decisions of a (rows, C) block of magnitudes, one draw per entry."""
+def _stable_order(mag: torch.Tensor) -> torch.Tensor:
+    """``argsort(mag, dim=1, stable=True)`` of non-negative magnitudes, by a plain sort.
+
+    A non-negative float orders like its bit pattern, so ``bits * C + position`` is a unique
+    int64 key in the same order with ties going to the lower position; numpy's vectorised
+    sort of those keys is about 7 times faster here than torch's stable sort, and the
+    position is the key modulo ``C``. float64 (and accelerator) magnitudes use torch's.
+    """
+    length = mag.shape[1]
+    if mag.dtype != torch.float32 or mag.device.type != "cpu":  # no room for float64 bits
+        return torch.argsort(mag, dim=1, stable=True)
+    key = mag.contiguous().view(torch.int32).to(torch.int64).mul_(length)
+    key.add_(torch.arange(length, dtype=torch.int64))
+    ordered = key.numpy()
+    ordered.sort(axis=1)
+    return torch.from_numpy(np.remainder(ordered, length, out=ordered))
+
+
+def _keep_rows(mag, limits, draws) -> torch.Tensor:
+    """0/1 (uint8) keep decisions of a (rows, C) block of magnitudes, one draw per entry.
+
+    ``limits`` are :func:`_thresholds` by rank; scattering them through the stable order puts
+    each entry's limit in its place (no rank tensor, no gather).
+    """
     rows, length = mag.shape
-    order = torch.argsort(mag, dim=1, stable=True)
-    rank = torch.empty_like(order, dtype=torch.int32)
-    rank.scatter_(1, order, positions.expand(rows, length).contiguous())
-    limit = _thresholds(density, epsilon, length)[rank]
+    limit = torch.empty((rows, length), dtype=torch.int32)
+    limit.scatter_(1, _stable_order(mag), limits.expand(rows, length).contiguous())
     u = torch.from_numpy(draws.take(rows * length).astype(np.int32)).view(rows, length)
     return (u < limit).to(torch.uint8)
 
@@ -98,7 +118,6 @@ def _mask_nd(b, theta, shape, density, epsilon, draws, work) -> torch.Tensor:
     """Tensors of more than two dimensions: ranks along dimension 1, as mergekit does."""
     mag = (theta.to(work) - b.to(work)).abs_().view(shape).movedim(1, -1).contiguous()
     length = mag.shape[-1]
-    positions = torch.arange(length, dtype=torch.int32)
-    kept = _keep_rows(mag.view(-1, length), positions, density, epsilon, draws)
+    kept = _keep_rows(mag.view(-1, length), _thresholds(density, epsilon, length), draws)
     # draws were taken in the moved order; the mask goes back to the tensor's order
     return kept.view(mag.shape).movedim(-1, 1).contiguous().reshape(-1)

@@ -4,9 +4,13 @@ Peak memory is the tensors in flight, never a whole model: for the tensor being 
 per input model in the compute dtype, the merged result in the output dtype, and the operator's
 temporaries, which are per block of ``operators.BLOCK`` entries (TIES and breadcrumbs add the
 magnitudes that fall in their sampled bracket, a small fraction of the tensor). For a base and
-two models that is about four times the largest tensor. (Reading the next tensor on a thread
-while this one is merged was tried: on two cores it competes with the arithmetic and is
-slower.)
+two models that is about four times the largest tensor, for each tensor in flight.
+
+Tensors are merged on a pool of as many threads as torch had intra-op threads, each merge on
+one torch thread (:mod:`evomerge.merge.parallel`): the operators' block passes are many short
+ops, and torch's per-op thread barriers stall them on a busy machine. The main thread reads
+the next tensor and writes finished ones (the writer puts each at its planned offset, so the
+order of writes does not matter); at most one tensor per pool thread is in flight.
 
 What is merged is a plan (:mod:`evomerge.merge.slices`): every tensor from every model for an
 ordinary merge, or the stacked layer ranges of ``slices``. Parameters are resolved per tensor
@@ -19,6 +23,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -28,6 +34,7 @@ from ..search.keys import key
 from .finite import check_inputs
 from .merge_config import DTYPES, MergeConfig, parse_size, resolve_setting
 from .operators import MergeMethod, get_merge_method
+from .parallel import one_op_thread
 from .safetensors_io import SeedModel, ShardedWriter, check_seeds
 from .slices import (
     PlannedTensor,
@@ -183,24 +190,50 @@ def run_merge(cfg: MergeConfig, out_dir: Path, bases: list[Path], progress=None)
             (t.name, seeds[t.sources[0][0]].shape(t.sources[0][1]), out_dtype(t)) for t in plan
         ]
         total = 0
-        with ShardedWriter(out_dir, shapes, max_shard_bytes=parse_size(cfg.max_shard_size)) as out:
-            for i, tensor in enumerate(plan):
-                tensors = [seeds[m].get(n, dtype=compute) for m, n in tensor.sources]
-                check_inputs(tensors, tensor.name, [seeds[m].file_of(n) for m, n in tensor.sources])
-                total += sum(seeds[m].nbytes(n) for m, n in tensor.sources)
-                base_pos = layout.has_base[tensor.slice]
-                base = tensors[base_pos] if base_pos is not None else None
-                models = [x for k, x in enumerate(tensors) if k != base_pos]
-                g, m = _params_for(cfg, method, layout, tensor, base_pos)
-                gen = torch.Generator().manual_seed(key(cfg.seed, i)) if method.random else None
-                try:
-                    merged = method(base, models, m, g, gen)
-                except ValueError as exc:
-                    raise EvomergeError(f"{cfg.method} on tensor '{tensor.name}': {exc}") from None
-                out.write(tensor.name, merged)
-                del tensors, base, models, merged
+
+        def merge_one(i: int, tensor: PlannedTensor, tensors: list) -> torch.Tensor:
+            files = [seeds[m].file_of(n) for m, n in tensor.sources]
+            check_inputs(tensors, tensor.name, files)  # here, so the checks run in parallel too
+            base_pos = layout.has_base[tensor.slice]
+            base = tensors[base_pos] if base_pos is not None else None
+            models = [x for k, x in enumerate(tensors) if k != base_pos]
+            g, m = _params_for(cfg, method, layout, tensor, base_pos)
+            gen = torch.Generator().manual_seed(key(cfg.seed, i)) if method.random else None
+            try:
+                return method(base, models, m, g, gen)
+            except ValueError as exc:
+                raise EvomergeError(f"{cfg.method} on tensor '{tensor.name}': {exc}") from None
+
+        with (
+            ShardedWriter(out_dir, shapes, max_shard_bytes=parse_size(cfg.max_shard_size)) as out,
+            one_op_thread() as threads,
+            ThreadPoolExecutor(max_workers=max(1, threads)) as pool,
+        ):
+            pending: deque = deque()
+            written = 0
+
+            def write_oldest() -> None:
+                nonlocal written
+                tensor, future = pending.popleft()
+                out.write(tensor.name, future.result())
+                written += 1
                 if progress is not None:
-                    progress(i + 1, len(plan))
+                    progress(written, len(plan))
+
+            try:
+                for i, tensor in enumerate(plan):
+                    tensors = [seeds[m].get(n, dtype=compute) for m, n in tensor.sources]
+                    total += sum(seeds[m].nbytes(n) for m, n in tensor.sources)
+                    pending.append((tensor, pool.submit(merge_one, i, tensor, tensors)))
+                    del tensors
+                    while len(pending) >= max(1, threads):
+                        write_oldest()
+                while pending:
+                    write_oldest()
+            except BaseException:
+                for _, future in pending:
+                    future.cancel()
+                raise
             files = first.extra_files()
             if extra is not None:  # the tokenizer of the model tokenizer_source names
                 files = [p for p in files if not is_tokenizer_file(p.name)] + extra

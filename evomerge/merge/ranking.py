@@ -42,22 +42,29 @@ class RankCut:
     def __init__(self, k: int, n: int, value: float = 0.0, cutoff: int = -1):
         self.k, self.n, self.value, self.cutoff = k, n, value, cutoff
 
-    def keep(self, start: int, d: torch.Tensor) -> torch.Tensor:
-        """The entries of block ``d`` (flat, at ``start``) in the top k; the others zeroed."""
+    def keep(self, start: int, d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The entries of block ``d`` (flat, at ``start``) in the top k; the others zeroed.
+
+        ``out`` (``d`` itself allowed) takes the result instead of a new tensor.
+        """
         if self.k <= 0:
-            return torch.zeros_like(d)
+            return torch.zeros_like(d) if out is None else out.zero_()
         if self.k >= self.n:
-            return d.clone()
+            return d.clone() if out is None else out.copy_(d)
         # |x| >= v is |x| > (the next float below v): hardshrink keeps |x| > lambda.
         dtype = np.float64 if d.dtype == torch.float64 else np.float32
         v = float(dtype(self.value))
         below = float(np.nextafter(dtype(v), dtype(0)))
         split = self.cutoff + 1 - start  # entries before this offset also keep ties
         if split <= 0:
-            return hardshrink(d, v)
+            return hardshrink(d, v) if out is None else torch.hardshrink(d, v, out=out)
         if split >= d.numel():
-            return hardshrink(d, below)
-        return torch.cat([hardshrink(d[:split], below), hardshrink(d[split:], v)])
+            return hardshrink(d, below) if out is None else torch.hardshrink(d, below, out=out)
+        if out is None:
+            return torch.cat([hardshrink(d[:split], below), hardshrink(d[split:], v)])
+        torch.hardshrink(d[:split], below, out=out[:split])
+        torch.hardshrink(d[split:], v, out=out[split:])
+        return out
 
 
 def rank_cuts(

@@ -52,8 +52,9 @@ class _RankKeep(_Keep):
 
     def start(self):
         def apply(sl, d):
-            kept = self.hi.keep(sl.start, d)
-            return kept if self.lo is None else kept.sub_(self.lo.keep(sl.start, d))
+            if self.lo is None:
+                return self.hi.keep(sl.start, d, out=d)
+            return self.hi.keep(sl.start, d).sub_(self.lo.keep(sl.start, d))
 
         return apply
 
@@ -106,11 +107,12 @@ def _magnitudes(b, theta, work):
 
     def blocks():
         for sl in block_slices(b.numel(), b.device):
-            yield sl.start, (theta[sl].to(work) - b[sl].to(work)).abs_()
+            yield sl.start, torch.sub(theta[sl], b[sl].to(work)).abs_()
 
     def sample(idx):
-        idx = idx.to(b.device)
-        return (theta[idx].to(work) - b[idx].to(work)).abs_()
+        # sorted, the gathers walk memory in order; the sample is a multiset either way
+        idx = idx.sort().values.to(b.device)
+        return torch.sub(theta[idx], b[idx].to(work)).abs_()
 
     return blocks, sample
 
@@ -170,34 +172,67 @@ def _l1_factor(b, theta, keep: _Keep, work) -> float | None:
     return before / after if before >= RESCALE_EPS and after >= RESCALE_EPS else None
 
 
-def _replace_zeros(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with its zeros set to 1, in place: ``t + (1 - |sign t|)`` (exact, no masks)."""
-    return t.add_(t.abs().sign_().neg_().add_(1.0))
+class _Scratch:
+    """Block-sized buffers made once per merge, like ``like`` (dtype, device, size).
+
+    A fresh 512 KiB tensor for every temporary of every block is a fresh mapping whose pages
+    fault in one by one; reused buffers stay mapped and in cache.
+    """
+
+    def __init__(self, like: torch.Tensor, size: int | None = None):
+        self.dtype, self.device = like.dtype, like.device
+        self.size = like.numel() if size is None else size
+        self.one = torch.ones((), dtype=like.dtype, device=like.device)
+        self.buffers: dict = {}
+
+    def __call__(self, name, m: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        buf = self.buffers.get(name)
+        if buf is None:
+            buf = torch.empty(self.size, dtype=dtype or self.dtype, device=self.device)
+            self.buffers[name] = buf
+        return buf[:m]
 
 
-def _consensus_block(deltas, weights, normalize):
+def _consensus_block(deltas, weights, normalize, scratch=None):
     """TIES disjoint sum of one block: per entry, the values whose sign is that of the sum.
 
     The elected sign is ``copysign(1, sum)``: + for a sum of +0 (mergekit: ``sum >= 0``);
     a sum of -0 only arises when every value is -0 and nothing counts either way. A value
-    agrees when ``value * sign > 0``: ``clamp(value * sign, min=0) * sign`` is the value or 0
-    and its ``sign()`` the 0/1 agreement, all in fast float kernels. Zero entries (trimmed or
-    unchanged) never count, neither in the sum nor in the per-entry divisor (the weights of
-    the agreeing models); zero divisors become 1.
+    agrees when ``value * sign > 0``: ``clamp(value * sign, min=0)`` is its magnitude or 0,
+    and its ``sign()`` the 0/1 agreement, all in fast float kernels. The magnitudes are summed
+    and the sum multiplied by the sign once (negation commutes with rounding, so this is the
+    sum of the agreeing values), then ``+ 0.0`` turns a -0 into the +0 a sum starting from
+    +0 gives. Zero entries (trimmed or unchanged) never count, neither in the sum nor in the
+    per-entry divisor (the weights of the agreeing models); zero divisors become 1
+    (``d + (d == 0)``: exact, as ``x + 0`` is ``x``). The deltas' buffers are overwritten.
     """
-    total = deltas[0].clone()
-    for d in deltas[1:]:
-        total.add_(d)
-    sign = torch.copysign(torch.ones((), dtype=total.dtype, device=total.device), total)
-    mixed = total.zero_()
-    divisor = torch.zeros_like(mixed) if normalize else None
-    for d, w in zip(deltas, weights, strict=True):
-        agreeing = d.mul_(sign).clamp_(min=0)
-        mixed.addcmul_(agreeing, sign)
-        if divisor is not None:
-            divisor.add_(agreeing.sign_(), alpha=w)
-    if divisor is not None:
-        _replace_zeros(divisor)
+    scratch = scratch or _Scratch(deltas[0])
+    m = deltas[0].numel()
+    total = scratch("total", m)
+    if len(deltas) == 1:
+        total.copy_(deltas[0])
+    else:
+        torch.add(deltas[0], deltas[1], out=total)
+        for d in deltas[2:]:
+            total.add_(d)
+    sign = torch.copysign(scratch.one, total, out=scratch("sign", m))
+    agree = [d.mul_(sign).clamp_(min=0) for d in deltas]
+    mixed = total  # the sum is spent: its buffer takes the mix
+    if len(agree) == 1:
+        mixed.copy_(agree[0])
+    else:
+        torch.add(agree[0], agree[1], out=mixed)
+        for a in agree[2:]:
+            mixed.add_(a)
+    mixed.mul_(sign).add_(0.0)
+    divisor = None
+    if normalize:
+        for a, w in zip(agree, weights, strict=True):
+            if divisor is None:
+                divisor = torch.mul(a.sign_(), w, out=scratch("divisor", m))
+            else:
+                divisor.add_(a.sign_(), alpha=w)
+        divisor.add_(torch.eq(divisor, 0, out=scratch("zero", m, torch.bool)))
     return mixed, divisor
 
 
@@ -235,13 +270,17 @@ def generalized_task_arithmetic(
     divisor = 1.0 if abs(divisor) < WEIGHT_EPS else divisor
     appliers = [k.start() if k is not None else None for k in keeps]
     out = torch.empty(b.shape, dtype=base.dtype, device=base.device)
-    for sl in block_slices(b.numel(), b.device):
-        bb = b[sl].to(work)
+    slices = list(block_slices(b.numel(), b.device))
+    scratch = _Scratch(torch.empty(0, dtype=work, device=b.device), slices[0].stop if slices else 0)
+    for sl in slices:
+        m = sl.stop - sl.start
+        bb = b[sl] if b.dtype == work else scratch("base", m).copy_(b[sl])
         deltas = []
-        for theta, w, keep, apply, factor in zip(
-            thetas, weights, keeps, appliers, factors, strict=True
+        for j, (theta, w, keep, apply, factor) in enumerate(
+            zip(thetas, weights, keeps, appliers, factors, strict=True)
         ):
-            d = theta[sl].to(work) - bb
+            # theta's half dtype promotes to bb's, exactly
+            d = torch.sub(theta[sl], bb, out=scratch(j, m))
             if apply is not None:
                 d = apply(sl, d)
                 if keep.divide is not None:
@@ -250,7 +289,7 @@ def generalized_task_arithmetic(
                 d.mul_(factor)
             deltas.append(d.mul_(w))
         if consensus:
-            mixed, block_divisor = _consensus_block(deltas, weights, normalize)
+            mixed, block_divisor = _consensus_block(deltas, weights, normalize, scratch)
         else:
             mixed, block_divisor = deltas[0], divisor
             for d in deltas[1:]:

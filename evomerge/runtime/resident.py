@@ -6,7 +6,9 @@ on the model's device and copies it into the model: no flat copy of the model ex
 tensors in the model's half dtype go to the operator as they are (the operators compute in
 float32 block by block and round once); any other mix of dtypes is computed in float32 and
 rounded once by the copy into the model. Either way the tensors equal
-:meth:`RecipeSpace.materialize` over float32 seeds, then cast to the model's dtype.
+:meth:`RecipeSpace.materialize` over float32 seeds, then cast to the model's dtype. On the CPU
+several tensors are merged at once, each on one torch thread (:mod:`evomerge.merge.parallel`:
+the operators' many short block ops stall at torch's thread barriers on a busy machine).
 
 ``seeds_on_device`` (``auto | true | false``) keeps the K seeds on an accelerator when they
 fit, so a load is a device-side mix; on the CPU it changes nothing (the seeds are mapped).
@@ -20,6 +22,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..genome.seed_store import DeviceSeeds
+from ..merge.parallel import for_each_tensor
 from ..merge.recipe import RecipeSection, RecipeSpace
 
 HALF = (torch.bfloat16, torch.float16)
@@ -109,7 +112,11 @@ class ResidentRecipe:
     def load(self, genes: Sequence[float]) -> None:
         """Write the merge that ``genes`` describe into the resident tensors, in place."""
         recipe = self.space.decode([float(g) for g in genes])
-        for i, t in enumerate(self.tensors):
-            merged = self.space.merge_tensor(i, self._parts(i, t.device, t.dtype), recipe)
-            t.copy_(merged)
-            del merged
+
+        def one(i: int) -> None:
+            t = self.tensors[i]
+            with torch.no_grad():
+                t.copy_(self.space.merge_tensor(i, self._parts(i, t.device, t.dtype), recipe))
+
+        cpu = all(t.device.type == "cpu" for t in self.tensors)
+        for_each_tensor(one, [t.numel() for t in self.tensors], cpu=cpu)
