@@ -341,3 +341,42 @@ def test_cmaes_recipe_search_with_fisher_weights(tmp_path):
     assert main(["run", str(path), "--out", str(out), "-q"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["evaluations"] >= 16 and 0.0 < summary["metrics"]["test_accuracy"] <= 1.0
+
+
+def test_recipe_space_hands_each_tensor_its_statistics():
+    from evomerge.merge.recipe import RecipeSection, RecipeSpace
+    from evomerge.merge.statistics import per_seed
+
+    m = Softmax()
+    section = RecipeSection(
+        method="regmean",
+        genes={"weight": {"low": 0.0, "high": 2.0}},
+        statistics={"examples": ["first", None]},
+    )
+    space = RecipeSpace(section, m.param_layout(), 2)
+    seeds = torch.randn(2, 12, generator=torch.Generator().manual_seed(5))
+    space.attach_statistics(per_seed(m, "gram", section.statistics, list(seeds)))
+    genes = [0.25, 0.75]  # weights 0.5 and 1.5
+    out = space.materialize(seeds, genes).view(3, 4)
+    x0, x1 = m.x[:3], m.x
+    grams = [x0.T @ x0, x1.T @ x1]
+    expected = get_merge_method("regmean")(
+        None,
+        [s.view(3, 4) for s in seeds],
+        [{"weight": 0.5}, {"weight": 1.5}],
+        None,
+        None,
+        statistics=grams,
+    )
+    assert torch.allclose(out, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="statistics: fisher needs data"):
+        RecipeSection(method="fisher", genes={"weight": {}})
+    with pytest.raises(ValueError, match="1 entries for 2 merged seeds"):
+        per_seed(
+            m,
+            "gram",
+            RecipeSection(
+                method="regmean", statistics={"examples": ["first"]}, genes={}
+            ).statistics,
+            list(seeds),
+        )
