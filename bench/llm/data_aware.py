@@ -71,7 +71,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     args = ap.parse_args()
     m, out = args.models.resolve(), args.out.resolve()
-    rows = {}
+    scores = out / "scores.json"
+    rows = json.loads(scores.read_text()) if scores.is_file() else {}
     for name in args.only:
         folder = merge(m, out, name)
         t0 = time.time()
@@ -80,7 +81,7 @@ def main() -> None:
         train = fit.score(params[None]).mean().item()
         rows[name] = {"train_token_accuracy": train, **fit.metrics(params)}
         print(json.dumps({name: rows[name], "seconds": round(time.time() - t0, 1)}), flush=True)
-        (out / "scores.json").write_text(json.dumps(rows, indent=1))
+        scores.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
