@@ -10,6 +10,9 @@ The lowest layer: this module imports nothing from evomerge.
   candidates alike); it is scored as loaded. :func:`resident_model` says whether a plug-in is
   one (the base class :class:`evomerge.Fitness` declares the methods with "no model"
   defaults, so the answer comes from ``resident_tensors()``, not from the methods' presence).
+* :class:`ExampleStatistics` — a plug-in whose training examples drive the data-aware merges
+  (Fisher, RegMean): differentiable per-example log-likelihoods and the inputs of its linear
+  layers, for any flat parameter vector.
 * :class:`Evaluator` — what turns candidates into scores (local or Ray); the search loop calls
   nothing else. :class:`WorkerPool` adds the per-worker figures a pool of processes reports.
 """
@@ -77,6 +80,31 @@ def resident_tensors(plugin: Any) -> list[torch.Tensor] | None:
         return None
     tensors = plugin.resident_tensors()
     return None if tensors is None else list(tensors)
+
+
+@runtime_checkable
+class ExampleStatistics(Protocol):
+    """A plug-in that tells the data-aware merges what its examples say about a model.
+
+    ``log_likelihoods(params, example_ids)``: ``log p(y | x)`` of each listed training example
+    (its label, or its target tokens) under the model whose flat parameters (in
+    ``param_layout()`` order) are ``params``, differentiable with respect to ``params``: the
+    Fisher pass squares its gradients. ``linear_inputs(params, example_ids)``: for each linear
+    layer's weight (by its ``param_layout()`` name, stored ``(out, in)`` or ``(in, out)``), the
+    rows of inputs ``(rows, in)`` the layer saw on those examples (padding excluded): the RegMean
+    pass sums their Gram matrices. ``example_groups()`` names the examples a model's statistics
+    are taken over.
+    """
+
+    def log_likelihoods(self, params: torch.Tensor, example_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def linear_inputs(
+        self, params: torch.Tensor, example_ids: torch.Tensor
+    ) -> dict[str, torch.Tensor]: ...
+
+    def example_groups(self) -> dict[str, list[int]]: ...
+
+    def param_layout(self) -> Layout: ...
 
 
 @runtime_checkable

@@ -53,6 +53,12 @@ examples are ids ``start_i .. stop_i - 1`` in the order of ``tasks`` (:meth:`tas
 which is what niches and per-task reports read. The flat parameter vector is the model's
 parameters in ``named_parameters()`` order (tied weights once); :meth:`param_layout` names
 them, so merge recipes group them by layer and kind.
+
+For the data-aware merges (fisher, regmean), :meth:`log_likelihoods` is the teacher-forced
+``log p(answer tokens | prompt)`` of each training example (plus the end target with
+``include_eos``), differentiable in the flat parameters, and :meth:`linear_inputs` the inputs of
+every ``nn.Linear`` whose weight is a parameter (the tied output head is not), over the
+examples' real tokens.
 """
 
 from __future__ import annotations
@@ -261,6 +267,74 @@ class CausalLM(Fitness):
                 model.close()
             rows.append(torch.cat(parts))
         return torch.stack(rows)
+
+    # --- statistics of the data-aware merges ------------------------------------------------
+
+    def _examples(self, example_ids) -> list[tuple[Example, LMTask]]:
+        out = []
+        for i in torch.as_tensor(example_ids).tolist():
+            for task, (_, start, stop) in zip(self.tasks, self.ranges, strict=True):
+                if start <= i < stop:
+                    out.append((task.train_tok[i - start], task))
+                    break
+            else:
+                raise ValueError(f"example id {i} is not in 0..{self.num_examples - 1}")
+        return out
+
+    def _padded(self, examples):
+        seqs = [e.prefix + e.answer for e, _ in examples]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, seq in enumerate(seqs):  # right padding, as teacher forcing scores
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def log_likelihoods(self, params: torch.Tensor, example_ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced ``log p(answer [+ end] | prompt)`` per example, differentiable."""
+        from evomerge.merge.statistics import split
+
+        examples = self._examples(example_ids)
+        tensors = split(params.to(self.device, self.dtype), self.layout)
+        ids, mask = self._padded(examples)
+        logits = torch.func.functional_call(
+            self.model, tensors, (), {"input_ids": ids, "attention_mask": mask}
+        ).logits
+        out = []
+        for r, (e, task) in enumerate(examples):
+            end = len(e.prefix) + len(e.answer)
+            logp = torch.log_softmax(logits[r, len(e.prefix) - 1 : end].float(), dim=-1)
+            target = torch.tensor(e.answer, dtype=torch.long, device=logp.device)
+            total = logp[: len(e.answer)].gather(1, target[:, None]).sum()
+            if task.include_eos:
+                ends = torch.tensor(self.eos_ids, dtype=torch.long, device=logp.device)
+                total = total + torch.logsumexp(logp[len(e.answer), ends], dim=0)
+            out.append(total)
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def linear_inputs(self, params: torch.Tensor, example_ids: torch.Tensor):
+        """``{weight name: (tokens, in)}`` inputs of each linear layer on the examples."""
+        self._load(params.reshape(-1))
+        names = {n for n, _ in self.layout}
+        ids, mask = self._padded(self._examples(example_ids))
+        keep = mask.bool()
+        found: dict[str, torch.Tensor] = {}
+        hooks = []
+        for name, module in self.model.named_modules():
+            if isinstance(module, torch.nn.Linear) and f"{name}.weight" in names:
+
+                def hook(mod, inputs, output, key=f"{name}.weight"):
+                    found[key] = inputs[0][keep].float()
+
+                hooks.append(module.register_forward_hook(hook))
+        try:
+            self.model(input_ids=ids, attention_mask=mask)
+        finally:
+            for h in hooks:
+                h.remove()
+        return found
 
     # --- scoring --------------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ Model: an MLP 64 -> 256 (ReLU) -> 10 with 19,210 parameters, flattened as
 ``[W1 (in=64, out=256) row-major | b1 | W2 (256, 10) | b2]`` (the transpose of torch's
 ``nn.Linear.weight``), so split points land where the reference puts them.
 Score: 1.0 where the candidate classifies a training example correctly, else 0.0.
+For the data-aware merges (fisher, regmean) it gives the log-probability of each training
+example's label and the inputs of its two linear layers (pixels, hidden ReLU units).
 """
 
 from __future__ import annotations
@@ -132,6 +134,19 @@ class Digits(Fitness):
                 seeds.append(p if shared_init else torch.zeros_like(p))
             seeds.append(train(p, self.x_train[mask], self.y_train[mask], steps=steps, lr=lr))
         return torch.stack(seeds)
+
+    def log_likelihoods(self, params: torch.Tensor, example_ids: torch.Tensor) -> torch.Tensor:
+        """``log p(label | image)`` of each listed training example, differentiable in params."""
+        x, y = self.x_train[example_ids], self.y_train[example_ids]
+        logp = torch.log_softmax(logits(params.reshape(1, -1), x)[0], dim=-1)
+        return logp.gather(1, y[:, None]).squeeze(1)
+
+    def linear_inputs(self, params: torch.Tensor, example_ids: torch.Tensor):
+        """The inputs of both layers (stored ``(in, out)``): the pixels and the hidden units."""
+        p = params.reshape(-1)
+        x = self.x_train[example_ids]
+        h = torch.addmm(p[_B1], x, p[_W1].view(IN, HIDDEN)).relu_()
+        return {"layers.0.weight": x, "layers.1.weight": h}
 
     def param_layout(self) -> list[tuple[str, tuple[int, ...]]]:
         """Named tensors of the flat vector, in order, so recipes can group them by layer."""

@@ -22,12 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def fitness(models: Path, seed: Path):
-    from evomerge.plugins import load_object
-
-    cls = load_object(f"{ROOT}/fitness/causal_lm.py:CausalLM")
-    # the tasks of bench/llm/m2n2_lineage.yaml and cmaes_ties.yaml
-    tasks = [
+def tasks_of(models: Path) -> list[dict]:
+    """The tasks of bench/llm/m2n2_lineage.yaml and cmaes_ties.yaml."""
+    return [
         {
             "name": name,
             "train": str(models / f"{name}.train.jsonl"),
@@ -40,7 +37,13 @@ def fitness(models: Path, seed: Path):
         }
         for name, new_tokens in (("add", 6), ("reverse", 8))
     ]
-    fit = cls(seeds=[str(seed)], tasks=tasks, batch_size=48)
+
+
+def fitness(models: Path, seed: Path):
+    from evomerge.plugins import load_object
+
+    cls = load_object(f"{ROOT}/fitness/causal_lm.py:CausalLM")
+    fit = cls(seeds=[str(seed)], tasks=tasks_of(models), batch_size=48)
     fit.setup(torch.device("cpu"))
     return fit
 

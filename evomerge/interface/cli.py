@@ -160,7 +160,11 @@ def cmd_merge(args) -> int:
             step["next"] += 0.1
 
     summary = run_merge(
-        cfg, Path(args.out), bases=[Path.cwd(), path.resolve().parent], progress=tick
+        cfg,
+        Path(args.out),
+        bases=[Path.cwd(), path.resolve().parent],
+        progress=tick,
+        message=progress.message,
     )
     progress.message(
         f"done: {summary['tensors']} tensors, {summary['bytes_read'] / 1e9:.2f} GB read in "

@@ -44,6 +44,7 @@ from .slices import (
     whole_model_plan,
     with_num_layers,
 )
+from .statistics import for_models
 from .tokenizer_source import is_tokenizer_file, tokenizer_files
 
 
@@ -166,8 +167,33 @@ def _stacked_config(seed: SeedModel, plan: list[PlannedTensor]) -> str | None:
     return json.dumps(config, indent=2) + "\n"
 
 
-def run_merge(cfg: MergeConfig, out_dir: Path, bases: list[Path], progress=None) -> dict:
-    """Merge as ``cfg`` says into ``out_dir``; returns a summary (tensors, bytes, seconds)."""
+def _statistics(cfg, method, layout, seeds, out_dir, bases, message):
+    """Per input (None for the base), the memory-mapped statistics a data-aware method reads."""
+    if method.statistics is None:
+        return None
+    models = [k for k, p in enumerate(layout.paths) if not layout._is_base(k)]
+    files = for_models(
+        cfg.statistics,
+        method.statistics,
+        [seeds[k] for k in models],
+        [layout.paths[k] for k in models],
+        out_dir,
+        bases,
+        message,
+    )
+    out = [None] * len(seeds)
+    for k, f in zip(models, files, strict=True):
+        out[k] = f
+    return out
+
+
+def run_merge(
+    cfg: MergeConfig, out_dir: Path, bases: list[Path], progress=None, message=None
+) -> dict:
+    """Merge as ``cfg`` says into ``out_dir``; returns a summary (tensors, bytes, seconds).
+
+    ``message(text)`` is told about the statistics pass of data-aware methods.
+    """
     t0 = time.perf_counter()
     method = get_merge_method(cfg.method)
     compute = DTYPES[cfg.dtype] if cfg.dtype else None
@@ -176,6 +202,7 @@ def run_merge(cfg: MergeConfig, out_dir: Path, bases: list[Path], progress=None)
     seeds = [SeedModel(_resolve_path(p, bases)) for p in layout.paths]
     try:
         plan = _plan(cfg, layout, seeds, layout.paths)
+        stats = _statistics(cfg, method, layout, seeds, out_dir, bases, message)
         extra = tokenizer_files(cfg.tokenizer_source, seeds, layout.paths, bases)
         first = seeds[layout.slices[0][0][0]]
 
@@ -191,7 +218,7 @@ def run_merge(cfg: MergeConfig, out_dir: Path, bases: list[Path], progress=None)
         ]
         total = 0
 
-        def merge_one(i: int, tensor: PlannedTensor, tensors: list) -> torch.Tensor:
+        def merge_one(i: int, tensor: PlannedTensor, tensors: list, data: dict) -> torch.Tensor:
             files = [seeds[m].file_of(n) for m, n in tensor.sources]
             check_inputs(tensors, tensor.name, files)  # here, so the checks run in parallel too
             base_pos = layout.has_base[tensor.slice]
@@ -200,7 +227,7 @@ def run_merge(cfg: MergeConfig, out_dir: Path, bases: list[Path], progress=None)
             g, m = _params_for(cfg, method, layout, tensor, base_pos)
             gen = torch.Generator().manual_seed(key(cfg.seed, i)) if method.random else None
             try:
-                return method(base, models, m, g, gen)
+                return method(base, models, m, g, gen, **data)
             except ValueError as exc:
                 raise EvomergeError(f"{cfg.method} on tensor '{tensor.name}': {exc}") from None
 
@@ -224,8 +251,16 @@ def run_merge(cfg: MergeConfig, out_dir: Path, bases: list[Path], progress=None)
                 for i, tensor in enumerate(plan):
                     tensors = [seeds[m].get(n, dtype=compute) for m, n in tensor.sources]
                     total += sum(seeds[m].nbytes(n) for m, n in tensor.sources)
-                    pending.append((tensor, pool.submit(merge_one, i, tensor, tensors)))
-                    del tensors
+                    data = {}
+                    if stats is not None:  # read here, beside the tensors, not in the pool
+                        base_pos = layout.has_base[tensor.slice]
+                        data["statistics"] = [
+                            stats[s].get(n)
+                            for k, (s, n) in enumerate(tensor.sources)
+                            if k != base_pos
+                        ]
+                    pending.append((tensor, pool.submit(merge_one, i, tensor, tensors, data)))
+                    del tensors, data
                     while len(pending) >= max(1, threads):
                         write_oldest()
                 while pending:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigError
 from .operators import get_merge_method
+from .statistics import StatisticsSource
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ParamValue = float | bool | list[float] | list[dict[str, Any]] | dict[str, Any]
@@ -82,6 +83,9 @@ class MergeConfig(_Strict):
     )
     seed: int = Field(0, description="Seed of random methods (DARE).")
     max_shard_size: str = Field("5GB", description="Largest output shard, e.g. 2GB, 500MB.")
+    statistics: StatisticsSource | None = Field(
+        None, description="Data of the data-aware methods (fisher, regmean): a fitness plug-in."
+    )
 
     @field_validator("dtype", "out_dtype")
     @classmethod
@@ -125,6 +129,7 @@ _MERGEKIT_KEYS = {
     "out_dtype",
     "tokenizer_source",
     "random_seed",
+    "statistics",
 }
 
 
@@ -155,7 +160,7 @@ def from_mergekit(raw: dict, source: str) -> dict:
         out["models"] = models
     if base is not None and takes_base:
         out["base"] = base
-    for key in ("dtype", "out_dtype", "tokenizer_source"):
+    for key in ("dtype", "out_dtype", "tokenizer_source", "statistics"):
         if raw.get(key) is not None:
             out[key] = raw[key]
     if raw.get("random_seed") is not None:
@@ -217,6 +222,26 @@ def load_merge_config(path: Path, raw: Any) -> MergeConfig:
     if cfg.method == "slerp" and (cfg.base is None or (cfg.models and len(cfg.models) != 1)):
         raise ConfigError(
             f"{source}: slerp merges two models: a base (t = 0) and one model (t = 1)"
+        )
+    if method.statistics is not None:
+        if cfg.statistics is None:
+            raise ConfigError(
+                f"{source}: statistics: {cfg.method} needs data; add a top-level block "
+                "'statistics: {plugin: fitness/x.py:Class, options: {...}, examples: [group per "
+                "model]}' naming the fitness plug-in whose examples the statistics come from"
+            )
+        if cfg.slices:
+            raise ConfigError(f"{source}: slices: {cfg.method} merges whole models; give models")
+        groups = cfg.statistics.examples
+        if groups is not None and len(groups) != len(cfg.models):
+            raise ConfigError(
+                f"{source}: statistics.examples: {len(groups)} entries for {len(cfg.models)} "
+                "models; give one example group per model, in the order of models"
+            )
+    elif cfg.statistics is not None:
+        raise ConfigError(
+            f"{source}: statistics: only data-aware methods (fisher, regmean) use it, not "
+            f"{cfg.method}; remove it"
         )
     takes_base = method.needs_base or method.optional_base or cfg.method == "slerp"
     for i, entry in enumerate(cfg.slices or []):

@@ -5,7 +5,9 @@ the names and defaults of its parameters. ``MERGE_METHODS`` holds the built-in o
 mergekit's names (``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``,
 ``breadcrumbs``, ``breadcrumbs_ties``, ``slerp``, ``della``, ``della_linear``,
 ``model_stock``, ``nuslerp``, ``multislerp``, ``karcher``, ``sce``, ``nearswap``,
-``passthrough``) plus M2N2's ``region_crossover``; add your own without editing the package::
+``passthrough``) plus M2N2's ``region_crossover`` and the data-aware ``fisher`` and ``regmean``
+(:mod:`~evomerge.merge.data_aware`, whose statistics come from a pass over a fitness plug-in's
+examples, :mod:`~evomerge.merge.statistics`); add your own without editing the package::
 
     from evomerge.merge.operators import MergeMethod, register_merge_method
 
@@ -51,7 +53,13 @@ sce                -                                           select_topk=1, in
 nearswap           -                                           t
 passthrough        scale=1                                     -
 region_crossover   -                                           offset=0, split, w, omega
+fisher             weight=1                                    fisher_floor=1e-6
+regmean            weight=1                                    alpha=0.9
 =================  ==========================================  ==================================
+
+fisher and regmean take ``statistics`` (per model, this tensor's diagonal Fisher or its layer's
+input Gram matrix) besides the tensors; ``MergeMethod.statistics`` names the kind they need
+(``"fisher"`` or ``"gram"``), which the merge engine and recipe searches compute or read.
 
 della/della_linear (:mod:`~evomerge.merge.della`) are task-vector methods with DELLA's
 rank-dependent drops; model_stock, nuslerp, multislerp and karcher
@@ -101,6 +109,7 @@ from types import MappingProxyType
 
 import torch
 
+from .data_aware import fisher, regmean
 from .della import della_magprune
 from .interpolation import linear, region_crossover, slerp
 from .pointwise import nearswap, passthrough
@@ -117,7 +126,8 @@ class MergeMethod:
     completed with their defaults; ``model_params`` has one dict per model in ``models``.
     Defaults of ``None`` mark required parameters. ``random`` methods draw from ``generator``.
     ``optional_base`` methods use a base when one is given (task vectors against it) and work
-    without one too.
+    without one too. ``statistics`` methods (``"fisher"``, ``"gram"``) also receive, per model,
+    that kind of statistic for the tensor (or None where there is none) as ``statistics=``.
     """
 
     name: str
@@ -127,6 +137,7 @@ class MergeMethod:
     params: Mapping[str, float | bool | None]
     random: bool = False
     optional_base: bool = False
+    statistics: str | None = None
 
     def __post_init__(self):
         # Read-only copies: a caller mutating its dict must not change a registered method.
@@ -140,6 +151,7 @@ class MergeMethod:
         model_params: Sequence[Mapping] | None = None,
         params: Mapping | None = None,
         generator: torch.Generator | None = None,
+        statistics: Sequence[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """Fill defaults, refuse missing/unknown parameters and mismatched shapes, then merge."""
         models = list(models)
@@ -156,7 +168,10 @@ class MergeMethod:
             _fill(self.model_params, mp, f"{self.name}: model {i}")
             for i, mp in enumerate(model_params)
         ]
-        return self.fn(base, models, filled, _fill(self.params, params or {}, self.name), generator)
+        params = _fill(self.params, params or {}, self.name)
+        if self.statistics is None:
+            return self.fn(base, models, filled, params, generator)
+        return self.fn(base, models, filled, params, generator, statistics=statistics)
 
 
 MERGE_METHODS: dict[str, MergeMethod] = {}
@@ -249,6 +264,10 @@ for _method in (
     MergeMethod("sce", sce, True, {}, {"select_topk": 1.0, "int8_mask": False}),
     MergeMethod("nearswap", nearswap, True, {}, {"t": None}),
     MergeMethod("passthrough", passthrough, False, {"scale": 1.0}, {}),
+    MergeMethod(
+        "fisher", fisher, False, {"weight": 1.0}, {"fisher_floor": 1e-6}, statistics="fisher"
+    ),
+    MergeMethod("regmean", regmean, False, {"weight": 1.0}, {"alpha": 0.9}, statistics="gram"),
 ):
     register_merge_method(_method)
 del _method

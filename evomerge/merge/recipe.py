@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..search.keys import key
 from .operators import get_merge_method
+from .statistics import SearchStatistics
 
 DEFAULT_LAYER_PATTERN = r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)"
 DEFAULT_KINDS = {
@@ -109,6 +110,9 @@ class RecipeSection(_Section):
     )
     groups: GroupSpec = GroupSpec()
     seed: int = Field(0, description="Seed of random operators (DARE) when materialising.")
+    statistics: SearchStatistics | None = Field(
+        None, description="Data-aware methods (fisher, regmean): the examples of each seed."
+    )
 
     @model_validator(mode="after")
     def _check_method(self):
@@ -121,6 +125,11 @@ class RecipeSection(_Section):
                 )
         if method.needs_base and self.base is None:
             raise ValueError(f"{self.method} merges task vectors: set recipe.base (a seed index)")
+        if method.statistics is not None and self.statistics is None:
+            raise ValueError(
+                f"statistics: {self.method} needs data; set recipe.statistics: {{examples: "
+                "[one example group per merged seed]}} (the plug-in's example_groups())"
+            )
         return self
 
 
@@ -145,6 +154,14 @@ class RecipeSpace:
             self.genes += [(group, p, m) for p in per_model for m in range(len(self.models))]
             self.genes += [(group, p, None) for p in per_global]
         self.dim = len(self.genes)
+        #: per layout tensor, each merged model's statistic (data-aware methods), or None
+        self.statistics: list[list[torch.Tensor | None]] | None = None
+
+    def attach_statistics(self, per_model: Sequence[dict[str, torch.Tensor]]) -> None:
+        """Give a data-aware method each merged model's statistics, keyed by tensor name."""
+        if len(per_model) != len(self.models):
+            raise ValueError(f"statistics for {len(per_model)} models, {len(self.models)} merged")
+        self.statistics = [[d.get(name) for d in per_model] for name, _ in self.layout]
 
     def _group(self, name: str) -> str:
         spec = self.section.groups
@@ -191,7 +208,11 @@ class RecipeSpace:
         gen = None
         if self.method.random:
             gen = torch.Generator().manual_seed(key(self.section.seed, index))
-        return self.method(base, models, recipe[group]["models"], recipe[group]["params"], gen)
+        extra = {}
+        if self.method.statistics is not None:
+            extra["statistics"] = None if self.statistics is None else self.statistics[index]
+        mp, gp = recipe[group]["models"], recipe[group]["params"]
+        return self.method(base, models, mp, gp, gen, **extra)
 
     def materialize(self, seeds: torch.Tensor, genes: Sequence[float]) -> torch.Tensor:
         """The merged flat parameter vector of one recipe over ``(K, N)`` flat seeds."""

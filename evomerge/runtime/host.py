@@ -176,13 +176,33 @@ class FitnessHost:
                 self.recipe = ResidentRecipe(section, layout, store, tensors)
                 self.resident = tensors
                 self.space = self.recipe.space
+                self._recipe_statistics(self.fitness, store, self.recipe.bounds)
                 return
             seeds = self.make_seeds(recipe["count"], recipe["seed"], recipe["options"])
             self.fitness = RecipeFitness(self.fitness, section, torch.from_numpy(seeds))
+            self._recipe_statistics(self.fitness.inner, None, self.fitness.seeds)
         except ValueError as exc:
             raise PluginError(f"recipe: {exc}", exit_code=2) from None
         self.space = self.fitness.space
         self.fitness.setup(self.device)
+
+    def _recipe_statistics(self, plugin, store, seeds) -> None:
+        """Data-aware recipes: each merged seed's statistics, computed once at set-up."""
+        from ..merge.statistics import per_seed
+
+        space = self.recipe.space if self.recipe is not None else self.fitness.space
+        kind = space.method.statistics
+        if kind is None:
+            return
+        if store is None:  # dense seeds (K, N)
+            flats = [seeds[m].float() for m in space.models]
+        else:  # mapped seeds: one tensor at a time into one flat vector, when it is needed
+
+            def flat(m):
+                return lambda: torch.cat([store.piece(m, a, b).float() for a, b in seeds])
+
+            flats = [flat(m) for m in space.models]
+        space.attach_statistics(per_seed(plugin, kind, space.section.statistics, flats))
 
     def _call(self, method, *args, **kwargs):
         try:
