@@ -79,6 +79,29 @@ def test_lineage_children_stay_exact_mixes_and_the_state_round_trips():
     assert all(x == y for x, y in zip(a.params, b.params, strict=True))
 
 
+def test_keep_sum_steps_leave_every_region_coefficient_sum_unchanged():
+    seeds = torch.randn(3, 60, generator=torch.Generator().manual_seed(1))
+    space = LineageSpace.from_seeds(seeds)
+    scores = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    sums = {}
+    for keep in (False, True):
+        cfg = M2N2Config(
+            archive_size=4,
+            space="lineage",
+            crossover=False,  # a child is its parent plus the step: sums start at exactly 1
+            adaptive_mutation={"sigma0": 0.3, "keep_sum": keep},
+        )
+        s = M2N2(cfg, seed=5)
+        s.use_space(space)
+        kids = s.ask(s.init(space.seed_genomes(), scores), 6)
+        for y in kids.steps:
+            row_sums = y.sum(dim=1)
+            assert torch.allclose(row_sums, torch.zeros_like(row_sums), atol=1e-12) == keep
+        sums[keep] = [torch.tensor(c.coeffs).sum(dim=1) for c in kids.params]
+    assert all(torch.allclose(x, torch.ones_like(x), atol=1e-12) for x in sums[True])
+    assert any((x - 1).abs().max() > 0.05 for x in sums[False])  # without it the sums wander
+
+
 def test_sep_cmaes_rates_are_cmas_defaults():
     r = _Rates.of(19210, None)
     assert r.lam == 4 + int(3 * math.log(19210)) == 33

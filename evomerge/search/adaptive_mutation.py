@@ -58,6 +58,11 @@ class AdaptiveMutationConfig(BaseModel):
     diagonal: bool | None = Field(
         None, description=f"Diagonal covariance; null: when more than {FULL_COVARIANCE_LIMIT} dims."
     )
+    keep_sum: bool = Field(
+        False,
+        description="Steps keep each row's sum (lineage space: a region's seed coefficients), "
+        "so a mutant is never a rescaled model.",
+    )
 
 
 @dataclass(frozen=True)
@@ -108,12 +113,21 @@ def c_mu(dim: int, mu: int, diagonal: bool) -> float:
     return min(1.0, max(rate, 0.0))
 
 
-def sample(state: MutationState, rows: int, gen: torch.Generator) -> torch.Tensor:
-    """``(rows, D)`` float64 steps ``y ~ N(0, C)`` (before scaling by ``sigma``)."""
+def sample(
+    state: MutationState, rows: int, gen: torch.Generator, keep_sum: bool = False
+) -> torch.Tensor:
+    """``(rows, D)`` float64 steps ``y ~ N(0, C)`` (before scaling by ``sigma``).
+
+    ``keep_sum`` projects each row onto the plane where its entries sum to zero: in lineage
+    space an isotropic step also moves the sum of a region's seed coefficients, which scales
+    every weight of the region (norms and embeddings too) and breaks a pre-trained model long
+    before the step finds a better direction (``add + reverse - base`` sums to 1, as a seed does).
+    """
     z = torch.randn(rows, state.dim, generator=gen, dtype=torch.float64)
-    if state.diagonal:
-        return z * state.cov.sqrt()
-    return z @ torch.linalg.cholesky(state.cov).T
+    y = z * state.cov.sqrt() if state.diagonal else z @ torch.linalg.cholesky(state.cov).T
+    if keep_sum:
+        y = y - y.mean(dim=1, keepdim=True)
+    return y
 
 
 def update(

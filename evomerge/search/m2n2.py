@@ -182,7 +182,8 @@ class M2N2:
             if cfg.mutation_std > 0:
                 child = space.mutate(child, cfg.mutation_std, gen)
             if state.mutation is not None:
-                y = am.sample(state.mutation, space.mutation_shape(child)[0], gen)
+                count = space.mutation_shape(child)[0]
+                y = am.sample(state.mutation, count, gen, cfg.adaptive_mutation.keep_sum)
                 child = space.add_step(child, state.mutation.sigma * y)
                 steps.append(y)
             rows.append(child)
