@@ -66,8 +66,10 @@ class RunData:
             for key in keys:
                 value = value.get(key) if isinstance(value, dict) else None
             at = rec.get("evaluations", 0)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and (
-                isinstance(at, (int, float)) and not isinstance(at, bool)
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and (isinstance(at, (int, float)) and not isinstance(at, bool))
             ):
                 xs.append(at)
                 ys.append(float(value))
