@@ -281,12 +281,13 @@ class CausalLM(Fitness):
                 raise ValueError(f"example id {i} is not in 0..{self.num_examples - 1}")
         return out
 
-    def _padded(self, examples):
-        seqs = [e.prefix + e.answer for e, _ in examples]
+    def _padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, attention mask)`` on the device, right-padded: real tokens keep positions
+        ``0..len-1``, as teacher forcing scores them."""
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, seq in enumerate(seqs):  # right padding, as teacher forcing scores
+        for r, seq in enumerate(seqs):
             ids[r, : len(seq)] = torch.tensor(seq)
             mask[r, : len(seq)] = 1
         return ids.to(self.device), mask.to(self.device)
@@ -297,7 +298,7 @@ class CausalLM(Fitness):
 
         examples = self._examples(example_ids)
         tensors = split(params.to(self.device, self.dtype), self.layout)
-        ids, mask = self._padded(examples)
+        ids, mask = self._padded([e.prefix + e.answer for e, _ in examples])
         logits = torch.func.functional_call(
             self.model, tensors, (), {"input_ids": ids, "attention_mask": mask}
         ).logits
@@ -316,25 +317,14 @@ class CausalLM(Fitness):
     @torch.no_grad()
     def linear_inputs(self, params: torch.Tensor, example_ids: torch.Tensor):
         """``{weight name: (tokens, in)}`` inputs of each linear layer on the examples."""
+        from evomerge.merge.statistics import linear_layer_inputs
+
         self._load(params.reshape(-1))
+        ids, mask = self._padded([e.prefix + e.answer for e, _ in self._examples(example_ids)])
         names = {n for n, _ in self.layout}
-        ids, mask = self._padded(self._examples(example_ids))
-        keep = mask.bool()
-        found: dict[str, torch.Tensor] = {}
-        hooks = []
-        for name, module in self.model.named_modules():
-            if isinstance(module, torch.nn.Linear) and f"{name}.weight" in names:
-
-                def hook(mod, inputs, output, key=f"{name}.weight"):
-                    found[key] = inputs[0][keep].float()
-
-                hooks.append(module.register_forward_hook(hook))
-        try:
-            self.model(input_ids=ids, attention_mask=mask)
-        finally:
-            for h in hooks:
-                h.remove()
-        return found
+        return linear_layer_inputs(
+            self.model, names, mask.bool(), lambda: self.model(input_ids=ids, attention_mask=mask)
+        )
 
     # --- scoring --------------------------------------------------------------------------
 
@@ -354,15 +344,8 @@ class CausalLM(Fitness):
         """Per example, ``(len(answer) + 1, vocab)`` next-token log-probabilities: after each
         of the prefix's last token and the answer's tokens (the last row: after the answer)."""
         seqs = [e.prefix + e.answer for e in batch]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):  # right padding: real tokens keep positions 0..len-1
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
-        logits = self.model(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-        ).logits
+        ids, mask = self._padded(seqs)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
         return [
             torch.log_softmax(logits[r, len(e.prefix) - 1 : len(s)].float(), dim=-1)
             for r, (e, s) in enumerate(zip(batch, seqs, strict=True))

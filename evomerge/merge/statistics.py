@@ -128,6 +128,27 @@ def split(flat: torch.Tensor, layout) -> dict[str, torch.Tensor]:
     return {name: t.view(shape) for (name, shape), t in zip(layout, parts, strict=True)}
 
 
+def linear_layer_inputs(model, names, keep: torch.Tensor, forward) -> dict[str, torch.Tensor]:
+    """``{"<module>.weight": (tokens, in)}``: the float32 inputs of every ``nn.Linear`` of
+    ``model`` whose weight is in ``names``, at the positions ``keep`` marks, over one call of
+    ``forward()`` (forward hooks, removed afterwards even if the call raises)."""
+    found: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and f"{name}.weight" in names:
+
+            def hook(mod, inputs, output, key=f"{name}.weight"):
+                found[key] = inputs[0][keep].float()
+
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        forward()
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
 def fisher_diagonal(plugin, params: torch.Tensor, ids: torch.Tensor, batch_size: int = 1):
     """The empirical diagonal Fisher of ``params`` over examples ``ids`` (flat, float32)."""
     p = params.detach().to(torch.float32).clone().requires_grad_(True)
