@@ -174,7 +174,7 @@ def test_export_a_dense_member_and_refuse_unknown_ones(lm_dir, tmp_path, capsys)
         [{"train": str(lm_dir / "add.jsonl"), "metric": "likelihood"}],
         budget={"evaluations": 8},
         checkpoint_every=8,
-        strategy={"name": "m2n2", "archive_size": 4},
+        strategy={"name": "m2n2", "archive_size": 12},  # room for all: no seed is displaced
     )
     assert main(["export", str(run), "--member", "1", "--out", str(tmp_path / "m1"), "-q"]) == 0
     exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m1")

@@ -93,7 +93,7 @@ def make_fitness(tmp_path, kind, eos_ids=None, template=None, **task):
     return fit
 
 
-def memorise(fit, tail: list[int], steps=120):
+def memorise(fit, tail: list[int], steps=300):
     """Train the fitness's own model on prefix + answer + ``tail`` (what a fine-tune sees)."""
     rows = [(e.prefix, e.answer + tail) for e in fit.tasks[0].train_tok]
     width = max(len(p) + len(a) for p, a in rows)

@@ -99,8 +99,9 @@ def test_load_into_a_bf16_model_from_bf16_seeds(lm_dir, bf16_dir):
     load_into(genome, store, fit.resident_tensors())
     loaded = torch.cat([p.detach().reshape(-1).float() for p in fit.resident_tensors()])
     exact = genome.materialize(store.read)  # float64 mix of the same bf16 values
-    # one bf16 rounding of the float32 mix: within half a bf16 ulp, plus float32 noise
-    assert torch.all(torch.abs(loaded - exact) <= exact.abs() * 2.0**-8 + 1e-30)
+    # one bf16 rounding of the float32 mix: within half a bf16 ulp, plus float32 noise (which
+    # is absolute where the terms cancel: weights are ~0.1, float32 steps ~1e-8 there)
+    assert torch.all(torch.abs(loaded - exact) <= exact.abs() * 2.0**-8 + 1e-7)
 
 
 def test_host_scores_lineages_in_place_like_the_flat_path(lm_dir, monkeypatch):

@@ -40,8 +40,9 @@ def add_task(n=8):
     return [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in pairs]
 
 
-def train(model, tok, examples, steps=150):
-    """Memorise ``examples`` (answer and end token) with Adam: a stand-in for a fine-tune."""
+def train(model, tok, examples, steps, lr):
+    """Fit ``examples`` (answer and end token) with Adam, in float64 so the result is the same
+    on every CPU's kernels: a stand-in for pre-training or a fine-tune."""
     rows = []
     for e in examples:
         p = tok(e["prompt"])["input_ids"]
@@ -53,12 +54,13 @@ def train(model, tok, examples, steps=150):
     for r, (p, a) in enumerate(rows):
         ids[r, : len(p) + len(a)] = torch.tensor(p + a)
         labels[r, len(p) : len(p) + len(a)] = torch.tensor(a)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.double()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad()
         model(input_ids=ids, labels=labels).loss.backward()
         opt.step()
-    return model
+    return model.float()
 
 
 @pytest.fixture(scope="session")
@@ -87,11 +89,15 @@ def make_lm_dir(root):
     )
     torch.manual_seed(0)
     base = transformers.LlamaForCausalLM(cfg)
+    # a base that half knows both tasks, and experts fine-tuned from it (small task vectors, as
+    # from a pre-trained model): each expert knows its task and forgets the other's, and
+    # merges of the two can know both
+    train(base, tok, reverse_task() + add_task(), steps=40, lr=1e-2)
     init = {k: v.clone() for k, v in base.state_dict().items()}
     base.save_pretrained(root / "base")
     for name, task in (("reverse", reverse_task()), ("add", add_task())):
         base.load_state_dict(init)
-        train(base, tok, task).save_pretrained(root / name)
+        train(base, tok, task, steps=60, lr=3e-3).save_pretrained(root / name)
         (root / f"{name}.jsonl").write_text("\n".join(json.dumps(e) for e in task))
     for folder in ("base", "reverse", "add"):
         for f in (root / "tok").iterdir():
