@@ -55,7 +55,7 @@ VARIANTS = [
 
 def raw_config(setting: str, config: str, overrides: list[str]) -> tuple[dict, list[str]]:
     """The raw config mapping and the ``--set`` overrides of one variant."""
-    from evomerge.config import read_yaml
+    from evomerge.run.config import read_yaml
 
     raw = read_yaml(ROOT / "configs" / config)
     sets = [o for o in overrides if "=" in o]
@@ -71,9 +71,9 @@ def run_one(job: tuple) -> dict:
     label, setting, config, overrides, seed = job
     import torch
 
-    from evomerge.config import apply_overrides, validate
-    from evomerge.search import loop
-    from evomerge.search.rundir import RunDir
+    from evomerge.run import loop
+    from evomerge.run.config import apply_overrides, validate
+    from evomerge.run.rundir import RunDir
 
     torch.set_num_threads(1)
     raw, sets = raw_config(setting, config, overrides)

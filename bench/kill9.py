@@ -193,7 +193,7 @@ def compare(a: Path, b: Path) -> list[str]:
     """Differences between two run directories' results (empty: identical)."""
     from safetensors.torch import load_file
 
-    from evomerge.search import checkpoint
+    from evomerge.run import checkpoint
 
     diffs = []
     ca, cb = (checkpoint.list_checkpoints(r / "checkpoints")[-1] for r in (a, b))

@@ -17,9 +17,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from evomerge.config import apply_overrides, read_yaml, validate
-from evomerge.search import loop
-from evomerge.search.rundir import RunDir
+from evomerge.run import loop
+from evomerge.run.config import apply_overrides, read_yaml, validate
+from evomerge.run.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
@@ -72,7 +72,7 @@ def brute_force_slerp(points: int = 10_000) -> dict:
     evenly spaced t, the best by train accuracy reported on the test set."""
     import torch
 
-    from evomerge.genome.dense import slerp
+    from evomerge.ops.vectors import slerp
     from evomerge.runtime.host import FitnessHost
 
     host = FitnessHost(f"{ROOT / 'fitness/digits.py'}:Digits", {})

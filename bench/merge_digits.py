@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from evomerge.config import apply_overrides, read_yaml, validate
-from evomerge.genome.dense import slerp
-from evomerge.merge.recipe import RecipeSection, RecipeSpace
+from evomerge.ops.vectors import slerp
+from evomerge.run import loop
+from evomerge.run.config import apply_overrides, read_yaml, validate
+from evomerge.run.rundir import RunDir
 from evomerge.runtime.host import FitnessHost
-from evomerge.search import loop
-from evomerge.search.rundir import RunDir
+from evomerge.spaces.recipe import RecipeSection, RecipeSpace
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = f"{ROOT / 'fitness/digits.py'}:Digits"

@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from merge_digits import PAIRS, PLUGIN, search, seeds_of  # noqa: E402
 
-from evomerge.merge.recipe import RecipeSection, RecipeSpace  # noqa: E402
-from evomerge.merge.statistics import per_seed  # noqa: E402
+from evomerge.ops.statistics import per_seed  # noqa: E402
 from evomerge.runtime.host import FitnessHost  # noqa: E402
+from evomerge.spaces.recipe import RecipeSection, RecipeSpace  # noqa: E402
 
 
 def accuracies(digits, params: torch.Tensor) -> dict[str, float]:

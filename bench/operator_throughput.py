@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from evomerge.merge.operators import get_merge_method
+from evomerge.ops.operators import get_merge_method
 
 CASES = {
     "linear": ([{"weight": 0.5}] * 2, {}),

@@ -58,7 +58,7 @@ def main() -> None:
     import torch
     from safetensors.torch import load_file
 
-    from evomerge.merge.operators import get_merge_method
+    from evomerge.ops.operators import get_merge_method
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "masks.safetensors"

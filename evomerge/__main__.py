@@ -1,5 +1,5 @@
 import sys
 
-from .interface.cli import main
+from evomerge.interface.cli import main
 
 sys.exit(main())

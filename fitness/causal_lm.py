@@ -183,7 +183,7 @@ class CausalLM(Fitness):
 
     def export_info(self) -> dict:
         """Config and tokenizer files of the first seed, its dtype, and the seed folders."""
-        from evomerge.merge.safetensors_io import SeedModel
+        from evomerge.tensors.safetensors_io import SeedModel
 
         first = SeedModel(self.seed_paths[0])
         try:
@@ -244,7 +244,7 @@ class CausalLM(Fitness):
 
     def make_seeds(self, count: int, seed: int) -> torch.Tensor:
         """The seed folders' weights as flat vectors, in the order of ``seeds``."""
-        from evomerge.merge.safetensors_io import SeedModel
+        from evomerge.tensors.safetensors_io import SeedModel
 
         if count != len(self.seed_paths):
             raise ValueError(f"seeds.count is {count} but {len(self.seed_paths)} folders are given")
@@ -294,7 +294,7 @@ class CausalLM(Fitness):
 
     def log_likelihoods(self, params: torch.Tensor, example_ids: torch.Tensor) -> torch.Tensor:
         """Teacher-forced ``log p(answer [+ end] | prompt)`` per example, differentiable."""
-        from evomerge.merge.statistics import split
+        from evomerge.ops.statistics import split
 
         examples = self._examples(example_ids)
         tensors = split(params.to(self.device, self.dtype), self.layout)
@@ -317,7 +317,7 @@ class CausalLM(Fitness):
     @torch.no_grad()
     def linear_inputs(self, params: torch.Tensor, example_ids: torch.Tensor):
         """``{weight name: (tokens, in)}`` inputs of each linear layer on the examples."""
-        from evomerge.merge.statistics import linear_layer_inputs
+        from evomerge.ops.statistics import linear_layer_inputs
 
         self._load(params.reshape(-1))
         ids, mask = self._padded([e.prefix + e.answer for e, _ in self._examples(example_ids)])

@@ -1,6 +1,6 @@
 """Layer stacking (data-flow space) of causal LMs as a fitness: genomes choose layers, not weights.
 
-Each candidate is a gene vector of :class:`evomerge.genome.dataflow.DataFlowSpace`: for each slot
+Each candidate is a gene vector of :class:`evomerge.spaces.dataflow.DataFlowSpace`: for each slot
 of a stacked model, which seed's decoder layer runs there (or none) and, optionally, a scale of
 that layer's residual updates. The seeds are model folders of one architecture (for the paper's
 combination of both spaces, one of them can be a parameter-space merge: a folder written by
@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from evomerge.genome.dataflow import DataFlowSpace, passthrough_doc
-from evomerge.merge.layer_stack import PER_LAYER_KEYS, is_scaled, write_stacked
-from evomerge.plugins import load_object
+from evomerge.core.plugins import load_object
+from evomerge.spaces.dataflow import DataFlowSpace, passthrough_doc
+from evomerge.tensors.layer_stack import PER_LAYER_KEYS, is_scaled, write_stacked
 
 # The sibling plug-in file (it must sit next to this one on every node that scores).
 CausalLM = load_object(f"{Path(__file__).resolve().with_name('causal_lm.py')}:CausalLM")
@@ -177,7 +177,7 @@ class DataFlowLM(CausalLM):
         return torch.stack([self.flow.seed_genome(k) for k in range(count)])
 
     def export_info(self) -> dict:
-        from evomerge.merge.safetensors_io import SeedModel
+        from evomerge.tensors.safetensors_io import SeedModel
 
         with SeedModel(self.seed_paths[self.base]) as first:
             dtype = str(first.dtype(first.names()[0])).removeprefix("torch.")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from evomerge.plugins import load_object
+from evomerge.core.plugins import load_object
 from evomerge.runtime.lm_text import Example, answer_text, stop_criteria, tokenize_example
 
 CausalLM = load_object(f"{Path(__file__).with_name('causal_lm.py')}:CausalLM")

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from evomerge.genome.lineage import Lineage
-from evomerge.genome.spaces import LineageSpace
 from evomerge.search import adaptive_mutation as am
 from evomerge.search.m2n2 import M2N2, M2N2Config
 from evomerge.search.sep_cmaes import SepCMAES, SepCMAESConfig, _Rates
+from evomerge.spaces.genomes import LineageSpace
+from evomerge.spaces.lineage import Lineage
 
 
 def test_rank_mu_update_by_the_numbers():

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from test_search import assert_same_archive
 
 from evomerge.interface.cli import main
-from evomerge.search import checkpoint
+from evomerge.run import checkpoint
 
 
 def run_cli(args, capsys):

@@ -16,10 +16,10 @@ from safetensors.torch import save_file
 from test_bad_input import _limited, one_line, run_cli
 from test_search import assert_same_archive
 
-from evomerge.config import validate
-from evomerge.errors import ConfigError
+from evomerge.core.errors import ConfigError
 from evomerge.interface.cli import main
-from evomerge.search import checkpoint
+from evomerge.run import checkpoint
+from evomerge.run.config import validate
 
 SMALL = str(PLUGINS / "bad.py:Small")
 
@@ -93,7 +93,7 @@ def test_a_stale_lock_whose_pid_is_another_live_process(tmp_path, write_config, 
 
 def test_run_into_a_directory_being_written(tmp_path, write_config, capsys):
     """While one process holds a run directory, 'run --out' there is refused too."""
-    from evomerge.search.rundir import RunDir
+    from evomerge.run.rundir import RunDir
 
     out = tmp_path / "run"
     with RunDir(out).writer(create=True):  # another open file: refused even in this process

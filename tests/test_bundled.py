@@ -8,11 +8,11 @@ import json
 import pytest
 from conftest import ROOT, base_config
 
-from evomerge import bundled
-from evomerge.config import load_config
-from evomerge.errors import ConfigError
+from evomerge.core import bundled
+from evomerge.core.errors import ConfigError
+from evomerge.core.plugins import load_object, resolve_spec
 from evomerge.interface.cli import main
-from evomerge.plugins import load_object, resolve_spec
+from evomerge.run.config import load_config
 
 DIGITS_FILE = f"{ROOT / 'fitness' / 'digits.py'}:Digits"
 

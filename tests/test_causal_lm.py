@@ -9,8 +9,8 @@ import yaml
 from conftest import ROOT
 from safetensors.torch import load_file
 
+from evomerge.core.plugins import load_object
 from evomerge.interface.cli import main
-from evomerge.plugins import load_object
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

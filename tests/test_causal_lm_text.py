@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from evomerge.plugins import load_object
+from evomerge.core.plugins import load_object
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

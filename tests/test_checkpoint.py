@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from evomerge.errors import RunDirError
-from evomerge.search import checkpoint
+from evomerge.core.errors import RunDirError
+from evomerge.run import checkpoint
 
 
 def save(root, evaluations, keep_last=5):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from evomerge.genome.dense import mutate, slerp, split_slerp
+from evomerge.ops.vectors import mutate, slerp, split_slerp
 
 A = torch.tensor([1.0, 2.0, 3.0, 4.0, -1.0])
 B = torch.tensor([4.0, -3.0, 2.0, 1.0, 0.5])

@@ -11,10 +11,10 @@ import yaml
 from conftest import DIGITS, ROOT
 from safetensors.torch import load_file, save_file
 
+from evomerge.core.plugins import load_object
 from evomerge.interface.cli import main
-from evomerge.merge.operators import MERGE_METHODS, get_merge_method
-from evomerge.merge.statistics import compute, fisher_diagonal, gram_matrices, split
-from evomerge.plugins import load_object
+from evomerge.ops.operators import MERGE_METHODS, get_merge_method
+from evomerge.ops.statistics import compute, fisher_diagonal, gram_matrices, split
 
 T = torch.tensor
 
@@ -344,8 +344,8 @@ def test_cmaes_recipe_search_with_fisher_weights(tmp_path):
 
 
 def test_recipe_space_hands_each_tensor_its_statistics():
-    from evomerge.merge.recipe import RecipeSection, RecipeSpace
-    from evomerge.merge.statistics import per_seed
+    from evomerge.ops.statistics import per_seed
+    from evomerge.spaces.recipe import RecipeSection, RecipeSpace
 
     m = Softmax()
     section = RecipeSection(

@@ -7,9 +7,9 @@ import torch
 import yaml
 from conftest import ROOT
 
-from evomerge.genome.dataflow import DataFlowSpace, Slot, contiguous_runs, passthrough_doc
+from evomerge.core.plugins import load_object
 from evomerge.interface.cli import main
-from evomerge.plugins import load_object
+from evomerge.spaces.dataflow import DataFlowSpace, Slot, contiguous_runs, passthrough_doc
 
 transformers = pytest.importorskip("transformers")
 

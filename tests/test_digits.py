@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from evomerge.plugins import load_object
+from evomerge.core.plugins import load_object
 
 # loaded as users name it (a file plug-in), not by putting fitness/ on sys.path, where its
 # lm_eval.py would shadow the lm-eval package for every later test

@@ -11,8 +11,8 @@ import sys
 
 from conftest import ROOT
 
-from evomerge.config_reference import config_reference
 from evomerge.interface.cli import main
+from evomerge.interface.config_reference import config_reference
 
 DOCS = ROOT / "docs"
 EXAMPLE = DOCS / "examples" / "csv"

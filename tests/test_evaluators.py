@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import DIGITS, PLUGINS
 
-from evomerge.errors import PluginError
+from evomerge.core.errors import PluginError
 from evomerge.runtime.local import LocalEvaluator
 from evomerge.runtime.ray_pool import RayEvaluator
 

@@ -2,9 +2,9 @@
 
 import torch
 
-from evomerge.merge.della import _stable_order
-from evomerge.merge.sce import _variance
-from evomerge.merge.task_vectors import _consensus_block
+from evomerge.ops.della import _stable_order
+from evomerge.ops.sce import _variance
+from evomerge.ops.task_vectors import _consensus_block
 
 
 def _bits(t):

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from evomerge.genome import dense
-from evomerge.genome.lineage import Lineage, SeedGram, combine, dense_reader, slerp, split_slerp
+from evomerge.ops import vectors as dense
+from evomerge.spaces.lineage import Lineage, SeedGram, combine, dense_reader, slerp, split_slerp
 
 K, N, CHUNK = 3, 10_007, 1_000
 

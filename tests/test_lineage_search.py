@@ -8,8 +8,8 @@ from conftest import DIGITS, base_config
 from safetensors.torch import load_file
 from test_search import assert_same_archive, final_state
 
-from evomerge.genome.lineage import Lineage, dense_reader
 from evomerge.interface.cli import main
+from evomerge.spaces.lineage import Lineage, dense_reader
 
 PRETRAINED = {"kind": "plugin", "count": 2, "options": {"steps": 10}}
 
@@ -40,7 +40,7 @@ def members(state: dict, seeds: torch.Tensor) -> dict[int, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def seeds():
-    from evomerge.plugins import load_object
+    from evomerge.core.plugins import load_object
 
     fit = load_object(DIGITS)()
     fit.setup(torch.device("cpu"))
@@ -89,9 +89,9 @@ def test_lineage_on_ray_equals_local(tmp_path, write_config, ray_local):
 
 def test_ray_workers_share_one_copy_of_the_seeds(ray_local):
     """The seeds sit once in the node's object store; each worker maps them read-only."""
-    from evomerge.config import validate
+    from evomerge.run.config import validate
+    from evomerge.run.loop import lineage_spec
     from evomerge.runtime import make_evaluator
-    from evomerge.search.loop import lineage_spec
 
     cfg = validate(
         config("lineage", evaluator={"kind": "ray", "workers": 2, "num_cpus": 1}), "test"

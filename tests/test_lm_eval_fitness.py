@@ -8,7 +8,7 @@ import yaml
 from conftest import ROOT
 from tiny_lm import add_task
 
-from evomerge.plugins import load_object
+from evomerge.core.plugins import load_object
 
 pytest.importorskip("transformers")
 pytest.importorskip("lm_eval")

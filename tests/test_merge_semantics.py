@@ -157,7 +157,7 @@ def test_tokenizer_source_accepted_for_one_vocabulary_refused_otherwise(tmp_path
     ],
 )
 def test_new_methods_merge_from_a_mergekit_yaml(tmp_path, seeds, method, models, params):
-    from evomerge.merge.operators import get_merge_method
+    from evomerge.ops.operators import get_merge_method
 
     m = get_merge_method(method)
     cfg = mk(method, models, parameters=params, random_seed=3)

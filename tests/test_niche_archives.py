@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from evomerge.errors import EvomergeError
+from evomerge.core.errors import EvomergeError
 from evomerge.search.diversity import diversity
 from evomerge.search.m2n2 import Children
 from evomerge.search.niche_archives import (
@@ -165,7 +165,7 @@ def test_each_config_runs_and_resumes_exactly(tmp_path, name):
     from safetensors.torch import load_file
 
     from evomerge.interface.cli import main
-    from evomerge.search import checkpoint
+    from evomerge.run import checkpoint
 
     cfg = ROOT / "configs" / name
     sets = ["--set", "checkpoint_every=60", "--set", "history_every=60", "-q"]

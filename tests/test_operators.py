@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from evomerge.genome.dense import parent_angle, split_slerp
-from evomerge.merge.operators import (
+from evomerge.ops.operators import (
     MERGE_METHODS,
     MergeMethod,
     get_merge_method,
     register_merge_method,
 )
+from evomerge.ops.vectors import parent_angle, split_slerp
 
 T = torch.tensor
 GTA = ["task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties"]

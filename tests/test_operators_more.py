@@ -11,8 +11,8 @@ import torch
 from conftest import DIGITS
 
 from evomerge.interface.cli import main
-from evomerge.merge.operators import MERGE_METHODS, get_merge_method
-from evomerge.merge.task_vectors import _Draws16
+from evomerge.ops.operators import MERGE_METHODS, get_merge_method
+from evomerge.ops.task_vectors import _Draws16
 
 T = torch.tensor
 R2 = math.sqrt(0.5)

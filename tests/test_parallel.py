@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from evomerge.merge.parallel import for_each_tensor, one_op_thread
+from evomerge.tensors.parallel import for_each_tensor, one_op_thread
 
 
 def test_every_index_once_on_one_op_thread_each():

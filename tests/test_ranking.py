@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from evomerge.merge import op_support, ranking
-from evomerge.merge.operators import get_merge_method
+from evomerge.ops import op_support, ranking
+from evomerge.ops.operators import get_merge_method
 
 
 def reference_top(x: torch.Tensor, k: int) -> torch.Tensor:

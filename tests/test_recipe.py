@@ -10,11 +10,11 @@ from conftest import DIGITS
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from evomerge.config import validate
 from evomerge.interface.cli import main
-from evomerge.merge.recipe import GeneRange, RecipeSection, RecipeSpace
-from evomerge.search import loop
-from evomerge.search.rundir import RunDir
+from evomerge.run import loop
+from evomerge.run.config import validate
+from evomerge.run.rundir import RunDir
+from evomerge.spaces.recipe import GeneRange, RecipeSection, RecipeSpace
 
 LLM_LAYOUT = [
     ("model.embed_tokens.weight", (8, 4)),

@@ -14,7 +14,7 @@ from conftest import base_config
 
 from evomerge.interface.cli import main
 from evomerge.interface.report import make_report, mean_se, pareto_mask
-from evomerge.search import checkpoint
+from evomerge.run import checkpoint
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -9,12 +9,12 @@ import torch
 import yaml
 from conftest import ROOT
 
-from evomerge.errors import EvomergeError
-from evomerge.genome.lineage import Lineage, combine
-from evomerge.genome.seed_store import DenseSeeds, MappedSeeds, from_description, load_into
+from evomerge.core.errors import EvomergeError
+from evomerge.core.plugins import load_object
 from evomerge.interface.cli import main
-from evomerge.plugins import load_object
 from evomerge.runtime.host import FitnessHost
+from evomerge.spaces.lineage import Lineage, combine
+from evomerge.tensors.seed_store import DenseSeeds, MappedSeeds, from_description, load_into
 
 transformers = pytest.importorskip("transformers")
 PLUGIN = f"{ROOT}/fitness/causal_lm.py:CausalLM"
@@ -113,7 +113,7 @@ def test_host_scores_lineages_in_place_like_the_flat_path(lm_dir, monkeypatch):
     ids = np.array([15, 0, 3, 9])
     flat = FitnessHost(PLUGIN, options(lm_dir), lineage=spec)
     flat.resident = None  # the plug-in's flat-vector path
-    from evomerge.genome.spaces import LineageBatch
+    from evomerge.spaces.genomes import LineageBatch
 
     expected = flat.score(LineageBatch(genomes), ids)
     expected_metrics = flat.metrics(genomes[0])

@@ -5,13 +5,13 @@ import pytest
 import torch
 from test_resident_lineage import PLUGIN, bf16_dir, fitness, options  # noqa: F401
 
-from evomerge.contracts import Evaluator, ResidentModel, WorkerPool, resident_tensors
-from evomerge.genome.seed_store import DenseSeeds, DeviceSeeds, MappedSeeds
-from evomerge.merge.recipe import RecipeSection, RecipeSpace
+from evomerge.core.contracts import Evaluator, ResidentModel, WorkerPool, resident_tensors
 from evomerge.runtime import LocalEvaluator
 from evomerge.runtime.host import FitnessHost
-from evomerge.runtime.recipe_fitness import RecipeFitness
-from evomerge.runtime.resident import ResidentRecipe, on_device, seeds_fit
+from evomerge.spaces.recipe import RecipeSection, RecipeSpace
+from evomerge.spaces.recipe_fitness import RecipeFitness
+from evomerge.spaces.resident_recipe import ResidentRecipe, on_device, seeds_fit
+from evomerge.tensors.seed_store import DenseSeeds, DeviceSeeds, MappedSeeds
 
 transformers = pytest.importorskip("transformers")
 
@@ -96,7 +96,7 @@ def load_object_fitness(root):
 def test_contracts_say_who_has_a_resident_model(lm_dir):
     from conftest import DIGITS
 
-    from evomerge.plugins import load_object
+    from evomerge.core.plugins import load_object
 
     lm = fitness(lm_dir)
     assert isinstance(lm, ResidentModel) and resident_tensors(lm) == lm.params
@@ -146,8 +146,8 @@ def test_seeds_on_device_is_a_no_op_on_the_cpu(lm_dir):
 def test_seeds_on_device_is_validated_and_reaches_the_workers(kind, capsys):
     from conftest import DIGITS
 
-    from evomerge.config import validate
-    from evomerge.errors import ConfigError
+    from evomerge.core.errors import ConfigError
+    from evomerge.run.config import validate
     from evomerge.runtime import make_evaluator
 
     raw = {

@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from evomerge.errors import EvomergeError
-from evomerge.merge.safetensors_io import INDEX_NAME, SeedModel, ShardedWriter, check_seeds
+from evomerge.core.errors import EvomergeError
+from evomerge.tensors.safetensors_io import INDEX_NAME, SeedModel, ShardedWriter, check_seeds
 
 
 def model_tensors(scale: float = 1.0) -> dict[str, torch.Tensor]:

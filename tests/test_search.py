@@ -13,7 +13,7 @@ from conftest import PLUGINS, base_config
 from safetensors.torch import load_file
 
 from evomerge.interface.cli import main
-from evomerge.search import checkpoint
+from evomerge.run import checkpoint
 
 
 def final_state(run_dir):
@@ -147,8 +147,8 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, write_config, ray_local
 
 def test_where_a_run_is_scored_is_not_part_of_its_identity():
     """A checkpoint resumes on any evaluator, worker count or cluster; not across devices."""
-    from evomerge.config import validate
-    from evomerge.search.loop import config_digest
+    from evomerge.run.config import validate
+    from evomerge.run.loop import config_digest
 
     def digest(**evaluator):
         return config_digest(validate(base_config(evaluator=evaluator), "test"))

@@ -8,10 +8,10 @@ import json
 import pytest
 from conftest import base_config
 
-from evomerge.config import validate
 from evomerge.interface.cli import main
-from evomerge.search.loop import config_digest
-from evomerge.tracking import flatten
+from evomerge.run.config import validate
+from evomerge.run.loop import config_digest
+from evomerge.run.tracking import flatten
 
 
 def history(run):

@@ -40,7 +40,7 @@ def tasks_of(models: Path) -> list[dict]:
 
 
 def fitness(models: Path, seed: Path):
-    from evomerge.plugins import load_object
+    from evomerge.core.plugins import load_object
 
     cls = load_object(f"{ROOT}/fitness/causal_lm.py:CausalLM")
     fit = cls(seeds=[str(seed)], tasks=tasks_of(models), batch_size=48)

@@ -99,8 +99,8 @@ def make(out: Path, size: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from evomerge.merge.sharded_writer import ShardedWriter
     from evomerge.runtime.empty_init import parameters_on_meta
+    from evomerge.tensors.sharded_writer import ShardedWriter
 
     cfg = llama_config(size)
     with parameters_on_meta():
@@ -210,9 +210,9 @@ def child(root: Path, space: str, repeats: int, device: str = "cpu") -> dict:
     import numpy as np
     import torch
 
-    from evomerge.genome.lineage import Lineage, combine
-    from evomerge.genome.seed_store import DeviceSeeds
     from evomerge.runtime.host import FitnessHost
+    from evomerge.spaces.lineage import Lineage, combine
+    from evomerge.tensors.seed_store import DeviceSeeds
 
     torch.set_num_threads(2)
     sampler = AnonPeak()

@@ -41,8 +41,8 @@ def child(folder: str, mode: str, dtype: str, repeats: int) -> dict:
     import numpy as np
     import torch
 
-    from evomerge.genome.lineage import Lineage, combine
     from evomerge.runtime.host import FitnessHost
+    from evomerge.spaces.lineage import Lineage, combine
 
     torch.set_num_threads(2)
     root = Path(folder)
@@ -60,7 +60,7 @@ def child(folder: str, mode: str, dtype: str, repeats: int) -> dict:
     before = status()
     host = FitnessHost(f"{ROOT}/fitness/causal_lm.py:CausalLM", options, lineage=spec)
     if mode == "flat":
-        from evomerge.genome.seed_store import DenseSeeds
+        from evomerge.tensors.seed_store import DenseSeeds
 
         host.lineage_seeds = DenseSeeds(host.make_seeds(3, 0, {}))
         host.resident = None

@@ -13,15 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-from .. import __version__
-from ..config import join_cluster, load_config, validate
-from ..errors import EvomergeError, RunDirError
-from ..search import loop
-from ..search.rundir import RunDir
-from ..tracking import Trackers
-from .init_project import add_init_command
-from .look_commands import add_look_commands
-from .progress import Progress
+from evomerge import __version__
+from evomerge.core.errors import EvomergeError, RunDirError
+from evomerge.interface.init_project import add_init_command
+from evomerge.interface.look_commands import add_look_commands
+from evomerge.interface.progress import Progress
+from evomerge.run import loop
+from evomerge.run.config import join_cluster, load_config, validate
+from evomerge.run.rundir import RunDir
+from evomerge.run.tracking import Trackers
 
 EXIT_CODES = """exit codes:
   0    done
@@ -73,7 +73,7 @@ def _default_out(config_path: str, name: str | None) -> Path:
 
 
 def _finish(search, progress: Progress) -> int:
-    from .status import RunLock
+    from evomerge.interface.status import RunLock
 
     try:
         with RunLock(search):  # running.json: what 'evomerge status' and 'ls' read
@@ -101,7 +101,7 @@ def _finish(search, progress: Progress) -> int:
 def cmd_run(args) -> int:
     cfg = load_config(args.config, args.set or [], address=args.address)
     out = Path(args.out) if args.out else _default_out(args.config, cfg.name)
-    from ..runtime.ray_cluster import check_job_out
+    from evomerge.runtime.ray_cluster import check_job_out
 
     check_job_out(out)  # under 'ray job submit' a relative --out lands in Ray's cache
     run = RunDir(out)
@@ -120,7 +120,7 @@ def cmd_resume(args) -> int:
     run.read_config()  # refuses a folder that is not a run before locking anything in it
     with run.writer(create=False):
         cfg = validate(join_cluster(run.read_config(), args.address), str(run.path / "config.yaml"))
-        from .status import running_elsewhere
+        from evomerge.interface.status import running_elsewhere
 
         if running_elsewhere(run.path):
             raise RunDirError(
@@ -144,9 +144,9 @@ def cmd_resume(args) -> int:
 
 def cmd_merge(args) -> int:
     """One-shot merge from an evomerge or mergekit YAML into a safetensors folder."""
-    from ..config import read_yaml
-    from ..merge.engine import run_merge
-    from ..merge.merge_config import load_merge_config
+    from evomerge.merge.engine import run_merge
+    from evomerge.merge.merge_config import load_merge_config
+    from evomerge.run.config import read_yaml
 
     path = Path(args.config)
     cfg = load_merge_config(path, read_yaml(path))
@@ -176,7 +176,7 @@ def cmd_merge(args) -> int:
 
 def cmd_export(args) -> int:
     """Write one member of a run as a model folder (safetensors, index, config, recipe)."""
-    from ..search.export import export_member
+    from evomerge.run.export import export_member
 
     progress = Progress(quiet=args.quiet)
     progress.message(f"export {args.run_dir} member {args.member} -> {args.out}")

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import EvomergeError
+from evomerge.core.errors import EvomergeError
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 NEXT_STEPS = "next: cd {dir} && pytest && evomerge run search.yaml --out runs/first"

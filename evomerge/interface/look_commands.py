@@ -10,12 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .progress import Progress
+from evomerge.interface.progress import Progress
 
 
 def cmd_report(args) -> int:
     """Plots and one self-contained HTML page for one or more run directories."""
-    from .report import make_report
+    from evomerge.interface.report import make_report
 
     progress = Progress(quiet=args.quiet)
     progress.message(f"report on {len(args.run_dirs)} run(s)")
@@ -33,7 +33,7 @@ def cmd_status(args) -> int:
     """Where one run stands: state, progress, best so far, speed, workers, last checkpoint."""
     import json
 
-    from .status import format_status, painter, run_status
+    from evomerge.interface.status import format_status, painter, run_status
 
     info = run_status(args.run_dir)
     if args.json:
@@ -47,7 +47,7 @@ def cmd_ls(args) -> int:
     """The runs under a folder (default populations/) with their state."""
     import json
 
-    from .status import format_ls, list_runs, painter
+    from evomerge.interface.status import format_ls, list_runs, painter
 
     rows = list_runs(args.folder)
     if args.json:
@@ -59,7 +59,7 @@ def cmd_ls(args) -> int:
 
 def cmd_config_reference(args) -> int:
     """Write (or check) the configuration reference generated from the pydantic models."""
-    from ..config_reference import config_reference
+    from evomerge.interface.config_reference import config_reference
 
     text = config_reference()
     if args.check:

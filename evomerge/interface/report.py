@@ -22,11 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RunDirError
-from ..files import fsync_dir, temp_sibling
-from ..search import checkpoint as ckpt_mod
-from ..search.rundir import RunDir
-from .report_plots import (  # noqa: F401  (mean_se, pareto_mask: part of the report's API)
+from evomerge.core.errors import RunDirError
+from evomerge.core.files import fsync_dir, temp_sibling
+from evomerge.interface.report_plots import (  # noqa: F401  (mean_se, pareto_mask: part of the report's API)
     _pyplot,
     mean_se,
     pareto_mask,
@@ -37,6 +35,8 @@ from .report_plots import (  # noqa: F401  (mean_se, pareto_mask: part of the re
     plot_metrics,
     plot_pareto,
 )
+from evomerge.run import checkpoint as ckpt_mod
+from evomerge.run.rundir import RunDir
 
 
 @dataclass
@@ -104,7 +104,7 @@ def load_run(path: str | Path) -> RunData:
 
 
 def summary_rows(runs: list[RunData]) -> list[dict]:
-    from .status import run_state
+    from evomerge.interface.status import run_state
 
     rows = []
     for run in runs:

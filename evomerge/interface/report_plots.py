@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .report import RunData
+    from evomerge.interface.report import RunData
 
 MAX_HEATMAP_EXAMPLES = 2000  # wider score matrices are binned (columns averaged)
 

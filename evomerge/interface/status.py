@@ -21,11 +21,11 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import RunDirError
-from ..files import is_locked, pid_alive, write_atomic
-from ..search import checkpoint as ckpt_mod
-from ..search.rundir import CONFIG, RUN_LOCK, SUMMARY, RunDir
-from .progress import colour_enabled
+from evomerge.core.errors import RunDirError
+from evomerge.core.files import is_locked, pid_alive, write_atomic
+from evomerge.interface.progress import colour_enabled
+from evomerge.run import checkpoint as ckpt_mod
+from evomerge.run.rundir import CONFIG, RUN_LOCK, SUMMARY, RunDir
 
 LOCK = "running.json"
 HEARTBEAT_SECONDS = 5.0

@@ -7,7 +7,7 @@ magnitudes that fall in their sampled bracket, a small fraction of the tensor). 
 two models that is about four times the largest tensor, for each tensor in flight.
 
 Tensors are merged on a pool of as many threads as torch had intra-op threads, each merge on
-one torch thread (:mod:`evomerge.merge.parallel`): the operators' block passes are many short
+one torch thread (:mod:`evomerge.tensors.parallel`): the operators' block passes are many short
 ops, and torch's per-op thread barriers stall them on a busy machine. The main thread reads
 the next tensor and writes finished ones (the writer puts each at its planned offset, so the
 order of writes does not matter); at most one tensor per pool thread is in flight.
@@ -29,14 +29,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EvomergeError
-from ..search.keys import key
-from .finite import check_inputs
-from .merge_config import DTYPES, MergeConfig, parse_size, resolve_setting
-from .operators import MergeMethod, get_merge_method
-from .parallel import one_op_thread
-from .safetensors_io import SeedModel, ShardedWriter, check_seeds
-from .slices import (
+from evomerge.core.errors import EvomergeError
+from evomerge.core.keys import key
+from evomerge.merge.merge_config import DTYPES, MergeConfig, parse_size, resolve_setting
+from evomerge.merge.slices import (
     PlannedTensor,
     SliceRange,
     layer_of,
@@ -44,8 +40,12 @@ from .slices import (
     whole_model_plan,
     with_num_layers,
 )
-from .statistics import for_models
-from .tokenizer_source import is_tokenizer_file, tokenizer_files
+from evomerge.merge.tokenizer_source import is_tokenizer_file, tokenizer_files
+from evomerge.ops.operators import MergeMethod, get_merge_method
+from evomerge.ops.statistics import for_models
+from evomerge.tensors.finite import check_inputs
+from evomerge.tensors.parallel import one_op_thread
+from evomerge.tensors.safetensors_io import SeedModel, ShardedWriter, check_seeds
 
 
 def _resolve_path(text: str, bases: list[Path]) -> Path:

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import ConfigError
-from .operators import get_merge_method
-from .statistics import StatisticsSource
+from evomerge.core.errors import ConfigError
+from evomerge.ops.operators import get_merge_method
+from evomerge.ops.statistics import StatisticsSource
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ParamValue = float | bool | list[float] | list[dict[str, Any]] | dict[str, Any]
@@ -205,7 +205,7 @@ def _takes_base(method) -> bool:
 
 def load_merge_config(path: Path, raw: Any) -> MergeConfig:
     """Validate either format; one line naming the field on error."""
-    from ..config import format_validation
+    from evomerge.core.validation import format_validation
 
     source = str(path)
     if not isinstance(raw, dict):

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .recipe import DEFAULT_KINDS, DEFAULT_LAYER_PATTERN
+from evomerge.spaces.recipe import DEFAULT_KINDS, DEFAULT_LAYER_PATTERN
 
 #: Tensors outside the layers whose name matches this precede them (taken from the first slice).
 PRE_PATTERN = DEFAULT_KINDS["embedding"]

@@ -14,8 +14,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..errors import EvomergeError
-from .safetensors_io import TOKENIZER_FILES, SeedModel
+from evomerge.core.errors import EvomergeError
+from evomerge.tensors.safetensors_io import TOKENIZER_FILES, SeedModel
 
 
 def is_tokenizer_file(name: str) -> bool:

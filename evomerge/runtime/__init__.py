@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .fitness import Fitness
-from .local import LocalEvaluator
+from evomerge.core.fitness import Fitness
+from evomerge.runtime.local import LocalEvaluator
 
 
 def make_evaluator(
@@ -29,7 +29,7 @@ def make_evaluator(
             lineage=lineage,
             seeds_on_device=section.seeds_on_device,
         )
-    from .ray_pool import RayEvaluator
+    from evomerge.runtime.ray_pool import RayEvaluator
 
     return RayEvaluator(
         fitness.plugin,

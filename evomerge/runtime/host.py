@@ -11,12 +11,12 @@ import inspect
 import numpy as np
 import torch
 
-from ..contracts import resident_tensors
-from ..errors import ConfigError, EvomergeError, PluginError
-from ..genome.seed_store import DenseSeeds, MappedSeeds, from_description, load_into
-from ..plugins import load_object
-from .fitness import Fitness
-from .resident import on_device
+from evomerge.core.contracts import resident_tensors
+from evomerge.core.errors import ConfigError, EvomergeError, PluginError
+from evomerge.core.fitness import Fitness
+from evomerge.core.plugins import load_object
+from evomerge.spaces.resident_recipe import on_device
+from evomerge.tensors.seed_store import DenseSeeds, MappedSeeds, from_description, load_into
 
 
 def check_device(device: str) -> torch.device:
@@ -67,7 +67,7 @@ class FitnessHost:
     ``plugin`` is the user's plug-in; ``fitness`` what scores flat rows (the plug-in, or for
     recipes over a plug-in without a resident model a :class:`RecipeFitness` around it).
     ``resident`` is the plug-in's resident model tensors (a
-    :class:`~evomerge.contracts.ResidentModel`) when lineage or recipe candidates are loaded
+    :class:`~evomerge.core.contracts.ResidentModel`) when lineage or recipe candidates are loaded
     into it; ``recipe`` then loads recipe genes (``space`` is the recipe space either way).
     """
 
@@ -161,9 +161,9 @@ class FitnessHost:
         With a resident model, candidates are merged tensor by tensor straight into it from
         the mapped seed folders (or the made seeds); without one, over dense flat seeds.
         """
-        from ..merge.recipe import RecipeSection
-        from .recipe_fitness import RecipeFitness
-        from .resident import ResidentRecipe
+        from evomerge.spaces.recipe import RecipeSection
+        from evomerge.spaces.recipe_fitness import RecipeFitness
+        from evomerge.spaces.resident_recipe import ResidentRecipe
 
         section = RecipeSection.model_validate(recipe["section"])
         tensors = self._resident()
@@ -188,7 +188,7 @@ class FitnessHost:
 
     def _recipe_statistics(self, plugin, store, seeds) -> None:
         """Data-aware recipes: each merged seed's statistics, computed once at set-up."""
-        from ..merge.statistics import per_seed
+        from evomerge.ops.statistics import per_seed
 
         space = self.recipe.space if self.recipe is not None else self.fitness.space
         kind = space.method.statistics
@@ -259,8 +259,8 @@ class FitnessHost:
 
     def dense_rows(self, params):
         """Lineage genomes materialised over this worker's seeds; dense rows as they are."""
-        from ..genome.lineage import Lineage
-        from ..genome.spaces import LineageBatch, materialize_batch
+        from evomerge.spaces.genomes import LineageBatch, materialize_batch
+        from evomerge.spaces.lineage import Lineage
 
         if isinstance(params, Lineage):
             params = LineageBatch([params])
@@ -277,8 +277,8 @@ class FitnessHost:
         candidate's parameters, not a batch of them (scores never depend on the batch); with a
         resident model they are written into it in place and scored by ``score_loaded``.
         """
-        from ..genome.lineage import Lineage
-        from ..genome.spaces import LineageBatch
+        from evomerge.spaces.genomes import LineageBatch
+        from evomerge.spaces.lineage import Lineage
 
         if isinstance(params, Lineage):
             params = LineageBatch([params])
@@ -294,7 +294,7 @@ class FitnessHost:
         return self._checked(out, len(p), ids)
 
     def _score_one(self, genome, example_ids) -> np.ndarray:
-        from ..genome.spaces import LineageBatch
+        from evomerge.spaces.genomes import LineageBatch
 
         if self.resident is None:
             return self.score(LineageBatch([genome]), example_ids)
@@ -340,8 +340,8 @@ class FitnessHost:
         return out
 
     def metrics(self, params: np.ndarray) -> dict[str, float]:
-        from ..genome.lineage import Lineage
-        from ..genome.spaces import LineageBatch
+        from evomerge.spaces.genomes import LineageBatch
+        from evomerge.spaces.lineage import Lineage
 
         if isinstance(params, LineageBatch):
             params = params[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .host import FitnessHost
+from evomerge.runtime.host import FitnessHost
 
 
 def transportable(params):

@@ -18,7 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..errors import EvomergeError
+from evomerge.core.errors import EvomergeError
 
 # Set by Ray's job supervisor in the environment of a job's driver (``ray job submit``).
 JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"

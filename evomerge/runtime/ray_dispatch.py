@@ -19,8 +19,8 @@ import time
 import numpy as np
 import torch
 
-from ..errors import EvomergeError, PluginError
-from .ray_cluster import actor_state, free_room, room_for_one
+from evomerge.core.errors import EvomergeError, PluginError
+from evomerge.runtime.ray_cluster import actor_state, free_room, room_for_one
 
 POLL_S = 1.0  # how often the states of busy and missing workers are read
 REPORT_AFTER_S = 3.0  # a worker without a node this long is reported (not a quick restart)

@@ -29,13 +29,13 @@ import time
 import numpy as np
 import torch
 
-from ..errors import EvomergeError, PluginError
-from ..genome.seed_store import from_description
-from ..plugins import read_source
-from .host import FitnessHost
-from .local import transportable
-from .ray_cluster import actor_state, check_placement, free_room, start_ray
-from .ray_dispatch import Batch, warn
+from evomerge.core.errors import EvomergeError, PluginError
+from evomerge.core.plugins import read_source
+from evomerge.runtime.host import FitnessHost
+from evomerge.runtime.local import transportable
+from evomerge.runtime.ray_cluster import actor_state, check_placement, free_room, start_ray
+from evomerge.runtime.ray_dispatch import Batch, warn
+from evomerge.tensors.seed_store import from_description
 
 NAMESPACE = "evomerge"  # 'ray list actors' shows the workers as evomerge-<run>-<i> in it
 ANSWER_S = 5.0  # how long a report waits for a worker that is not alive

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .keys import key
-from .m2n2 import Children
-from .random_search import Best, best_of, check_bounds, score_stats, to_float32
+from evomerge.core.keys import key
+from evomerge.search.m2n2 import Children
+from evomerge.search.random_search import Best, best_of, check_bounds, score_stats, to_float32
 
 INIT_STREAM = 1 << 62  # key index of the ES's own ``seed`` option
 TELL_STREAM = 1 << 61  # key indices (+ generation) numpy is seeded with around ``tell``

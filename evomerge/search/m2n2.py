@@ -14,11 +14,11 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..genome.spaces import DenseSpace
-from . import adaptive_mutation as am
-from . import competition
-from .diversity import diversity
-from .keys import child_generator
+from evomerge.core.keys import child_generator
+from evomerge.search import adaptive_mutation as am
+from evomerge.search import competition
+from evomerge.search.diversity import diversity
+from evomerge.spaces.genomes import DenseSpace
 
 
 class VariationConfig(BaseModel):
@@ -109,7 +109,7 @@ class M2N2:
         self.space = DenseSpace()
 
     def use_space(self, space) -> None:
-        """Make children in ``space`` (a :mod:`evomerge.genome.spaces` space)."""
+        """Make children in ``space`` (a :mod:`evomerge.spaces.genomes` space)."""
         self.space = space
 
     def use_groups(self, groups: dict[str, list[int]] | None) -> None:

@@ -24,10 +24,10 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
-from ..errors import EvomergeError
-from .diversity import diversity
-from .m2n2 import M2N2, ArchiveState, UncompetedConfig
-from .random_search import check_bounds
+from evomerge.core.errors import EvomergeError
+from evomerge.search.diversity import diversity
+from evomerge.search.m2n2 import M2N2, ArchiveState, UncompetedConfig
+from evomerge.search.random_search import check_bounds
 
 
 class MapElitesConfig(UncompetedConfig):

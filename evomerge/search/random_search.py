@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .keys import child_generator
-from .m2n2 import Children
+from evomerge.core.keys import child_generator
+from evomerge.search.m2n2 import Children
 
 
 def check_bounds(value: tuple[float, float] | None) -> tuple[float, float] | None:

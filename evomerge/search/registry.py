@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from .cmaes import CMAES, CMAESConfig
-from .m2n2 import M2N2, GAConfig, M2N2Config
-from .niche_archives import MapElites, MapElitesConfig, Pareto, ParetoConfig
-from .random_search import RandomConfig, RandomSearch
-from .sep_cmaes import SepCMAES, SepCMAESConfig
+from evomerge.search.cmaes import CMAES, CMAESConfig
+from evomerge.search.m2n2 import M2N2, GAConfig, M2N2Config
+from evomerge.search.niche_archives import MapElites, MapElitesConfig, Pareto, ParetoConfig
+from evomerge.search.random_search import RandomConfig, RandomSearch
+from evomerge.search.sep_cmaes import SepCMAES, SepCMAESConfig
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .keys import child_generator
-from .m2n2 import Children
-from .random_search import Best, best_of, score_stats
+from evomerge.core.keys import child_generator
+from evomerge.search.m2n2 import Children
+from evomerge.search.random_search import Best, best_of, score_stats
 
 
 class SepCMAESConfig(BaseModel):

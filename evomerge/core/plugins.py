@@ -1,0 +1,120 @@
+"""Load user objects named as ``path/to/file.py:Name`` or ``package.module:Name``.
+
+A file path lets users keep a fitness next to their data without making a package; a module
+path lets them ship it in one. Only the named file or module is executed, never data files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from evomerge.core import bundled
+from evomerge.core.errors import PluginError
+
+
+def split_spec(spec: str, field: str = "fitness.plugin") -> tuple[str, str]:
+    """Split ``target:Name`` and check its shape."""
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name.isidentifier():
+        raise PluginError(
+            f"{field}: '{spec}' is not 'path/to/file.py:ClassName' or 'package.module:ClassName'",
+            exit_code=2,
+        )
+    return target, name
+
+
+def is_file_spec(target: str) -> bool:
+    return target.endswith(".py") or "/" in target or "\\" in target
+
+
+def resolve_spec(spec: str, bases: list[Path] = (), field: str = "fitness.plugin") -> str:
+    """Make a file spec absolute (so a run directory can be resumed from anywhere).
+
+    A relative path is looked up in each of ``bases`` in turn (default: the working directory),
+    then among the bundled plug-ins; a bundled name (``digits``) becomes its file.
+    """
+    spec = bundled.plugin_spec(spec, field)
+    target, name = split_spec(spec, field)
+    if not is_file_spec(target):
+        return spec
+    path = Path(target).expanduser()
+    if not path.is_absolute():
+        candidates = [b / path for b in (bases or [Path.cwd()])] + [bundled.root() / path]
+        path = next((c for c in candidates if c.is_file()), candidates[0])
+    return f"{path.resolve()}:{name}"
+
+
+def _load_file_module(path: Path, source: str | None, field: str) -> ModuleType:
+    if source is None:
+        if not path.is_file():
+            raise PluginError(
+                f"{field}: file {path} not found; give a path to a .py file that defines the class",
+                exit_code=2,
+            )
+        source = _read_text(path, field)
+    digest = hashlib.sha1(f"{path}\n{source}".encode()).hexdigest()[:12]
+    mod_name = f"evomerge_plugin_{path.stem}_{digest}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    module = ModuleType(mod_name)
+    module.__file__ = str(path)
+    sys.modules[mod_name] = module
+    try:
+        exec(compile(source, str(path), "exec"), module.__dict__)  # the user's own plug-in
+    except (Exception, SystemExit) as exc:  # a plug-in calling sys.exit() is a failed import
+        del sys.modules[mod_name]
+        raise PluginError(f"{field}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load_object(spec: str, field: str = "fitness.plugin", source: str | None = None):
+    """Return the object named by ``spec``; ``source`` stands in for a file on another node."""
+    target, name = split_spec(bundled.plugin_spec(spec, field), field)
+    if is_file_spec(target):
+        module = _load_file_module(Path(target), source, field)
+        where = target
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise PluginError(
+                f"{field}: cannot import module '{target}' ({exc}); install it or give a file path",
+                exit_code=2,
+            ) from exc
+        where = f"module {target}"
+    if not hasattr(module, name):
+        found = [
+            n for n, v in vars(module).items() if isinstance(v, type) and not n.startswith("_")
+        ]
+        close = difflib.get_close_matches(name, found, n=1)
+        hint = (
+            f"did you mean '{close[0]}'?" if close else f"it defines: {', '.join(found) or 'none'}"
+        )
+        raise PluginError(f"{field}: {where} has no '{name}'; {hint}", exit_code=2)
+    return getattr(module, name)
+
+
+def read_source(spec: str) -> str | None:
+    """The source text of a file plug-in, so remote workers need not share the file system."""
+    target, _ = split_spec(spec)
+    if is_file_spec(target) and Path(target).is_file():
+        return _read_text(Path(target), "fitness.plugin")
+    return None
+
+
+def _read_text(path: Path, field: str) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PluginError(
+            f"{field}: {path}: byte {exc.start} (0x{data[exc.start]:02x}) is not UTF-8 text; "
+            "save the plug-in as UTF-8",
+            exit_code=2,
+        ) from None

@@ -1,1 +1,0 @@
-"""Genome layer: search spaces and variation operators."""

@@ -1,0 +1,267 @@
+"""The run configuration: YAML validated by pydantic, with one-line errors that name the field.
+
+Every config has a top-level ``seed`` and ``budget.evaluations``; the ``strategy`` section is
+validated by the model its ``name`` registers (see :mod:`evomerge.search.registry`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from evomerge.core import safe_yaml
+from evomerge.core.errors import ConfigError
+from evomerge.core.plugins import resolve_spec
+from evomerge.core.validation import format_validation
+from evomerge.search.registry import STRATEGIES
+from evomerge.spaces.recipe import RecipeSection, sigmoid_bounds_problem
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Budget(_Section):
+    evaluations: int = Field(gt=0, description="Children to evaluate (one forward pass each).")
+
+
+class FitnessSection(_Section):
+    plugin: str = Field(
+        description="'path/to/file.py:Class', 'package.module:Class' or a bundled plug-in's "
+        "name ('digits', 'causal_lm'; see evomerge/bundled.py)."
+    )
+    options: dict[str, Any] = Field({}, description="Keyword arguments for the plug-in class.")
+
+
+class GaussianSeeds(_Section):
+    kind: Literal["gaussian"] = "gaussian"
+    count: int = Field(2, ge=1, description="Number of seed models.")
+    std: float = Field(0.01, gt=0, description="Each seed parameter ~ N(0, std^2).")
+
+
+class PluginSeeds(_Section):
+    kind: Literal["plugin"]
+    count: int = Field(2, ge=1, description="Number of seed models.")
+    options: dict[str, Any] = Field({}, description="Keyword arguments for make_seeds().")
+
+
+class LocalEvaluatorSection(_Section):
+    kind: Literal["local"] = "local"
+    device: str = Field("cpu", description="torch device for scoring: cpu, cuda, cuda:1, ...")
+    seeds_on_device: Literal["auto", True, False] = Field(
+        "auto",
+        description="Keep the K seed models on the worker's GPU so a candidate's load is a "
+        "device-side mix (auto: when they fit in its free memory). No effect on the CPU, "
+        "where the seeds are memory-mapped.",
+    )
+
+
+class RayEvaluatorSection(_Section):
+    kind: Literal["ray"]
+    workers: int = Field(2, ge=1, description="Ray actors, each with its own fitness instance.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per worker (fractions allowed).")
+    seeds_on_device: Literal["auto", True, False] = Field(
+        "auto",
+        description="Keep the K seed models on the worker's GPU so a candidate's load is a "
+        "device-side mix (auto: when they fit in its free memory). No effect on the CPU, "
+        "where the seeds are memory-mapped.",
+    )
+    address: str | None = Field(
+        None, description="Existing cluster ('auto' or HOST:PORT); none: start Ray here."
+    )
+    chunk_size: int | None = Field(
+        None,
+        ge=1,
+        description="Candidates sent to a worker at a time; none: the batch split evenly over "
+        "the workers. 1 keeps every worker busy when evaluation times vary (large models).",
+    )
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="Restarts of a worker whose process or node dies; its unfinished "
+        "candidates are retried, so the result is unchanged (0: a death stops the run).",
+    )
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds a worker may take per candidate; a worker past it is taken to "
+        "hang, killed and restarted, and its candidates retried (counts against "
+        "max_restarts). None: wait for ever.",
+    )
+
+
+class TrackingSection(_Section):
+    """Send every history record to experiment trackers too (both off by default)."""
+
+    tensorboard: bool | str = Field(
+        False,
+        description="TensorBoard scalars: true writes RUN_DIR/tensorboard, a path writes there "
+        "(needs pip install 'evomerge[tensorboard]').",
+    )
+    mlflow: bool = Field(False, description="Log to MLflow (needs pip install 'evomerge[mlflow]').")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; none: MLflow's default (MLFLOW_TRACKING_URI)."
+    )
+    mlflow_experiment: str | None = Field(
+        None, description="MLflow experiment; none: the run's name."
+    )
+
+
+class RunConfig(_Section):
+    """A whole search: what to evolve, how, where to score it, and for how long."""
+
+    seed: int = Field(description="Seed of every random draw of the run.")
+    name: str | None = Field(None, description="Run name (default: the config file's stem).")
+    budget: Budget
+    batch: int = Field(1, ge=1, description="Children asked from one archive state.")
+    checkpoint_every: int = Field(5000, ge=1, description="Evaluations between checkpoints.")
+    history_every: int = Field(1000, ge=1, description="Evaluations between history records.")
+    keep_last: int = Field(3, ge=1, description="Checkpoints kept (older ones are pruned).")
+    fitness: FitnessSection
+    seeds: Annotated[GaussianSeeds | PluginSeeds, Field(discriminator="kind")] = GaussianSeeds()
+    strategy: Any = Field(description="Search strategy; 'name' picks it (m2n2, ga, cmaes, random).")
+    recipe: RecipeSection | None = Field(
+        None, description="Search merge recipes over the seeds instead of raw parameters."
+    )
+    evaluator: Annotated[
+        LocalEvaluatorSection | RayEvaluatorSection, Field(discriminator="kind")
+    ] = LocalEvaluatorSection()
+    tracking: TrackingSection | None = Field(
+        None, description="Experiment tracking (TensorBoard, MLflow); none: off."
+    )
+
+    def to_dict(self) -> dict:
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["strategy"] = self.strategy.model_dump(mode="json")
+        return data
+
+
+def _validate_strategy(source: str, raw: Any):
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ConfigError(
+            f"{source}: strategy: must be a mapping with a 'name' ({', '.join(STRATEGIES)})"
+        )
+    entry = STRATEGIES.get(raw["name"])
+    if entry is None:
+        close = difflib.get_close_matches(str(raw["name"]), list(STRATEGIES), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(STRATEGIES)}"
+        raise ConfigError(f"{source}: strategy.name: unknown strategy '{raw['name']}'; {hint}")
+    try:
+        return entry.config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation(source, exc, entry.config, ("strategy",))) from None
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{source} '{item}': expected KEY=VALUE, e.g. budget.evaluations=500")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source} '{item}': '{part}' is not a section")
+            node = child
+        try:
+            node[parts[-1]] = safe_yaml.loads(value) if value else None
+        except safe_yaml.YamlError as exc:
+            raise ConfigError(
+                f"{source} '{item}': the value is not YAML ({exc}); quote it to pass it as text"
+            ) from None
+    return raw
+
+
+def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
+    """Validate a raw mapping; relative plug-in paths are looked up in ``bases``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping of keys to values")
+    raw = dict(raw)
+    strategy_raw = raw.get("strategy")
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation(source, exc, RunConfig)) from None
+    strategy = _validate_strategy(source, strategy_raw)
+    if getattr(strategy, "space", "dense") == "lineage":
+        if cfg.seeds.kind != "plugin" or cfg.recipe is not None:
+            raise ConfigError(
+                f"{source}: strategy.space: lineage genomes mix pre-trained seeds; set "
+                "seeds.kind: plugin (and no recipe section)"
+            )
+        if strategy.mutation_std > 0:
+            raise ConfigError(
+                f"{source}: strategy.mutation_std: lineage genomes are exact mixes of the seeds "
+                "and cannot be mutated; set it to 0 or use space: dense"
+            )
+    if cfg.recipe is not None and (
+        problem := sigmoid_bounds_problem(cfg.recipe, getattr(strategy, "bounds", None))
+    ):
+        raise ConfigError(f"{source}: {problem}")
+    if cfg.recipe is not None and cfg.seeds.kind != "plugin":
+        raise ConfigError(
+            f"{source}: seeds.kind: a recipe merges seed models the plug-in makes; "
+            "set seeds.kind: plugin"
+        )
+    if (
+        cfg.recipe is not None
+        and cfg.recipe.base is not None
+        and cfg.recipe.base >= cfg.seeds.count
+    ):
+        raise ConfigError(
+            f"{source}: recipe.base: seed {cfg.recipe.base} does not exist "
+            f"(seeds.count is {cfg.seeds.count}; indices start at 0)"
+        )
+    if cfg.seeds.count > getattr(strategy, "archive_size", cfg.seeds.count):
+        raise ConfigError(
+            f"{source}: seeds.count: {cfg.seeds.count} seeds do not fit an archive of "
+            f"{strategy.archive_size}; raise strategy.archive_size or lower seeds.count"
+        )
+    try:
+        plugin = resolve_spec(cfg.fitness.plugin, list(bases))
+    except Exception as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    fitness = cfg.fitness.model_copy(update={"plugin": plugin})
+    return cfg.model_copy(update={"strategy": strategy, "fitness": fitness})
+
+
+def read_yaml(path: Path) -> Any:
+    """A config file through :mod:`evomerge.core.safe_yaml`; any error in one line."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return safe_yaml.load_file(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except safe_yaml.YamlError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = (), address: str | None = None):
+    """Read, override and validate a config file (or a bundled one by name, see
+    :mod:`evomerge.core.bundled`); ``address`` makes the evaluator join a cluster."""
+    from evomerge.core.bundled import config_path
+
+    path = config_path(path)
+    raw = read_yaml(path)
+    if isinstance(raw, dict):
+        raw = join_cluster(apply_overrides(raw, list(overrides)), address)
+    return validate(raw, str(path), bases=[Path.cwd(), path.resolve().parent])
+
+
+def join_cluster(raw: Any, address: str | None) -> Any:
+    """``raw`` with its evaluator on the Ray cluster at ``address`` (None: unchanged)."""
+    if not address or not isinstance(raw, dict):
+        return raw
+    section = raw.get("evaluator") if isinstance(raw.get("evaluator"), dict) else {}
+    if section.get("kind") != "ray":
+        section = {"kind": "ray"}
+    return {**raw, "evaluator": {**section, "address": address}}

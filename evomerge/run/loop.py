@@ -1,0 +1,387 @@
+"""The run loop: ask, evaluate, tell; record history; checkpoint; write the summary.
+
+Start-up work that can fail on bad input (loading the plug-in, making and scoring the seeds)
+happens before the run directory is created, so a failed start leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from evomerge.core.contracts import WorkerPool
+from evomerge.core.errors import EvomergeError, PluginError, RunDirError
+from evomerge.core.keys import child_generator
+from evomerge.run import checkpoint
+from evomerge.run.config import RunConfig
+from evomerge.run.rundir import RunDir
+from evomerge.run.tracking import Trackers
+from evomerge.runtime import make_evaluator
+from evomerge.search.registry import make_strategy
+
+SEED_STREAM = 1 << 63  # key indices at and above this are reserved for seed models
+
+
+class NullProgress:
+    def start(self, total: int, done: int, label: str) -> None: ...
+    def update(self, done: int, best) -> None: ...
+    def message(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """What a checkpoint must agree with: everything that decides the result.
+
+    Not the budget, and not where candidates are scored: local and Ray evaluators, any number
+    of workers on any cluster, give the same scores. Only the device kind (CPU or CUDA) is
+    kept, as GPU arithmetic may round differently.
+    """
+    data = cfg.to_dict()
+    data.pop("budget", None)
+    data.pop("tracking", None)  # where records are also sent does not change the result
+    ev = data.pop("evaluator", None) or {}
+    if ev.get("kind") == "ray":
+        cuda = float(ev.get("num_gpus") or 0) > 0
+    else:
+        cuda = str(ev.get("device", "cpu")).startswith("cuda")
+    data["device"] = "cuda" if cuda else "cpu"
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def gaussian_seeds(seed: int, count: int, n: int, std: float) -> torch.Tensor:
+    return torch.stack(
+        [
+            torch.randn(n, generator=child_generator(seed, SEED_STREAM + i)) * std
+            for i in range(count)
+        ]
+    )
+
+
+@dataclass
+class Search:
+    """One search in progress: its config, strategy, evaluator, state and run directory."""
+
+    cfg: RunConfig
+    run: RunDir
+    strategy: object
+    evaluator: object
+    state: object
+    wall_offset: float
+    progress: object
+    trackers: object = None  # evomerge.run.tracking.Trackers, opened at the first record
+
+    # -- scoring -----------------------------------------------------------------------------
+    def score(self, params: torch.Tensor) -> torch.Tensor:
+        scores = self.evaluator.score(params)
+        if self.cfg.strategy.alpha > 0 and bool((scores < 0).any()):
+            row, col = np.argwhere(scores.numpy() < 0)[0]
+            raise PluginError(
+                f"fitness: score {scores[row, col].item()} for candidate {row}, example {col} is "
+                "negative; resource competition (alpha > 0) needs scores >= 0"
+            )
+        return scores
+
+    # -- records -----------------------------------------------------------------------------
+    def wall(self) -> float:
+        return self.wall_offset + (time.perf_counter() - self._t0)
+
+    def best_metrics(self) -> tuple[int, dict]:
+        member, params, scores = self.strategy.best(self.state)
+        name = f"train_{self.evaluator.info['score_name']}"
+        metrics = {name: scores.mean().item(), **self.evaluator.metrics(params)}
+        return member, metrics
+
+    @staticmethod
+    def with_nonfinite(out: dict) -> dict:
+        """JSON has no NaN: a metric that is NaN or Inf is written as null, and named with its
+        value ("nan", "inf", "-inf") in ``nonfinite_metrics``, so the files stay valid JSON and
+        the value is not lost."""
+        bad = {k: str(v) for k, v in out["metrics"].items() if not math.isfinite(v)}
+        if bad:
+            out["metrics"] = {k: (None if k in bad else v) for k, v in out["metrics"].items()}
+            out["nonfinite_metrics"] = bad
+        return out
+
+    def record(self) -> dict:
+        member, metrics = self.best_metrics()
+        stats = self.strategy.stats(self.state)
+        rec = {
+            "evaluations": self.state.evaluations,
+            "wall_seconds": round(self.wall(), 3),
+            "best_train_score": stats["train_score"]["max"],
+            "member": member,
+            "metrics": metrics,
+            **stats,
+        }
+        rec = self.with_nonfinite(rec)
+        self.run.append_history(rec)
+        if self.trackers is None:
+            self.trackers = Trackers.open(self.cfg, self.run.path)
+        self.trackers.log(rec)
+        return rec
+
+    def save(self) -> None:
+        tensors, meta = self.strategy.state_to_tensors(self.state)
+        meta = {
+            **meta,
+            "wall_seconds": self.wall(),
+            "seed": self.cfg.seed,
+            "strategy": self.cfg.strategy.name,
+            "config_sha256": config_digest(self.cfg),
+        }
+        checkpoint.save(self.run.checkpoints, tensors, meta, self.cfg.keep_last)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def loop(self) -> dict:
+        cfg, budget = self.cfg, self.cfg.budget.evaluations
+        self.progress.start(budget, self.state.evaluations, self.evaluator.describe())
+        try:
+            while self.state.evaluations < budget:
+                children = self.strategy.ask(
+                    self.state, min(cfg.batch, budget - self.state.evaluations)
+                )
+                n = len(children.params)  # generational strategies ask whole generations
+                scores = self.score(children.params)
+                self.state = self.strategy.tell(self.state, children, scores)
+                done = self.state.evaluations
+                if done // cfg.history_every > (done - n) // cfg.history_every or done == budget:
+                    self.record()
+                if done // cfg.checkpoint_every > (done - n) // cfg.checkpoint_every:
+                    self.save()
+                self.progress.update(done, lambda: self.strategy.best(self.state)[2].mean().item())
+        except EvomergeError as exc:
+            if "evomerge resume" in str(exc):
+                raise
+            raise type(exc)(
+                f"{exc} (stopped at {self.state.evaluations} evaluations, the last checkpoint "
+                f"kept: fix the cause, then 'evomerge resume {self.run.path}')",
+                exit_code=exc.exit_code,
+            ) from None
+        except KeyboardInterrupt:
+            self.save()
+            self.progress.close()
+            raise EvomergeError(
+                f"interrupted at {self.state.evaluations} evaluations; checkpoint saved, "
+                f"continue with 'evomerge resume {self.run.path}'",
+                exit_code=130,
+            ) from None
+        self.save()
+        self.progress.close()
+        return self.summary()
+
+    def summary(self) -> dict:
+        member, metrics = self.best_metrics()
+        wall = self.wall()
+        summary = {
+            "evaluations": self.state.evaluations,
+            "member": member,
+            "metrics": metrics,
+            "wall_seconds": round(wall, 3),
+            "evaluations_per_second": round(self.state.evaluations / max(wall, 1e-9), 1),
+            "seed": self.cfg.seed,
+            "strategy": self.cfg.strategy.name,
+            "evaluator": self.evaluator.kind,
+            "run_dir": str(self.run.path),
+        }
+        if isinstance(self.evaluator, WorkerPool):
+            summary["workers"] = self.evaluator.workers_report()
+            used = self.evaluator.utilisation()
+            if used is not None:  # since this process started (a resume restarts the count)
+                summary["worker_utilisation"] = round(used, 4)
+        if self.cfg.recipe is not None:
+            summary["recipe"] = self.recipe_of(self.strategy.best(self.state)[1])
+        summary = self.with_nonfinite(summary)
+        self.run.write_summary(summary)
+        return summary
+
+    def recipe_of(self, genes: torch.Tensor) -> dict:
+        """The merge parameters a gene vector stands for, group by group (for people)."""
+        from evomerge.spaces.recipe import RecipeSpace
+
+        info = self.evaluator.info
+        space = RecipeSpace(self.cfg.recipe, info["layout"], info["num_seeds"])
+        return {"method": self.cfg.recipe.method, "groups": space.decode(genes.tolist())}
+
+    def start_clock(self) -> None:
+        self._t0 = time.perf_counter()
+
+
+def recipe_spec(cfg: RunConfig) -> dict | None:
+    """What each worker needs to turn candidates (genes) into models: seeds and recipe."""
+    if cfg.recipe is None:
+        return None
+    return {
+        "section": cfg.recipe.model_dump(mode="json"),
+        "count": cfg.seeds.count,
+        "seed": cfg.seed,
+        "options": dict(cfg.seeds.options),
+    }
+
+
+def lineage_spec(cfg: RunConfig) -> dict | None:
+    """What each worker needs to materialise lineage genomes: the seeds to make."""
+    if getattr(cfg.strategy, "space", "dense") != "lineage":
+        return None
+    return {"count": cfg.seeds.count, "seed": cfg.seed, "options": dict(cfg.seeds.options)}
+
+
+def use_lineage_space(cfg: RunConfig, evaluator, strategy):
+    """Give the strategy the lineage space over the run's seeds; returns the seed genomes.
+
+    The driver reads the workers' seeds once for the inner products that SLERP's angles need;
+    candidates travel as lineages only.
+    """
+    from evomerge.spaces.genomes import LineageSpace
+
+    store = evaluator.lineage_seeds()
+    space = LineageSpace.from_store(store)
+    norms = np.diagonal(space.gram.prefix(space.gram.num_params))  # the one pass, for free
+    for k in np.flatnonzero(~np.isfinite(norms)):
+        folders = getattr(store, "folders", None)
+        where = folders[k] if folders else f"seed {k} made by the fitness plug-in"
+        raise EvomergeError(
+            f"{where}: the weights hold NaN or Inf values; every merge with this seed would "
+            "too: replace it with a finite model"
+        )
+    strategy.use_space(space)
+    return space.seed_genomes()
+
+
+def prepared_strategy(cfg: RunConfig, evaluator):
+    """The configured strategy, given the plug-in's example groups if it builds niches on them."""
+    strategy = make_strategy(cfg.strategy, cfg.seed)
+    if hasattr(strategy, "use_groups"):
+        strategy.use_groups(evaluator.info.get("groups"))
+    return strategy
+
+
+def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Search:
+    """Prepare a new search; nothing is written until the seeds have been scored.
+
+    ``fresh=False`` starts again in an existing run directory that was stopped before its
+    first checkpoint was complete (its config is already there, its history is dropped).
+    """
+    progress = progress or NullProgress()
+    t0 = time.perf_counter()
+    evaluator = make_evaluator(
+        cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg), name=run.path.name
+    )
+    try:
+        strategy = prepared_strategy(cfg, evaluator)
+        n = evaluator.info["num_params"]
+        seeds = cfg.seeds
+        if cfg.recipe is not None:  # the search starts from the recipe's initial genes
+            params = torch.tensor([evaluator.info["initial"]], dtype=torch.float32)
+        elif lineage_spec(cfg) is not None:
+            progress.message(f"making {seeds.count} seed models to merge in lineage space")
+            params = use_lineage_space(cfg, evaluator, strategy)
+        elif seeds.kind == "gaussian":
+            params = gaussian_seeds(cfg.seed, seeds.count, n, seeds.std)
+        else:
+            progress.message(f"making {seeds.count} seed models with the fitness plug-in")
+            params = evaluator.make_seeds(seeds.count, cfg.seed, dict(seeds.options))
+            for k in torch.nonzero(~torch.isfinite(params).all(dim=1)).flatten().tolist():
+                raise PluginError(
+                    f"fitness: make_seeds() returned NaN or Inf weights in seed {k}; "
+                    "seeds must be finite (check the plug-in's training of its seeds)"
+                )
+        search = Search(cfg, run, strategy, evaluator, None, 0.0, progress)
+        search._t0 = t0
+        search.state = strategy.init(params, search.score(params))
+        if fresh:
+            run.create(cfg.to_dict())
+        else:
+            run.truncate_history(-1)
+            run.clear_summary()
+        try:
+            search.record()  # before the checkpoint: a resume from it finds its record written
+            search.save()
+        except BaseException as exc:
+            if not fresh:
+                raise
+            shutil.rmtree(run.path, ignore_errors=True)  # no first checkpoint: leave nothing
+            why = getattr(exc, "why", None)
+            if why is None:
+                raise
+            raise RunDirError(
+                f"{run.path}: cannot write the run's first checkpoint ({why}); nothing was "
+                "kept: free disk space or fix permissions, then start the run again",
+                exit_code=1,
+            ) from None
+        return search
+    except BaseException:
+        evaluator.close()
+        raise
+
+
+def _once(warn):
+    seen = set()
+
+    def once(msg):
+        if msg not in seen:
+            seen.add(msg)
+            warn(msg)
+
+    return once
+
+
+def _parser(strategy, cfg: RunConfig, run: RunDir):
+    def parse(ckpt):
+        if ckpt.meta.get("config_sha256") != config_digest(cfg):
+            raise EvomergeError(
+                f"{run.path}: config.yaml differs from the config checkpoint {ckpt.path.name} "
+                "was made with; restore it, or start a new run with the new config"
+            )
+        return ckpt, strategy.state_from_tensors(ckpt.tensors, ckpt.meta)
+
+    return parse
+
+
+def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
+    """Continue a search from its newest intact checkpoint.
+
+    A run stopped before its first checkpoint was complete (none, not even a damaged one)
+    starts again from its seeds: the same draws, so the same result.
+    """
+    progress = progress or NullProgress()
+    if not checkpoint.list_checkpoints(run.checkpoints):
+        progress.message(f"{run.path}: stopped before its first checkpoint; starting it again")
+        return start(cfg, run, progress, fresh=False)
+    warn = _once(progress.message)
+    ckpt = checkpoint.load_latest(run.checkpoints, warn=warn)
+    meta = ckpt.meta
+    if meta.get("config_sha256") != config_digest(cfg):
+        raise EvomergeError(
+            f"{run.path}: config.yaml differs from the config checkpoint {ckpt.path.name} was "
+            "made with; restore it, or start a new run with the new config"
+        )
+    evaluator = make_evaluator(
+        cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg), name=run.path.name
+    )
+    try:
+        strategy = prepared_strategy(cfg, evaluator)
+    except BaseException:
+        evaluator.close()
+        raise
+    if lineage_spec(cfg) is not None:
+        use_lineage_space(cfg, evaluator, strategy)
+    try:  # the newest checkpoint whose state also reads back (valid JSON of the wrong shape:
+        ckpt, state = checkpoint.load_latest(  # damaged, the previous one is used)
+            run.checkpoints, warn=warn, parse=_parser(strategy, cfg, run)
+        )
+    except BaseException:
+        evaluator.close()
+        raise
+    meta = ckpt.meta
+    run.truncate_history(state.evaluations)
+    run.clear_summary()
+    search = Search(cfg, run, strategy, evaluator, state, float(meta["wall_seconds"]), progress)
+    search.start_clock()
+    return search
