@@ -32,11 +32,10 @@ import copy
 from pathlib import Path
 
 import torch
-import yaml
 
 from evomerge.core.plugins import load_object
-from evomerge.spaces.dataflow import DataFlowSpace, passthrough_doc
-from evomerge.tensors.layer_stack import PER_LAYER_KEYS, is_scaled, write_stacked
+from evomerge.spaces.dataflow import DataFlowSpace
+from evomerge.tensors.layer_stack import PER_LAYER_KEYS, is_scaled
 
 # The sibling plug-in file (it must sit next to this one on every node that scores).
 CausalLM = load_object(f"{Path(__file__).resolve().with_name('causal_lm.py')}:CausalLM")
@@ -63,7 +62,14 @@ def layer_view(module: torch.nn.Module, index: int, scale: float, path: str = ""
 
 
 class DataFlowLM(CausalLM):
-    """Scores stacks of the seeds' decoder layers on :class:`CausalLM`'s tasks."""
+    """Scores stacks of the seeds' decoder layers on :class:`CausalLM`'s tasks.
+
+    Its candidates belong to the data-flow space (``space = "dataflow"``,
+    :mod:`evomerge.spaces.dataflow_space`), which calls :meth:`stack` to load one and exports
+    stacks as model folders.
+    """
+
+    space = "dataflow"
 
     def __init__(
         self,
@@ -182,32 +188,3 @@ class DataFlowLM(CausalLM):
         with SeedModel(self.seed_paths[self.base]) as first:
             dtype = str(first.dtype(first.names()[0])).removeprefix("torch.")
         return {"dtype": dtype, "seeds": [str(p) for p in self.seed_paths]}
-
-    def export_folder(self, genes: torch.Tensor, out, dtype: str, doc: dict) -> dict:
-        """Write the stack as a model folder, with ``recipe.yaml`` (and ``mergekit.yaml``)."""
-        from evomerge.merge.merge_config import DTYPES
-
-        slots = self.flow.decode(genes.double().tolist())
-        seeds = [str(p) for p in self.seed_paths]
-        doc = {
-            **doc,
-            "space": "dataflow",
-            "dataflow": {
-                "seeds": seeds,
-                "base": self.base,
-                "repeats": self.repeats,
-                "layers": len(slots),
-                "slots": self.flow.describe(slots),
-            },
-        }
-        texts = {"recipe.yaml": yaml.safe_dump(doc, sort_keys=False)}
-        mergekit = passthrough_doc(slots, seeds, self.base, dtype)
-        if mergekit is not None:
-            note = (
-                "# The same layer stack as a mergekit passthrough merge. Embeddings, final norm\n"
-                "# and head are base_model's (mergekit takes them from the first/last slice's\n"
-                "# model: the same when those are base_model).\n"
-            )
-            texts["mergekit.yaml"] = note + yaml.safe_dump(mergekit, sort_keys=False)
-        count = write_stacked(seeds, self.base, slots, out, DTYPES[dtype], texts)
-        return {"tensors": count, "space": "dataflow", "layers": len(slots)}

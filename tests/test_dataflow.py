@@ -9,6 +9,7 @@ from conftest import ROOT
 
 from evomerge.core.plugins import load_object
 from evomerge.interface.cli import main
+from evomerge.runtime.host import FitnessHost
 from evomerge.spaces.dataflow import DataFlowSpace, Slot, contiguous_runs, passthrough_doc
 
 transformers = pytest.importorskip("transformers")
@@ -48,14 +49,20 @@ def test_passthrough_slices_join_consecutive_layers_and_refuse_scales():
 
 
 # -- the stacked model -----------------------------------------------------------------------
-def make_dfs(lm_dir, **options):
-    cls = load_object(f"{ROOT}/fitness/dataflow_lm.py:DataFlowLM")
+DFS = f"{ROOT}/fitness/dataflow_lm.py:DataFlowLM"
+
+
+def dfs_options(lm_dir, **options):
     tasks = [
         {"name": n, "train": str(lm_dir / f"{n}.jsonl"), "metric": "token_accuracy"}
         for n in ("reverse", "add")
     ]
     seeds = [str(lm_dir / s) for s in ("reverse", "add")]
-    fit = cls(seeds=seeds, tasks=tasks, **options)
+    return {"seeds": seeds, "tasks": tasks, **options}
+
+
+def make_dfs(lm_dir, **options):
+    fit = load_object(DFS)(**dfs_options(lm_dir, **options))
     fit.setup(torch.device("cpu"))
     return fit
 
@@ -108,7 +115,9 @@ def test_export_loads_and_gives_the_stacked_model_s_logits(lm_dir, tmp_path):
         in_search = dfs.model(input_ids=ids).logits
         gen_search = dfs.model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
     out = tmp_path / "stack"
-    done = dfs.export_folder(torch.tensor(choices + scales), out, "float32", {"member": 3})
+    host = FitnessHost(DFS, dfs_options(lm_dir, repeats=2, scales=True))  # the plug-in's space
+    assert host.info()["space"] == "dataflow"
+    done = host.export(torch.tensor(choices + scales), out, "float32", {"member": 3})
     assert done["layers"] == 3 and len(slots) == 3
     model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert model.config.num_hidden_layers == 3

@@ -90,13 +90,13 @@ def test_lineage_on_ray_equals_local(tmp_path, write_config, ray_local):
 def test_ray_workers_share_one_copy_of_the_seeds(ray_local):
     """The seeds sit once in the node's object store; each worker maps them read-only."""
     from evomerge.run.config import validate
-    from evomerge.run.loop import lineage_spec
+    from evomerge.run.loop import space_spec
     from evomerge.runtime import make_evaluator
 
     cfg = validate(
         config("lineage", evaluator={"kind": "ray", "workers": 2, "num_cpus": 1}), "test"
     )
-    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, None, lineage_spec(cfg))
+    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, space_spec(cfg))
     try:
         assert evaluator.seeds_shared() == [True, True]
         store = evaluator.lineage_seeds()

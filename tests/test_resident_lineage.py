@@ -13,8 +13,8 @@ from evomerge.core.errors import EvomergeError
 from evomerge.core.plugins import load_object
 from evomerge.interface.cli import main
 from evomerge.runtime.host import FitnessHost
-from evomerge.spaces.lineage import Lineage, combine
-from evomerge.tensors.seed_store import DenseSeeds, MappedSeeds, from_description, load_into
+from evomerge.spaces.lineage import Lineage, combine, load_into
+from evomerge.tensors.seed_store import DenseSeeds, MappedSeeds, from_description
 
 transformers = pytest.importorskip("transformers")
 PLUGIN = f"{ROOT}/fitness/causal_lm.py:CausalLM"
@@ -105,15 +105,15 @@ def test_load_into_a_bf16_model_from_bf16_seeds(lm_dir, bf16_dir):
 
 
 def test_host_scores_lineages_in_place_like_the_flat_path(lm_dir, monkeypatch):
-    spec = {"count": 3, "seed": 0, "options": {}}
-    host = FitnessHost(PLUGIN, options(lm_dir), lineage=spec)
-    assert isinstance(host.lineage_seeds, MappedSeeds) and host.resident is not None
+    spec = {"name": "lineage", "count": 3, "seed": 0, "options": {}}
+    host = FitnessHost(PLUGIN, options(lm_dir), space=spec)
+    assert isinstance(host.lineage_seeds, MappedSeeds) and host.worker.resident is not None
     n = host.lineage_seeds.num_params
     genomes = [child(n), Lineage.of_seed(2, 3, n), Lineage.mix([0.2, 0.5, 0.3], n)]
     ids = np.array([15, 0, 3, 9])
-    flat = FitnessHost(PLUGIN, options(lm_dir), lineage=spec)
-    flat.resident = None  # the plug-in's flat-vector path
-    from evomerge.spaces.genomes import LineageBatch
+    flat = FitnessHost(PLUGIN, options(lm_dir), space=spec)
+    flat.worker.resident = None  # the plug-in's flat-vector path
+    from evomerge.spaces.lineage_space import LineageBatch
 
     expected = flat.score(LineageBatch(genomes), ids)
     expected_metrics = flat.metrics(genomes[0])
@@ -132,7 +132,9 @@ def test_seed_count_must_match_the_folders(lm_dir):
         EvomergeError,
         match="seeds.count is 2 but fitness causal_lm.py:CausalLM names 3 seed folders",
     ):
-        FitnessHost(PLUGIN, options(lm_dir), lineage={"count": 2, "seed": 0, "options": {}})
+        FitnessHost(
+            PLUGIN, options(lm_dir), space={"name": "lineage", "count": 2, "seed": 0, "options": {}}
+        )
 
 
 def test_lineage_search_on_ray_maps_the_seed_files(lm_dir, bf16_dir, tmp_path):

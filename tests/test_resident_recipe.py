@@ -9,7 +9,6 @@ from evomerge.core.contracts import Evaluator, ResidentModel, WorkerPool, reside
 from evomerge.runtime import LocalEvaluator
 from evomerge.runtime.host import FitnessHost
 from evomerge.spaces.recipe import RecipeSection, RecipeSpace
-from evomerge.spaces.recipe_fitness import RecipeFitness
 from evomerge.spaces.resident_recipe import ResidentRecipe, on_device, seeds_fit
 from evomerge.tensors.seed_store import DenseSeeds, DeviceSeeds, MappedSeeds
 
@@ -66,20 +65,23 @@ def test_a_bf16_model_gets_the_flat_merge_rounded_once(lm_dir, bf16_dir):  # noq
 
 
 def test_host_scores_recipes_in_place_like_the_flat_path(lm_dir, monkeypatch):
-    spec = {"section": SECTIONS["ties"], "count": 3, "seed": 0, "options": {}}
-    host = FitnessHost(PLUGIN, options(lm_dir), recipe=spec)
-    assert host.recipe is not None and isinstance(host.recipe.store, MappedSeeds)
-    assert host.fitness is host.plugin  # no flat RecipeFitness around the plug-in
+    spec = {"name": "recipe", "recipe": SECTIONS["ties"], "count": 3, "seed": 0, "options": {}}
+    host = FitnessHost(PLUGIN, options(lm_dir), space=spec)
+    loader = host.worker.loader
+    assert isinstance(loader.store, MappedSeeds)
+    assert host.worker.row is None  # merged into the resident model, no flat row
     info = host.info()
-    assert info["num_params"] == host.space.dim == len(info["initial"]) and info["num_seeds"] == 3
-    # the old path: dense float32 (K, N) seeds, a flat child copied into the model
+    assert info["num_params"] == loader.space.dim == len(info["initial"]) and info["num_seeds"] == 3
+    # the reference: dense float32 (K, N) seeds, the recipe's flat merge, scored by the plug-in
     plugin = load_object_fitness(lm_dir)
     section = RecipeSection.model_validate(SECTIONS["ties"])
-    old = RecipeFitness(plugin, section, plugin.make_seeds(3, 0))
-    rows = np.stack([np.array(info["initial"], np.float32), genes_for(host.space, 2)])
+    seeds = plugin.make_seeds(3, 0)
+    space = RecipeSpace(section, plugin.param_layout(), 3)
+    rows = np.stack([np.array(info["initial"], np.float32), genes_for(loader.space, 2)])
     ids = np.array([0, 3, 9, 15])
-    expected = old.score(torch.from_numpy(rows), torch.from_numpy(ids)).numpy()
-    expected_metrics = old.metrics(torch.from_numpy(rows[1]))
+    flat = torch.stack([space.materialize(seeds, r.astype(np.float64).tolist()) for r in rows])
+    expected = plugin.score(flat, torch.from_numpy(ids)).numpy()
+    expected_metrics = plugin.metrics(flat[1])
 
     def no_flat_copy(*a, **k):
         raise AssertionError("a flat copy of the model was materialised")
@@ -111,10 +113,10 @@ def test_contracts_say_who_has_a_resident_model(lm_dir):
 def test_digits_recipes_stay_on_dense_seeds():
     from conftest import DIGITS
 
-    spec = {"section": {"method": "linear"}, "count": 2, "seed": 0, "options": {}}
-    host = FitnessHost(DIGITS, {}, recipe=spec)
-    assert host.recipe is None and isinstance(host.fitness, RecipeFitness)
-    assert host.info()["num_params"] == host.space.dim
+    spec = {"name": "recipe", "recipe": {"method": "linear"}, "count": 2, "seed": 0, "options": {}}
+    host = FitnessHost(DIGITS, {}, space=spec)
+    assert host.worker.row is not None and isinstance(host.worker.store, DenseSeeds)
+    assert host.info()["num_params"] == host.worker.loader.space.dim
 
 
 def test_seeds_on_device_is_a_no_op_on_the_cpu(lm_dir):
@@ -126,9 +128,9 @@ def test_seeds_on_device_is_a_no_op_on_the_cpu(lm_dir):
     assert seeds_fit(True, torch.device("cuda"), 1) and not seeds_fit(
         False, torch.device("cuda"), 1
     )
-    spec = {"count": 3, "seed": 0, "options": {}}
-    host = FitnessHost(PLUGIN, options(lm_dir), lineage=spec, seeds_on_device=True)
-    assert host.load_seeds is host.lineage_seeds  # mapped, not copied
+    spec = {"name": "lineage", "count": 3, "seed": 0, "options": {}}
+    host = FitnessHost(PLUGIN, options(lm_dir), space=spec, seeds_on_device=True)
+    assert host.worker.load_seeds is host.lineage_seeds  # mapped, not copied
     dense = DenseSeeds(fit.make_seeds(3, 0).numpy())
     assert torch.equal(dense.piece(1, 5, 9), torch.from_numpy(dense.array[1, 5:9]))
     n0 = int(np.prod(fit.param_layout()[0][1]))
@@ -168,7 +170,7 @@ def test_seeds_on_device_is_validated_and_reaches_the_workers(kind, capsys):
         raw["evaluator"]["seeds_on_device"] = True
         cfg = validate(raw, "c.yaml")
         ev = make_evaluator(cfg.evaluator, cfg.fitness)
-        assert ev.host.seeds_on_device is True and ev.host.load_seeds is None
+        assert ev.host.seeds_on_device is True and ev.host.lineage_seeds is None
 
 
 def test_a_recipe_search_on_ray_workers_equals_the_local_one(lm_dir, bf16_dir, tmp_path, ray_local):  # noqa: F811

@@ -15,6 +15,12 @@ The lowest layer: this module imports nothing from evomerge.
   layers, for any flat parameter vector.
 * :class:`Evaluator` — what turns candidates into scores (local or Ray); the search loop calls
   nothing else. :class:`WorkerPool` adds the per-worker figures a pool of processes reports.
+* :class:`Space` — one kind of candidate (dense vectors, lineages, merge recipes, layer
+  stacks): how it varies, how the search's first candidates are made, how it is stored in a
+  checkpoint and described in ``recipe.yaml``; its :class:`SpaceWorker` (built where the
+  seeds and the plug-in live) realises a candidate as :class:`Realised` flat rows or in the
+  plug-in's resident model, and exports one as a model folder. The run's start, the workers
+  and ``evomerge export`` each have one path through these calls, whatever the kind.
 """
 
 from __future__ import annotations
@@ -143,3 +149,75 @@ class WorkerPool(Evaluator, Protocol):
     def seeds_shared(self) -> list[bool]: ...
 
     def nodes(self) -> list[str]: ...
+
+
+@runtime_checkable
+class Realised(Protocol):
+    """Candidates made concrete on a worker, ready for the plug-in to score.
+
+    Either flat parameter rows (the plug-in's ``score`` / ``metrics``) or a candidate already
+    written into the plug-in's resident model (``score_loaded`` / ``metrics_loaded``): each
+    kind of realisation knows which calls score it, so the worker never asks which it has.
+    ``scorer`` is the worker's checked access to the plug-in
+    (:class:`~evomerge.runtime.host.FitnessHost`).
+    """
+
+    count: int
+
+    def score(self, scorer: Any, example_ids: torch.Tensor | None) -> Any: ...
+
+    def metrics(self, scorer: Any) -> Any: ...
+
+
+@runtime_checkable
+class SpaceWorker(Protocol):
+    """A space on a worker that holds the seeds and the plug-in: realises and exports."""
+
+    def batches(self, genomes: Any) -> Sequence[Any]:
+        """The genomes in the groups realised at once (one each, or the whole batch)."""
+        ...
+
+    def realise(self, batch: Any) -> Realised: ...
+
+    def export(self, genome: Any, out: Any, dtype: str, doc: dict) -> dict:
+        """Write ``genome`` as a model folder at ``out`` with ``recipe.yaml`` (``doc`` plus
+        :meth:`Space.describe`); returns what was written (``tensors``, ``space``, ...)."""
+        ...
+
+
+@runtime_checkable
+class Space(Protocol):
+    """One kind of candidate: variation, seeding, storage and description on the driver.
+
+    Variation (used by the archive strategies): ``size``, ``copy``, ``split_slerp``,
+    ``slerp``, ``mutate``, ``mutation_shape``, ``add_step``, ``pack``. Storage (checkpoints,
+    no pickle): ``to_tensors`` / ``from_tensors``. ``seed_genomes`` gives the search's first
+    candidates; ``describe`` a member's account for ``recipe.yaml``; ``worker`` the
+    realisation where seeds and plug-in live.
+    """
+
+    name: str
+
+    def seed_genomes(self, start: Any) -> Any: ...
+
+    def size(self, genome: Any) -> int: ...
+
+    def copy(self, genome: Any) -> Any: ...
+
+    def split_slerp(self, a: Any, b: Any, split: int, w: float) -> Any: ...
+
+    def slerp(self, a: Any, b: Any, t: float) -> Any: ...
+
+    def mutate(self, child: Any, std: float, gen: torch.Generator) -> Any: ...
+
+    def mutation_shape(self, genome: Any) -> tuple[int, int]: ...
+
+    def add_step(self, genome: Any, step: torch.Tensor) -> Any: ...
+
+    def pack(self, rows: list) -> Any: ...
+
+    def to_tensors(self, members: Sequence) -> dict[str, torch.Tensor]: ...
+
+    def from_tensors(self, tensors: dict[str, torch.Tensor], ids: Sequence[int]) -> tuple: ...
+
+    def describe(self, genome: Any) -> dict: ...

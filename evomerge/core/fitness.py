@@ -29,6 +29,10 @@ class Fitness(ABC):
     score_name: str = "score"
     #: True when every score is >= 0 (required by resource competition).
     nonnegative: bool = True
+    #: The space this plug-in's candidates belong to when the config names none (a ``recipe:``
+    #: section or ``strategy.space`` does): None for the plug-in's flat parameters (``dense``);
+    #: a plug-in that scores another kind of candidate names its space (``"dataflow"``).
+    space: str | None = None
 
     def __init__(self, **options):
         if options:

@@ -47,7 +47,6 @@ MOVED = {
     "evomerge.genome.dataflow": "evomerge.spaces.dataflow",
     "evomerge.merge.recipe": "evomerge.spaces.recipe",
     "evomerge.runtime.resident": "evomerge.spaces.resident_recipe",
-    "evomerge.runtime.recipe_fitness": "evomerge.spaces.recipe_fitness",
     "evomerge.search.loop": "evomerge.run.loop",
     "evomerge.search.export": "evomerge.run.export",
     "evomerge.search.checkpoint": "evomerge.run.checkpoint",

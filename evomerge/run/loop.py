@@ -18,15 +18,13 @@ import torch
 
 from evomerge.core.contracts import WorkerPool
 from evomerge.core.errors import EvomergeError, PluginError, RunDirError
-from evomerge.core.keys import child_generator
 from evomerge.run import checkpoint
 from evomerge.run.config import RunConfig
 from evomerge.run.rundir import RunDir
 from evomerge.run.tracking import Trackers
 from evomerge.runtime import make_evaluator
 from evomerge.search.registry import make_strategy
-
-SEED_STREAM = 1 << 63  # key indices at and above this are reserved for seed models
+from evomerge.spaces import SPACES
 
 
 class NullProgress:
@@ -55,15 +53,6 @@ def config_digest(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def gaussian_seeds(seed: int, count: int, n: int, std: float) -> torch.Tensor:
-    return torch.stack(
-        [
-            torch.randn(n, generator=child_generator(seed, SEED_STREAM + i)) * std
-            for i in range(count)
-        ]
-    )
-
-
 @dataclass
 class Search:
     """One search in progress: its config, strategy, evaluator, state and run directory."""
@@ -75,6 +64,7 @@ class Search:
     state: object
     wall_offset: float
     progress: object
+    space: object = None  # the run's Space (evomerge.core.contracts.Space)
     trackers: object = None  # evomerge.run.tracking.Trackers, opened at the first record
 
     # -- scoring -----------------------------------------------------------------------------
@@ -195,63 +185,49 @@ class Search:
             used = self.evaluator.utilisation()
             if used is not None:  # since this process started (a resume restarts the count)
                 summary["worker_utilisation"] = round(used, 4)
-        if self.cfg.recipe is not None:
-            summary["recipe"] = self.recipe_of(self.strategy.best(self.state)[1])
+        summary.update(self.space.summary(self.strategy.best(self.state)[1]))
         summary = self.with_nonfinite(summary)
         self.run.write_summary(summary)
         return summary
-
-    def recipe_of(self, genes: torch.Tensor) -> dict:
-        """The merge parameters a gene vector stands for, group by group (for people)."""
-        from evomerge.spaces.recipe import RecipeSpace
-
-        info = self.evaluator.info
-        space = RecipeSpace(self.cfg.recipe, info["layout"], info["num_seeds"])
-        return {"method": self.cfg.recipe.method, "groups": space.decode(genes.tolist())}
 
     def start_clock(self) -> None:
         self._t0 = time.perf_counter()
 
 
-def recipe_spec(cfg: RunConfig) -> dict | None:
-    """What each worker needs to turn candidates (genes) into models: seeds and recipe."""
-    if cfg.recipe is None:
-        return None
-    return {
-        "section": cfg.recipe.model_dump(mode="json"),
-        "count": cfg.seeds.count,
-        "seed": cfg.seed,
-        "options": dict(cfg.seeds.options),
-    }
+def space_spec(cfg: RunConfig) -> dict:
+    """What the driver and every worker need to build the run's space.
 
-
-def lineage_spec(cfg: RunConfig) -> dict | None:
-    """What each worker needs to materialise lineage genomes: the seeds to make."""
-    if getattr(cfg.strategy, "space", "dense") != "lineage":
-        return None
-    return {"count": cfg.seeds.count, "seed": cfg.seed, "options": dict(cfg.seeds.options)}
-
-
-def use_lineage_space(cfg: RunConfig, evaluator, strategy):
-    """Give the strategy the lineage space over the run's seeds; returns the seed genomes.
-
-    The driver reads the workers' seeds once for the inner products that SLERP's angles need;
-    candidates travel as lineages only.
+    ``name``: the space the config names (``recipe`` with a ``recipe:`` section, else the
+    strategy's ``space`` when it is not the default); None leaves it to the plug-in's own
+    (:attr:`evomerge.Fitness.space`), else ``dense``. The rest says how seeds are made.
     """
-    from evomerge.spaces.genomes import LineageSpace
+    name = None
+    if cfg.recipe is not None:
+        name = "recipe"
+    elif getattr(cfg.strategy, "space", "dense") != "dense":
+        name = cfg.strategy.space
+    seeds = cfg.seeds
+    spec = {
+        "name": name,
+        "kind": seeds.kind,
+        "count": seeds.count,
+        "seed": cfg.seed,
+        "options": dict(getattr(seeds, "options", {}) or {}),
+        "std": getattr(seeds, "std", None),
+    }
+    if cfg.recipe is not None:
+        spec["recipe"] = cfg.recipe.model_dump(mode="json")
+    # a space whose seeds every worker mixes alike has them made once, on Ray one copy a node
+    spec["shared_seeds"] = bool(name and getattr(SPACES.get(name), "shares_seeds", False))
+    return spec
 
-    store = evaluator.lineage_seeds()
-    space = LineageSpace.from_store(store)
-    norms = np.diagonal(space.gram.prefix(space.gram.num_params))  # the one pass, for free
-    for k in np.flatnonzero(~np.isfinite(norms)):
-        folders = getattr(store, "folders", None)
-        where = folders[k] if folders else f"seed {k} made by the fitness plug-in"
-        raise EvomergeError(
-            f"{where}: the weights hold NaN or Inf values; every merge with this seed would "
-            "too: replace it with a finite model"
-        )
-    strategy.use_space(space)
-    return space.seed_genomes()
+
+def open_space(cfg: RunConfig, evaluator, strategy):
+    """The run's space on the driver (as the workers resolved it), given to the strategy."""
+    space = SPACES.get(evaluator.info["space"]).on_driver(space_spec(cfg), evaluator)
+    if hasattr(strategy, "use_space"):  # TEMP until the strategy base class lands
+        strategy.use_space(space)
+    return space
 
 
 def prepared_strategy(cfg: RunConfig, evaluator):
@@ -270,29 +246,12 @@ def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Sea
     """
     progress = progress or NullProgress()
     t0 = time.perf_counter()
-    evaluator = make_evaluator(
-        cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg), name=run.path.name
-    )
+    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, space_spec(cfg), name=run.path.name)
     try:
         strategy = prepared_strategy(cfg, evaluator)
-        n = evaluator.info["num_params"]
-        seeds = cfg.seeds
-        if cfg.recipe is not None:  # the search starts from the recipe's initial genes
-            params = torch.tensor([evaluator.info["initial"]], dtype=torch.float32)
-        elif lineage_spec(cfg) is not None:
-            progress.message(f"making {seeds.count} seed models to merge in lineage space")
-            params = use_lineage_space(cfg, evaluator, strategy)
-        elif seeds.kind == "gaussian":
-            params = gaussian_seeds(cfg.seed, seeds.count, n, seeds.std)
-        else:
-            progress.message(f"making {seeds.count} seed models with the fitness plug-in")
-            params = evaluator.make_seeds(seeds.count, cfg.seed, dict(seeds.options))
-            for k in torch.nonzero(~torch.isfinite(params).all(dim=1)).flatten().tolist():
-                raise PluginError(
-                    f"fitness: make_seeds() returned NaN or Inf weights in seed {k}; "
-                    "seeds must be finite (check the plug-in's training of its seeds)"
-                )
-        search = Search(cfg, run, strategy, evaluator, None, 0.0, progress)
+        space = open_space(cfg, evaluator, strategy)
+        params = space.seed_genomes(evaluator, progress)
+        search = Search(cfg, run, strategy, evaluator, None, 0.0, progress, space)
         search._t0 = t0
         search.state = strategy.init(params, search.score(params))
         if fresh:
@@ -362,16 +321,13 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
             f"{run.path}: config.yaml differs from the config checkpoint {ckpt.path.name} was "
             "made with; restore it, or start a new run with the new config"
         )
-    evaluator = make_evaluator(
-        cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg), name=run.path.name
-    )
+    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, space_spec(cfg), name=run.path.name)
     try:
         strategy = prepared_strategy(cfg, evaluator)
+        space = open_space(cfg, evaluator, strategy)
     except BaseException:
         evaluator.close()
         raise
-    if lineage_spec(cfg) is not None:
-        use_lineage_space(cfg, evaluator, strategy)
     try:  # the newest checkpoint whose state also reads back (valid JSON of the wrong shape:
         ckpt, state = checkpoint.load_latest(  # damaged, the previous one is used)
             run.checkpoints, warn=warn, parse=_parser(strategy, cfg, run)
@@ -382,6 +338,7 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
     meta = ckpt.meta
     run.truncate_history(state.evaluations)
     run.clear_summary()
-    search = Search(cfg, run, strategy, evaluator, state, float(meta["wall_seconds"]), progress)
+    wall = float(meta["wall_seconds"])
+    search = Search(cfg, run, strategy, evaluator, state, wall, progress, space)
     search.start_clock()
     return search

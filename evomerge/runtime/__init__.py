@@ -1,34 +1,32 @@
-"""Runtime: fitness plug-ins and the evaluators that run them (in-process or on Ray)."""
+"""Runtime: fitness plug-ins and the evaluators that run them (in-process or on Ray).
+
+Evaluators are a registry (``evaluator.kind`` in configs): an entry is a callable
+``build(section, fitness, space, name) -> Evaluator`` (see :class:`evomerge.core.contracts.
+Evaluator`), so a user's own evaluator plugs in with ``EVALUATORS.register("mine", ...)``.
+"""
 
 from __future__ import annotations
 
 from evomerge.core.fitness import Fitness
+from evomerge.core.registry import Registry
 from evomerge.runtime.local import LocalEvaluator
 
+EVALUATORS: Registry = Registry("evaluator", "evaluator.kind")
 
-def make_evaluator(
-    section,
-    fitness,
-    recipe: dict | None = None,
-    lineage: dict | None = None,
-    name: str | None = None,
-):
-    """Build the evaluator a config's ``evaluator`` section describes.
 
-    ``recipe`` (seeds to make and the recipe section) turns each worker's fitness into a
-    recipe fitness: candidates are then gene vectors, merged in the worker. ``lineage`` (seeds
-    to make) lets workers materialise lineage genomes over those seeds. ``name`` (the run's)
-    names Ray workers ``evomerge-<name>-<i>``.
-    """
-    if section.kind == "local":
-        return LocalEvaluator(
-            fitness.plugin,
-            fitness.options,
-            section.device,
-            recipe=recipe,
-            lineage=lineage,
-            seeds_on_device=section.seeds_on_device,
-        )
+def build_local(section, fitness, space: dict | None, name: str | None):
+    """The in-process evaluator of an ``evaluator: {kind: local}`` section."""
+    return LocalEvaluator(
+        fitness.plugin,
+        fitness.options,
+        section.device,
+        space,
+        seeds_on_device=section.seeds_on_device,
+    )
+
+
+def build_ray(section, fitness, space: dict | None, name: str | None):
+    """The Ray actor pool of an ``evaluator: {kind: ray}`` section."""
     from evomerge.runtime.ray_pool import RayEvaluator
 
     return RayEvaluator(
@@ -38,14 +36,27 @@ def make_evaluator(
         num_cpus=section.num_cpus,
         num_gpus=section.num_gpus,
         address=section.address,
-        recipe=recipe,
+        space=space,
         max_restarts=section.max_restarts,
         chunk_size=section.chunk_size,
         timeout_s=section.timeout_s,
-        lineage=lineage,
         name=name,
         seeds_on_device=section.seeds_on_device,
     )
 
 
-__all__ = ["Fitness", "LocalEvaluator", "make_evaluator"]
+EVALUATORS.register("local", build_local)
+EVALUATORS.register("ray", build_ray)
+
+
+def make_evaluator(section, fitness, space: dict | None = None, name: str | None = None):
+    """Build the evaluator a config's ``evaluator`` section describes.
+
+    ``space`` (:func:`evomerge.run.loop.space_spec`) says what candidates are and how the
+    workers make the seeds they realise them from. ``name`` (the run's) names Ray workers
+    ``evomerge-<name>-<i>``.
+    """
+    return EVALUATORS.get(section.kind)(section, fitness, space, name)
+
+
+__all__ = ["EVALUATORS", "Fitness", "LocalEvaluator", "make_evaluator"]

@@ -22,13 +22,10 @@ class LocalEvaluator:
         spec: str,
         options: dict,
         device: str = "cpu",
-        recipe: dict | None = None,
-        lineage: dict | None = None,
+        space: dict | None = None,
         seeds_on_device="auto",
     ):
-        self.host = FitnessHost(
-            spec, options, device, recipe=recipe, lineage=lineage, seeds_on_device=seeds_on_device
-        )
+        self.host = FitnessHost(spec, options, device, space=space, seeds_on_device=seeds_on_device)
         self.info = self.host.info()
         self.workers = 1
 
@@ -39,7 +36,7 @@ class LocalEvaluator:
         return self.host.metrics(transportable(params))
 
     def lineage_seeds(self):
-        """The store of the seeds the lineage genomes mix (see ``genome.seed_store``)."""
+        """The store of the seeds the candidates mix (see ``tensors.seed_store``)."""
         return self.host.lineage_seeds
 
     def make_seeds(self, count: int, seed: int, options: dict) -> torch.Tensor:

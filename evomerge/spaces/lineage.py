@@ -16,6 +16,7 @@ computed densely from the materialised parents, to float32 rounding.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from evomerge.ops.vectors import SLERP_EPS, slerp_coefficients
+from evomerge.tensors.parallel import for_each_tensor
 from evomerge.tensors.seed_store import as_float64
 
 #: ``read(start, stop)`` returns the seeds' entries ``start:stop`` as a ``(K, stop - start)``
@@ -255,3 +257,59 @@ __all__ = [
     "slerp",
     "split_slerp",
 ]
+
+
+@torch.no_grad()
+def load_into(genome, store, tensors, block: int = 1 << 18, start: int | None = None) -> None:
+    """Write lineage ``genome``'s parameters into ``tensors`` in place, one block at a time.
+
+    The one way a worker realises a lineage: ``tensors`` are a resident model's parameters in
+    the flat vector's order (any dtype and device), one flat float32 row the plug-in scores,
+    or (with ``start``) the tensors of entries ``start:`` that an export writes one at a time.
+    Each block of a tensor is mixed on the tensor's device straight from views of the seeds
+    (no copy of the seeds' block) and copied in, so a worker never holds a second copy of the
+    model. The accumulator is float64 for float32/float64 targets (the mix then equals
+    :meth:`Lineage.materialize`'s to the last bit, up to the order of the K additions) and
+    float32 for half-precision ones; blocks of 2**18 entries keep it in cache, which on CPU
+    is what makes the mix run near copy speed; on the CPU several tensors are mixed at once,
+    each on one torch thread (:mod:`evomerge.tensors.parallel`).
+    """
+    bounds, coeffs = genome.bounds, genome.coeffs
+    total = sum(t.numel() for t in tensors)
+    fits = total == genome.num_params if start is None else start + total <= genome.num_params
+    start = start or 0
+    if genome.num_params != store.num_params or not fits:
+        raise ValueError(
+            f"lineage of {genome.num_params} parameters, seeds of {store.num_params}, "
+            f"model of {total}"
+        )
+    starts = start + np.concatenate([[0], np.cumsum([t.numel() for t in tensors])])
+    starts = starts.astype(np.int64)
+    buffers = threading.local()
+
+    def one(i: int) -> None:
+        t = tensors[i]
+        flat, offset = t.view(-1), int(starts[i])
+        n = flat.numel()
+        wide = torch.float64 if t.dtype in (torch.float32, torch.float64) else torch.float32
+        acc_buf = getattr(buffers, "acc", None)
+        if acc_buf is None or acc_buf.device != t.device or acc_buf.dtype != wide:
+            acc_buf = buffers.acc = torch.empty(block, dtype=wide, device=t.device)
+        with torch.no_grad():
+            for s in range(0, n, block):
+                e = min(s + block, n)
+                lo, hi = offset + s, offset + e
+                acc = acc_buf[: e - s]
+                acc.zero_()
+                r = int(np.searchsorted(bounds, lo, side="right")) - 1
+                while r < len(coeffs) and bounds[r] < hi:
+                    a, b = max(int(bounds[r]), lo), min(int(bounds[r + 1]), hi)
+                    for k, c in enumerate(coeffs[r]):
+                        if c != 0.0:
+                            src = store.piece(k, a, b).to(t.device, non_blocking=True)
+                            acc[a - lo : b - lo].add_(src, alpha=float(c))
+                    r += 1
+                flat[s:e].copy_(acc)
+
+    cpu = all(t.device.type == "cpu" for t in tensors)
+    for_each_tensor(one, [t.numel() for t in tensors], cpu=cpu)

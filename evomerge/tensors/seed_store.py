@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import threading
 import warnings
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import numpy as np
 import torch
 
 from evomerge.core.errors import EvomergeError
-from evomerge.tensors.parallel import for_each_tensor
 from evomerge.tensors.safetensors_format import ST_TO_TORCH
 from evomerge.tensors.safetensors_io import SeedModel
 
@@ -210,51 +208,3 @@ def from_description(desc) -> DenseSeeds | MappedSeeds:
     if isinstance(desc, dict):
         return MappedSeeds(desc["folders"], desc["layout"])
     return DenseSeeds(desc)
-
-
-@torch.no_grad()
-def load_into(genome, store, tensors, block: int = 1 << 18) -> None:
-    """Write lineage ``genome``'s parameters into ``tensors`` in place, one block at a time.
-
-    ``tensors`` are a resident model's parameters in the flat vector's order (any dtype and
-    device). Each block of a tensor is mixed in float32 on the tensor's device straight from
-    views of the seeds (no copy of the seeds' block) and copied in, so a worker never holds a
-    flat float32 copy of the model. Blocks of 2**18 entries keep the float32 accumulator in
-    cache, which on CPU is what makes the mix run near copy speed; on the CPU several tensors
-    are mixed at once, each on one torch thread (:mod:`evomerge.tensors.parallel`).
-    """
-    bounds, coeffs = genome.bounds, genome.coeffs
-    total = sum(t.numel() for t in tensors)
-    if total != genome.num_params or genome.num_params != store.num_params:
-        raise ValueError(
-            f"lineage of {genome.num_params} parameters, seeds of {store.num_params}, "
-            f"model of {total}"
-        )
-    starts = np.concatenate([[0], np.cumsum([t.numel() for t in tensors])]).astype(np.int64)
-    buffers = threading.local()
-
-    def one(i: int) -> None:
-        t = tensors[i]
-        flat, offset = t.view(-1), int(starts[i])
-        n = flat.numel()
-        acc_buf = getattr(buffers, "acc", None)
-        if acc_buf is None or acc_buf.device != t.device:
-            acc_buf = buffers.acc = torch.empty(block, dtype=torch.float32, device=t.device)
-        with torch.no_grad():
-            for s in range(0, n, block):
-                e = min(s + block, n)
-                lo, hi = offset + s, offset + e
-                acc = acc_buf[: e - s]
-                acc.zero_()
-                r = int(np.searchsorted(bounds, lo, side="right")) - 1
-                while r < len(coeffs) and bounds[r] < hi:
-                    a, b = max(int(bounds[r]), lo), min(int(bounds[r + 1]), hi)
-                    for k, c in enumerate(coeffs[r]):
-                        if c != 0.0:
-                            src = store.piece(k, a, b).to(t.device, non_blocking=True)
-                            acc[a - lo : b - lo].add_(src, alpha=float(c))
-                    r += 1
-                flat[s:e].copy_(acc)
-
-    cpu = all(t.device.type == "cpu" for t in tensors)
-    for_each_tensor(one, [t.numel() for t in tensors], cpu=cpu)
