@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -18,7 +19,7 @@ import torch
 class FlatRows:
     """``(B, N)`` float32 parameter rows (numpy or torch) the plug-in scores in one call."""
 
-    rows: "torch.Tensor | np.ndarray"
+    rows: torch.Tensor | np.ndarray
 
     @property
     def count(self) -> int:
