@@ -10,7 +10,9 @@ import torch
 
 from evomerge.ops.operators import (
     MERGE_METHODS,
+    BaseRole,
     MergeMethod,
+    Parameters,
     get_merge_method,
     register_merge_method,
 )
@@ -40,28 +42,54 @@ def trimmed(name, tau, **model_params):
 # --- the contract: names, parameters, defaults ----------------------------------------------------
 
 
+def declared(m):
+    """A method's declaration: base role, (required, defaults) per model and global, random."""
+    mp, gp = m.model_params, m.params
+    return (
+        m.base.value,
+        (mp.required, dict(mp.defaults)),
+        (gp.required, dict(gp.defaults)),
+        m.random,
+    )
+
+
 def test_builtin_table_matches_mergekit_defaults():
-    table = {
-        name: (m.needs_base, dict(m.model_params), dict(m.params), m.random)
-        for name, m in MERGE_METHODS.items()
-    }
+    table = {name: declared(m) for name, m in MERGE_METHODS.items()}
     gta = {"lambda": 1.0, "int8_mask": False}
-    wd = {"weight": None, "density": 1.0}
-    assert table["linear"] == (False, {"weight": None}, {"normalize": True}, False)
-    assert table["task_arithmetic"] == (True, wd, {"normalize": False, "rescale": False, **gta}, 0)
-    assert table["ties"] == (True, wd, {"normalize": True, "rescale": False, **gta}, False)
-    assert table["dare_linear"] == (True, wd, {"normalize": False, "rescale": True, **gta}, True)
-    assert table["dare_ties"] == (True, wd, {"normalize": False, "rescale": True, **gta}, True)
-    crumbs = (True, {**wd, "gamma": 0.01}, {"normalize": False, "rescale": False, **gta}, False)
-    assert table["breadcrumbs"] == crumbs
-    assert table["breadcrumbs_ties"] == crumbs
-    assert table["slerp"] == (False, {}, {"t": None}, False)
-    assert table["region_crossover"] == (
-        False,
-        {},
-        {"offset": 0, "split": None, "w": None, "omega": None},
+    wd = (("weight",), {"density": 1.0})
+    assert table["linear"] == ("none", (("weight",), {}), ((), {"normalize": True}), False)
+    assert table["task_arithmetic"] == (
+        "required",
+        wd,
+        ((), {"normalize": False, "rescale": False, **gta}),
+        0,
+    )
+    assert table["ties"] == ("required", wd, ((), {"normalize": True, "rescale": False, **gta}), 0)
+    dare = ("required", wd, ((), {"normalize": False, "rescale": True, **gta}), True)
+    assert table["dare_linear"] == dare
+    assert table["dare_ties"] == dare
+    crumbs = (
+        "required",
+        (("weight",), {"density": 1.0, "gamma": 0.01}),
+        ((), {"normalize": False, "rescale": False, **gta}),
         False,
     )
+    assert table["breadcrumbs"] == crumbs
+    assert table["breadcrumbs_ties"] == crumbs
+    assert table["slerp"] == ("endpoint", ((), {}), (("t",), {}), False)
+    assert table["region_crossover"] == (
+        "none",
+        ((), {}),
+        (("split", "w", "omega"), {"offset": 0}),
+        False,
+    )
+
+
+def test_every_method_declares_its_mergekit_name_and_source():
+    ours = {"region_crossover", "fisher", "regmean"}  # methods mergekit does not have
+    for name, m in MERGE_METHODS.items():
+        assert m.mergekit == (None if name in ours else name), name
+        assert m.reference, name
 
 
 # --- linear ---------------------------------------------------------------------------------------
@@ -442,7 +470,13 @@ def test_register_a_user_method():
         total = sum(mp["scale"] * m for mp, m in zip(model_params, models, strict=True))
         return total / len(models) + params["shift"]
 
-    method = MergeMethod("scaled_mean", scaled_mean, False, {"scale": 1.0}, {"shift": None})
+    method = MergeMethod(
+        "scaled_mean",
+        scaled_mean,
+        BaseRole.NONE,
+        Parameters(defaults={"scale": 1.0}),
+        Parameters(required=("shift",)),
+    )
     register_merge_method(method)
     try:
         got = get_merge_method("scaled_mean")

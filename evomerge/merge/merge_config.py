@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evomerge.core.errors import ConfigError
-from evomerge.ops.operators import get_merge_method
+from evomerge.ops.operators import BaseRole, get_merge_method
 from evomerge.ops.statistics import StatisticsSource
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -200,7 +200,7 @@ def _takes_base(method) -> bool:
         m = get_merge_method(str(method))
     except ValueError:
         return False
-    return m.needs_base or m.optional_base or method == "slerp"
+    return m.base.takes_base
 
 
 def load_merge_config(path: Path, raw: Any) -> MergeConfig:
@@ -217,11 +217,14 @@ def load_merge_config(path: Path, raw: Any) -> MergeConfig:
     except ValidationError as exc:
         raise ConfigError(format_validation(source, exc, MergeConfig)) from None
     method = get_merge_method(cfg.method)
-    if method.needs_base and cfg.base is None:
+    if method.base is BaseRole.REQUIRED and cfg.base is None:
         raise ConfigError(f"{source}: base: {cfg.method} merges task vectors; name a base model")
-    if cfg.method == "slerp" and (cfg.base is None or (cfg.models and len(cfg.models) != 1)):
+    if method.base is BaseRole.ENDPOINT and (
+        cfg.base is None or (cfg.models and len(cfg.models) != 1)
+    ):
         raise ConfigError(
-            f"{source}: slerp merges two models: a base (t = 0) and one model (t = 1)"
+            f"{source}: {cfg.method} merges two models: a base (one end) and one model (the "
+            "other end); give base and exactly one entry in models"
         )
     if method.statistics is not None:
         if cfg.statistics is None:
@@ -243,7 +246,7 @@ def load_merge_config(path: Path, raw: Any) -> MergeConfig:
             f"{source}: statistics: only data-aware methods (fisher, regmean) use it, not "
             f"{cfg.method}; remove it"
         )
-    takes_base = method.needs_base or method.optional_base or cfg.method == "slerp"
+    takes_base = method.base.takes_base
     for i, entry in enumerate(cfg.slices or []):
         paths = [s.path for s in entry.sources]
         if takes_base and cfg.base is not None and cfg.base not in paths:

@@ -20,6 +20,7 @@ import yaml
 from evomerge import __version__
 from evomerge.core.errors import EvomergeError
 from evomerge.merge.merge_config import DTYPES, parse_size
+from evomerge.ops.method import BaseRole
 from evomerge.run import checkpoint
 from evomerge.run.config import validate
 from evomerge.run.loop import lineage_spec, recipe_spec
@@ -29,26 +30,6 @@ from evomerge.search.registry import make_strategy
 from evomerge.spaces.genomes import LineageSpace
 from evomerge.spaces.lineage import Lineage
 from evomerge.tensors.safetensors_io import ShardedWriter
-
-#: Methods mergekit also has, under the same names and parameter conventions.
-MERGEKIT_METHODS = {
-    "linear",
-    "task_arithmetic",
-    "ties",
-    "dare_linear",
-    "dare_ties",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "slerp",
-    "della",
-    "della_linear",
-    "model_stock",
-    "nuslerp",
-    "multislerp",
-    "karcher",
-    "sce",
-    "nearswap",
-}
 
 
 def pick_member(strategy, state, which: str) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -75,7 +56,7 @@ def pick_member(strategy, state, which: str) -> tuple[int, torch.Tensor, torch.T
 def _mergekit_doc(space, decoded: dict, seeds: list[str], dtype: str) -> dict | None:
     """The recipe as a mergekit config: one ``filter`` entry per tensor, longest name first."""
     section = space.section
-    if section.method not in MERGEKIT_METHODS or len(seeds) != len(space.models) + (
+    if space.method.mergekit is None or len(seeds) != len(space.models) + (
         section.base is not None
     ):
         return None
@@ -94,13 +75,13 @@ def _mergekit_doc(space, decoded: dict, seeds: list[str], dtype: str) -> dict | 
         return [get(decoded[space.group_of[i]]) for i in range(len(space.layout))]
 
     models = []
-    if section.method == "slerp" and section.base is not None:
+    if space.method.base is BaseRole.ENDPOINT and section.base is not None:
         models.append({"model": seeds[section.base]})
     for j, seed_index in enumerate(space.models):
         names = decoded[space.groups[0]]["models"][j].keys()
         params = {p: conditional(per_tensor(lambda g, p=p, j=j: g["models"][j][p])) for p in names}
         models.append({"model": seeds[seed_index], **({"parameters": params} if params else {})})
-    doc = {"merge_method": section.method, "models": models, "dtype": dtype}
+    doc = {"merge_method": space.method.mergekit, "models": models, "dtype": dtype}
     if section.base is not None:
         doc["base_model"] = seeds[section.base]
     names = decoded[space.groups[0]]["params"].keys()
