@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evomerge.core import extensions
 from evomerge.core.errors import ConfigError
 from evomerge.ops.operators import BaseRole, get_merge_method
 from evomerge.ops.statistics import StatisticsSource
@@ -86,6 +87,11 @@ class MergeConfig(_Strict):
     statistics: StatisticsSource | None = Field(
         None, description="Data of the data-aware methods (fisher, regmean): a fitness plug-in."
     )
+    extensions: list[str] | None = Field(
+        None,
+        description="Your modules that register merge methods: .py files (relative to the "
+        "config's folder or the working directory) or module names, imported first.",
+    )
 
     @field_validator("dtype", "out_dtype")
     @classmethod
@@ -130,6 +136,7 @@ _MERGEKIT_KEYS = {
     "tokenizer_source",
     "random_seed",
     "statistics",
+    "extensions",
 }
 
 
@@ -160,7 +167,7 @@ def from_mergekit(raw: dict, source: str) -> dict:
         out["models"] = models
     if base is not None and takes_base:
         out["base"] = base
-    for key in ("dtype", "out_dtype", "tokenizer_source", "statistics"):
+    for key in ("dtype", "out_dtype", "tokenizer_source", "statistics", "extensions"):
         if raw.get(key) is not None:
             out[key] = raw[key]
     if raw.get("random_seed") is not None:
@@ -210,6 +217,9 @@ def load_merge_config(path: Path, raw: Any) -> MergeConfig:
     source = str(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the merge config must be a YAML mapping")
+    if raw.get("extensions") is not None:  # first: the method may be defined only there
+        bases = [Path.cwd(), Path(path).resolve().parent]
+        raw = {**raw, "extensions": extensions.import_for_config(raw["extensions"], bases, source)}
     if "merge_method" in raw:
         raw = from_mergekit(raw, source)
     try:

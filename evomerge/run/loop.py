@@ -271,7 +271,12 @@ def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Sea
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     evaluator = make_evaluator(
-        cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg), name=run.path.name
+        cfg.evaluator,
+        cfg.fitness,
+        recipe_spec(cfg),
+        lineage_spec(cfg),
+        name=run.path.name,
+        extensions=cfg.extensions or (),
     )
     try:
         strategy = prepared_strategy(cfg, evaluator)
@@ -363,7 +368,12 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
             "made with; restore it, or start a new run with the new config"
         )
     evaluator = make_evaluator(
-        cfg.evaluator, cfg.fitness, recipe_spec(cfg), lineage_spec(cfg), name=run.path.name
+        cfg.evaluator,
+        cfg.fitness,
+        recipe_spec(cfg),
+        lineage_spec(cfg),
+        name=run.path.name,
+        extensions=cfg.extensions or (),
     )
     try:
         strategy = prepared_strategy(cfg, evaluator)

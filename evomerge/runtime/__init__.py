@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from evomerge.core.extensions import package
 from evomerge.core.fitness import Fitness
 from evomerge.runtime.local import LocalEvaluator
 
@@ -12,14 +13,17 @@ def make_evaluator(
     recipe: dict | None = None,
     lineage: dict | None = None,
     name: str | None = None,
+    extensions=(),
 ):
     """Build the evaluator a config's ``evaluator`` section describes.
 
     ``recipe`` (seeds to make and the recipe section) turns each worker's fitness into a
     recipe fitness: candidates are then gene vectors, merged in the worker. ``lineage`` (seeds
     to make) lets workers materialise lineage genomes over those seeds. ``name`` (the run's)
-    names Ray workers ``evomerge-<name>-<i>``.
+    names Ray workers ``evomerge-<name>-<i>``. ``extensions`` (the config's resolved entries)
+    are imported by every worker first; files travel as their text.
     """
+    extensions = package(extensions)
     if section.kind == "local":
         return LocalEvaluator(
             fitness.plugin,
@@ -28,6 +32,7 @@ def make_evaluator(
             recipe=recipe,
             lineage=lineage,
             seeds_on_device=section.seeds_on_device,
+            extensions=extensions,
         )
     from evomerge.runtime.ray_pool import RayEvaluator
 
@@ -45,6 +50,7 @@ def make_evaluator(
         lineage=lineage,
         name=name,
         seeds_on_device=section.seeds_on_device,
+        extensions=extensions,
     )
 
 

@@ -25,9 +25,16 @@ class LocalEvaluator:
         recipe: dict | None = None,
         lineage: dict | None = None,
         seeds_on_device="auto",
+        extensions=(),
     ):
         self.host = FitnessHost(
-            spec, options, device, recipe=recipe, lineage=lineage, seeds_on_device=seeds_on_device
+            spec,
+            options,
+            device,
+            recipe=recipe,
+            lineage=lineage,
+            seeds_on_device=seeds_on_device,
+            extensions=extensions,
         )
         self.info = self.host.info()
         self.workers = 1
