@@ -491,3 +491,45 @@ def test_register_a_user_method():
         get_merge_method("scaled_mean")
     with pytest.raises(TypeError):
         register_merge_method(scaled_mean)
+
+
+# --- the declaration carries the differences between methods -------------------------------------
+
+
+def test_the_base_role_decides_what_configs_and_recipes_require(tmp_path):
+    from pydantic import ValidationError
+
+    from evomerge.core.errors import ConfigError
+    from evomerge.merge.merge_config import from_mergekit, load_merge_config
+    from evomerge.spaces.recipe import RecipeSection, RecipeSpace
+
+    with pytest.raises(ValidationError, match="slerp interpolates from a base.*recipe.base"):
+        RecipeSection(method="slerp", genes={"t": {}})
+    endpoint = RecipeSection(method="slerp", base=0, genes={"t": {}})
+    with pytest.raises(ValueError, match="slerp merges the base with one model, but 2 seeds"):
+        RecipeSpace(endpoint, [("w", (2,))], num_seeds=3)
+    assert RecipeSpace(endpoint, [("w", (2,))], num_seeds=2).models == [1]
+    two = {"method": "slerp", "base": "b", "models": [{"path": "x"}, {"path": "y"}]}
+    with pytest.raises(ConfigError, match="slerp merges two models: a base .* exactly one"):
+        load_merge_config(tmp_path / "m.yaml", {**two, "params": {"t": 0.5}})
+    # mergekit's base_model is the base of an endpoint or task-vector method, an input of linear
+    mk = {"base_model": "b", "models": [{"model": "b"}, {"model": "x"}]}
+    assert from_mergekit({**mk, "merge_method": "slerp"}, "s")["base"] == "b"
+    linear = from_mergekit({**mk, "merge_method": "linear"}, "s")
+    assert "base" not in linear and [m["path"] for m in linear["models"]] == ["b", "x"]
+
+
+def test_the_earlier_constructor_form_maps_onto_the_declaration():
+    def f(base, models, model_params, params, generator):
+        return models[0]
+
+    old = MergeMethod("old", f, True, {"weight": None, "density": 1.0}, {"t": None})
+    assert old.base is BaseRole.REQUIRED and old.needs_base
+    assert old.model_params == Parameters(("weight",), {"density": 1.0})
+    assert old.params == Parameters(("t",))
+    assert MergeMethod("o", f, needs_base=False, optional_base=True).base is BaseRole.OPTIONAL
+    assert MergeMethod("e", f, "endpoint").base is BaseRole.ENDPOINT
+    with pytest.raises(ValueError, match="base: 'sometimes' is not a base role"):
+        MergeMethod("bad", f, "sometimes")
+    with pytest.raises(ValueError, match="'t' is both required and has a default"):
+        Parameters(("t",), {"t": 0.5})
