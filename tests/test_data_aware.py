@@ -174,9 +174,9 @@ def test_regmean_inputs_never_seen_take_the_average_column():
 
 def test_registered_with_defaults():
     assert MERGE_METHODS["fisher"].statistics == "fisher"
-    assert dict(MERGE_METHODS["fisher"].params) == {"fisher_floor": 1e-6}
+    assert dict(MERGE_METHODS["fisher"].params.defaults) == {"fisher_floor": 1e-6}
     assert MERGE_METHODS["regmean"].statistics == "gram"
-    assert dict(MERGE_METHODS["regmean"].params) == {"alpha": 0.9}
+    assert dict(MERGE_METHODS["regmean"].params.defaults) == {"alpha": 0.9}
 
 
 # --- evomerge merge from a YAML, on digits experts ------------------------------------------

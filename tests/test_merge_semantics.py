@@ -161,7 +161,7 @@ def test_new_methods_merge_from_a_mergekit_yaml(tmp_path, seeds, method, models,
 
     m = get_merge_method(method)
     cfg = mk(method, models, parameters=params, random_seed=3)
-    takes_base = m.needs_base or m.optional_base
+    takes_base = m.base.takes_base
     if takes_base:
         cfg["base_model"] = "base"
     rc, out = merge(tmp_path, cfg)

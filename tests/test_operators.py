@@ -10,7 +10,9 @@ import torch
 
 from evomerge.ops.operators import (
     MERGE_METHODS,
+    BaseRole,
     MergeMethod,
+    Parameters,
     get_merge_method,
     register_merge_method,
 )
@@ -40,28 +42,54 @@ def trimmed(name, tau, **model_params):
 # --- the contract: names, parameters, defaults ----------------------------------------------------
 
 
+def declared(m):
+    """A method's declaration: base role, (required, defaults) per model and global, random."""
+    mp, gp = m.model_params, m.params
+    return (
+        m.base.value,
+        (mp.required, dict(mp.defaults)),
+        (gp.required, dict(gp.defaults)),
+        m.random,
+    )
+
+
 def test_builtin_table_matches_mergekit_defaults():
-    table = {
-        name: (m.needs_base, dict(m.model_params), dict(m.params), m.random)
-        for name, m in MERGE_METHODS.items()
-    }
+    table = {name: declared(m) for name, m in MERGE_METHODS.items()}
     gta = {"lambda": 1.0, "int8_mask": False}
-    wd = {"weight": None, "density": 1.0}
-    assert table["linear"] == (False, {"weight": None}, {"normalize": True}, False)
-    assert table["task_arithmetic"] == (True, wd, {"normalize": False, "rescale": False, **gta}, 0)
-    assert table["ties"] == (True, wd, {"normalize": True, "rescale": False, **gta}, False)
-    assert table["dare_linear"] == (True, wd, {"normalize": False, "rescale": True, **gta}, True)
-    assert table["dare_ties"] == (True, wd, {"normalize": False, "rescale": True, **gta}, True)
-    crumbs = (True, {**wd, "gamma": 0.01}, {"normalize": False, "rescale": False, **gta}, False)
-    assert table["breadcrumbs"] == crumbs
-    assert table["breadcrumbs_ties"] == crumbs
-    assert table["slerp"] == (False, {}, {"t": None}, False)
-    assert table["region_crossover"] == (
-        False,
-        {},
-        {"offset": 0, "split": None, "w": None, "omega": None},
+    wd = (("weight",), {"density": 1.0})
+    assert table["linear"] == ("none", (("weight",), {}), ((), {"normalize": True}), False)
+    assert table["task_arithmetic"] == (
+        "required",
+        wd,
+        ((), {"normalize": False, "rescale": False, **gta}),
+        0,
+    )
+    assert table["ties"] == ("required", wd, ((), {"normalize": True, "rescale": False, **gta}), 0)
+    dare = ("required", wd, ((), {"normalize": False, "rescale": True, **gta}), True)
+    assert table["dare_linear"] == dare
+    assert table["dare_ties"] == dare
+    crumbs = (
+        "required",
+        (("weight",), {"density": 1.0, "gamma": 0.01}),
+        ((), {"normalize": False, "rescale": False, **gta}),
         False,
     )
+    assert table["breadcrumbs"] == crumbs
+    assert table["breadcrumbs_ties"] == crumbs
+    assert table["slerp"] == ("endpoint", ((), {}), (("t",), {}), False)
+    assert table["region_crossover"] == (
+        "none",
+        ((), {}),
+        (("split", "w", "omega"), {"offset": 0}),
+        False,
+    )
+
+
+def test_every_method_declares_its_mergekit_name_and_source():
+    ours = {"region_crossover", "fisher", "regmean"}  # methods mergekit does not have
+    for name, m in MERGE_METHODS.items():
+        assert m.mergekit == (None if name in ours else name), name
+        assert m.reference, name
 
 
 # --- linear ---------------------------------------------------------------------------------------
@@ -442,7 +470,13 @@ def test_register_a_user_method():
         total = sum(mp["scale"] * m for mp, m in zip(model_params, models, strict=True))
         return total / len(models) + params["shift"]
 
-    method = MergeMethod("scaled_mean", scaled_mean, False, {"scale": 1.0}, {"shift": None})
+    method = MergeMethod(
+        "scaled_mean",
+        scaled_mean,
+        BaseRole.NONE,
+        Parameters(defaults={"scale": 1.0}),
+        Parameters(required=("shift",)),
+    )
     register_merge_method(method)
     try:
         got = get_merge_method("scaled_mean")
@@ -457,3 +491,45 @@ def test_register_a_user_method():
         get_merge_method("scaled_mean")
     with pytest.raises(TypeError):
         register_merge_method(scaled_mean)
+
+
+# --- the declaration carries the differences between methods -------------------------------------
+
+
+def test_the_base_role_decides_what_configs_and_recipes_require(tmp_path):
+    from pydantic import ValidationError
+
+    from evomerge.core.errors import ConfigError
+    from evomerge.merge.merge_config import from_mergekit, load_merge_config
+    from evomerge.spaces.recipe import RecipeSection, RecipeSpace
+
+    with pytest.raises(ValidationError, match="slerp interpolates from a base.*recipe.base"):
+        RecipeSection(method="slerp", genes={"t": {}})
+    endpoint = RecipeSection(method="slerp", base=0, genes={"t": {}})
+    with pytest.raises(ValueError, match="slerp merges the base with one model, but 2 seeds"):
+        RecipeSpace(endpoint, [("w", (2,))], num_seeds=3)
+    assert RecipeSpace(endpoint, [("w", (2,))], num_seeds=2).models == [1]
+    two = {"method": "slerp", "base": "b", "models": [{"path": "x"}, {"path": "y"}]}
+    with pytest.raises(ConfigError, match="slerp merges two models: a base .* exactly one"):
+        load_merge_config(tmp_path / "m.yaml", {**two, "params": {"t": 0.5}})
+    # mergekit's base_model is the base of an endpoint or task-vector method, an input of linear
+    mk = {"base_model": "b", "models": [{"model": "b"}, {"model": "x"}]}
+    assert from_mergekit({**mk, "merge_method": "slerp"}, "s")["base"] == "b"
+    linear = from_mergekit({**mk, "merge_method": "linear"}, "s")
+    assert "base" not in linear and [m["path"] for m in linear["models"]] == ["b", "x"]
+
+
+def test_the_earlier_constructor_form_maps_onto_the_declaration():
+    def f(base, models, model_params, params, generator):
+        return models[0]
+
+    old = MergeMethod("old", f, True, {"weight": None, "density": 1.0}, {"t": None})
+    assert old.base is BaseRole.REQUIRED and old.needs_base
+    assert old.model_params == Parameters(("weight",), {"density": 1.0})
+    assert old.params == Parameters(("t",))
+    assert MergeMethod("o", f, needs_base=False, optional_base=True).base is BaseRole.OPTIONAL
+    assert MergeMethod("e", f, "endpoint").base is BaseRole.ENDPOINT
+    with pytest.raises(ValueError, match="base: 'sometimes' is not a base role"):
+        MergeMethod("bad", f, "sometimes")
+    with pytest.raises(ValueError, match="'t' is both required and has a default"):
+        Parameters(("t",), {"t": 0.5})

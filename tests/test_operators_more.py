@@ -31,30 +31,36 @@ def close(actual, expected, atol=1e-6):
 
 def test_table_matches_mergekit_names_and_defaults():
     table = {
-        n: (m.needs_base, dict(m.model_params), dict(m.params), m.random)
+        n: (m.base.value, m.model_params.required, dict(m.model_params.defaults),
+            m.params.required, dict(m.params.defaults), m.random)
         for n, m in MERGE_METHODS.items()
-    }
+    }  # fmt: skip
     gta = {"rescale": True, "lambda": 1.0, "int8_mask": False}
-    della_mp = {"weight": None, "density": 1.0, "epsilon": 0.15}
-    assert table["della"] == (True, della_mp, {"normalize": True, **gta}, True)
-    assert table["della_linear"] == (True, della_mp, {"normalize": False, **gta}, True)
-    assert table["model_stock"] == (True, {}, {"filter_wise": False}, False)
+    della_mp = {"density": 1.0, "epsilon": 0.15}
+    w = ("weight",)
+    assert table["della"] == ("required", w, della_mp, (), {"normalize": True, **gta}, True)
+    assert table["della_linear"] == ("required", w, della_mp, (), {"normalize": False, **gta}, 1)
+    assert table["model_stock"] == ("required", (), {}, (), {"filter_wise": False}, False)
     assert table["nuslerp"] == (
-        False,
-        {"weight": None},
+        "optional",
+        w,
+        {},
+        (),
         {"nuslerp_flatten": True, "nuslerp_row_wise": False},
         False,
     )
     assert table["multislerp"] == (
-        False,
-        {"weight": None},
+        "optional",
+        w,
+        {},
+        (),
         {"normalize_weights": True, "eps": 1e-8},
         False,
     )
-    assert table["karcher"] == (False, {}, {"max_iter": 10, "tol": 1e-5}, False)
-    assert table["sce"] == (True, {}, {"select_topk": 1.0, "int8_mask": False}, False)
-    assert table["nearswap"] == (True, {}, {"t": None}, False)
-    assert table["passthrough"] == (False, {"scale": 1.0}, {}, False)
+    assert table["karcher"] == ("none", (), {}, (), {"max_iter": 10, "tol": 1e-5}, False)
+    assert table["sce"] == ("required", (), {}, (), {"select_topk": 1.0, "int8_mask": False}, 0)
+    assert table["nearswap"] == ("required", (), {}, ("t",), {}, False)
+    assert table["passthrough"] == ("none", (), {"scale": 1.0}, (), {}, False)
     assert MERGE_METHODS["nuslerp"].optional_base and MERGE_METHODS["multislerp"].optional_base
 
 

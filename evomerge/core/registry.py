@@ -73,10 +73,21 @@ class Registry(Generic[T]):
             self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a test's temporary entry, a plug-in withdrawing one)."""
+        if name not in self._entries:
+            raise KeyError(name)
+        del self._entries[name]
+
+    def closest(self, name: str) -> str | None:
+        """The registered name most like ``name`` (a typo's fix), or None."""
+        close = difflib.get_close_matches(str(name), list(self._entries), n=1)
+        return close[0] if close else None
+
     def unknown(self, name: str) -> str:
         """``unknown <kind> 'x'; did you mean 'y'?`` for a name not registered."""
-        close = difflib.get_close_matches(str(name), list(self._entries), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(self._entries)}"
+        close = self.closest(name)
+        hint = f"did you mean '{close}'?" if close else f"known: {', '.join(self._entries)}"
         return f"unknown {self.kind} '{name}'; {hint}"
 
     def names(self) -> list[str]:
@@ -95,6 +106,9 @@ class Registry(Generic[T]):
         if name not in self._entries:
             raise KeyError(name)
         return self.get(name)
+
+    def __delitem__(self, name: str) -> None:
+        self.unregister(name)
 
     def items(self) -> Iterator[tuple[str, T]]:
         """Every entry, each imported (for listings that need the objects)."""

@@ -63,8 +63,7 @@ class _Layout:
     """Seeds, slices (as lists of sources) and the scopes parameters are looked up in."""
 
     def __init__(self, cfg: MergeConfig, method: MergeMethod):
-        takes_base = method.needs_base or method.optional_base or cfg.method == "slerp"
-        self.base_path = cfg.base if takes_base else None
+        self.base_path = cfg.base if method.base.takes_base else None
         if cfg.slices:
             self.paths = list(dict.fromkeys(s.path for e in cfg.slices for s in e.sources))
             self.slices = [
@@ -109,7 +108,7 @@ def _params_for(cfg, method, layout, tensor: PlannedTensor, base_pos):
     global_scopes = [layout.slice_params[tensor.slice], glob]
     given = [k for scope in global_scopes for k in scope if k not in method.model_params]
     g = {}
-    for p in {**dict.fromkeys(given), **method.params}:
+    for p in dict.fromkeys([*given, *method.params.names]):
         value = _lookup(global_scopes, p, name, tensor.t)
         if value is not None:
             g[p] = value
@@ -122,7 +121,7 @@ def _params_for(cfg, method, layout, tensor: PlannedTensor, base_pos):
         own = {**own, **(model_extra[k - offset] if not cfg.slices else {})}
         in_name = tensor.sources[k][1]
         mp = {}
-        for p in {**dict.fromkeys(own), **method.model_params}:
+        for p in dict.fromkeys([*own, *method.model_params.names]):
             value = _lookup([own], p, in_name, tensor.t)
             if value is None and p in method.model_params:
                 value = _lookup(global_scopes, p, in_name, tensor.t)

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evomerge.core import extensions
 from evomerge.core.errors import ConfigError
-from evomerge.ops.operators import get_merge_method
+from evomerge.ops.operators import BaseRole, get_merge_method
 from evomerge.ops.statistics import StatisticsSource
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -86,6 +87,11 @@ class MergeConfig(_Strict):
     statistics: StatisticsSource | None = Field(
         None, description="Data of the data-aware methods (fisher, regmean): a fitness plug-in."
     )
+    extensions: list[str] | None = Field(
+        None,
+        description="Your modules that register merge methods: .py files (relative to the "
+        "config's folder or the working directory) or module names, imported first.",
+    )
 
     @field_validator("dtype", "out_dtype")
     @classmethod
@@ -130,6 +136,7 @@ _MERGEKIT_KEYS = {
     "tokenizer_source",
     "random_seed",
     "statistics",
+    "extensions",
 }
 
 
@@ -160,7 +167,7 @@ def from_mergekit(raw: dict, source: str) -> dict:
         out["models"] = models
     if base is not None and takes_base:
         out["base"] = base
-    for key in ("dtype", "out_dtype", "tokenizer_source", "statistics"):
+    for key in ("dtype", "out_dtype", "tokenizer_source", "statistics", "extensions"):
         if raw.get(key) is not None:
             out[key] = raw[key]
     if raw.get("random_seed") is not None:
@@ -200,7 +207,7 @@ def _takes_base(method) -> bool:
         m = get_merge_method(str(method))
     except ValueError:
         return False
-    return m.needs_base or m.optional_base or method == "slerp"
+    return m.base.takes_base
 
 
 def load_merge_config(path: Path, raw: Any) -> MergeConfig:
@@ -210,6 +217,9 @@ def load_merge_config(path: Path, raw: Any) -> MergeConfig:
     source = str(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the merge config must be a YAML mapping")
+    if raw.get("extensions") is not None:  # first: the method may be defined only there
+        bases = [Path.cwd(), Path(path).resolve().parent]
+        raw = {**raw, "extensions": extensions.import_for_config(raw["extensions"], bases, source)}
     if "merge_method" in raw:
         raw = from_mergekit(raw, source)
     try:
@@ -217,11 +227,14 @@ def load_merge_config(path: Path, raw: Any) -> MergeConfig:
     except ValidationError as exc:
         raise ConfigError(format_validation(source, exc, MergeConfig)) from None
     method = get_merge_method(cfg.method)
-    if method.needs_base and cfg.base is None:
+    if method.base is BaseRole.REQUIRED and cfg.base is None:
         raise ConfigError(f"{source}: base: {cfg.method} merges task vectors; name a base model")
-    if cfg.method == "slerp" and (cfg.base is None or (cfg.models and len(cfg.models) != 1)):
+    if method.base is BaseRole.ENDPOINT and (
+        cfg.base is None or (cfg.models and len(cfg.models) != 1)
+    ):
         raise ConfigError(
-            f"{source}: slerp merges two models: a base (t = 0) and one model (t = 1)"
+            f"{source}: {cfg.method} merges two models: a base (one end) and one model (the "
+            "other end); give base and exactly one entry in models"
         )
     if method.statistics is not None:
         if cfg.statistics is None:
@@ -243,7 +256,7 @@ def load_merge_config(path: Path, raw: Any) -> MergeConfig:
             f"{source}: statistics: only data-aware methods (fisher, regmean) use it, not "
             f"{cfg.method}; remove it"
         )
-    takes_base = method.needs_base or method.optional_base or cfg.method == "slerp"
+    takes_base = method.base.takes_base
     for i, entry in enumerate(cfg.slices or []):
         paths = [s.path for s in entry.sources]
         if takes_base and cfg.base is not None and cfg.base not in paths:

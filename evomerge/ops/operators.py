@@ -1,7 +1,9 @@
 """Per-tensor merge operators with mergekit's conventions, in a registry users can extend.
 
-A merge method is a :class:`MergeMethod`: a function over one tensor of every input model plus
-the names and defaults of its parameters. ``MERGE_METHODS`` holds the built-in ones under
+A merge method is a :class:`~evomerge.ops.method.MergeMethod`: a function over one tensor of
+every input model plus its declaration (required and defaulted parameters, the base model's
+role, its mergekit name; see :mod:`evomerge.ops.method`). ``MERGE_METHODS`` holds the built-in
+ones (declared in :mod:`evomerge.ops.method_table`) under
 mergekit's names (``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``,
 ``breadcrumbs``, ``breadcrumbs_ties``, ``slerp``, ``della``, ``della_linear``,
 ``model_stock``, ``nuslerp``, ``multislerp``, ``karcher``, ``sce``, ``nearswap``,
@@ -9,20 +11,23 @@ mergekit's names (``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``
 (:mod:`~evomerge.ops.data_aware`, whose statistics come from a pass over a fitness plug-in's
 examples, :mod:`~evomerge.ops.statistics`); add your own without editing the package::
 
-    from evomerge.ops.operators import MergeMethod, register_merge_method
+    from evomerge.ops.operators import BaseRole, MergeMethod, register_merge_method
 
     def mean(base, models, model_params, params, generator):
         return sum(models) / len(models)
 
-    register_merge_method(MergeMethod("mean", mean, needs_base=False, model_params={}, params={}))
+    register_merge_method(MergeMethod("mean", mean, BaseRole.NONE))
+
+or name the module defining it in a config's ``extensions:`` list (see
+:mod:`evomerge.core.extensions`), so it is registered on every Ray worker too.
 
 Conventions shared by every built-in method (so a mergekit recipe gives mergekit's tensors):
 
 * Inputs are never modified. float16/bfloat16 inputs are computed in float32 and the result is
   rounded once to the inputs' dtype (mergekit computes in the input dtype, so half-precision
   results can differ in the last bit); float32/float64 inputs are computed in their own dtype.
-* A parameter whose default is ``None`` is required: its key must be given. Unknown parameter
-  names are errors (mergekit ignores them), so a typo never silently does nothing.
+* A required parameter (declared without a default) must be given. Unknown parameter names
+  are errors (mergekit ignores them), so a typo never silently does nothing.
 * Task-vector methods (mergekit's "generalized task arithmetic") compute
   ``tau_k = theta_k - base``, sparsify each ``tau_k`` with its own ``density``, multiply by its
   ``weight`` (weights are applied *after* trimming, and the TIES sign election sees weighted
@@ -67,7 +72,9 @@ rank-dependent drops; model_stock, nuslerp, multislerp and karcher
 (nuslerp and multislerp use a base when given one and work without); sce
 (:mod:`~evomerge.ops.sce`), nearswap and passthrough (:mod:`~evomerge.ops.pointwise`).
 
-``omega`` of region_crossover must be given; ``None`` there means linear interpolation.
+``split``, ``w`` and ``omega`` of region_crossover must be given (``t`` of slerp and nearswap,
+``weight`` of the task-vector methods, linear, nuslerp and multislerp too); ``omega: None``
+means linear interpolation.
 Every task-vector method also takes ``lambda=1.0`` and ``int8_mask=False`` (accepted, no effect:
 it only changes the dtype of mergekit's mask, not the result).
 
@@ -102,177 +109,40 @@ it only changes the dtype of mergekit's mask, not the result).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from functools import partial
-from types import MappingProxyType
+from evomerge.core.registry import Registry
+from evomerge.ops.method import BaseRole, MergeMethod, Parameters
+from evomerge.ops.method_table import BUILT_IN
 
-import torch
-
-from evomerge.ops.data_aware import fisher, regmean
-from evomerge.ops.della import della_magprune
-from evomerge.ops.interpolation import linear, region_crossover, slerp
-from evomerge.ops.pointwise import nearswap, passthrough
-from evomerge.ops.sce import sce
-from evomerge.ops.spherical import karcher, model_stock, multislerp, nuslerp
-from evomerge.ops.task_vectors import (
-    breadcrumbs_trim,
-    dare_drop,
-    generalized_task_arithmetic,
-    magnitude_trim,
-)
-
-
-@dataclass(frozen=True)
-class MergeMethod:
-    """A named per-tensor merge operator and its parameters.
-
-    ``fn(base, models, model_params, params, generator)`` receives the parameters already
-    completed with their defaults; ``model_params`` has one dict per model in ``models``.
-    Defaults of ``None`` mark required parameters. ``random`` methods draw from ``generator``.
-    ``optional_base`` methods use a base when one is given (task vectors against it) and work
-    without one too. ``statistics`` methods (``"fisher"``, ``"gram"``) also receive, per model,
-    that kind of statistic for the tensor (or None where there is none) as ``statistics=``.
-    """
-
-    name: str
-    fn: Callable
-    needs_base: bool
-    model_params: Mapping[str, float | None]
-    params: Mapping[str, float | bool | None]
-    random: bool = False
-    optional_base: bool = False
-    statistics: str | None = None
-
-    def __post_init__(self):
-        # Read-only copies: a caller mutating its dict must not change a registered method.
-        object.__setattr__(self, "model_params", MappingProxyType(dict(self.model_params)))
-        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
-
-    def __call__(
-        self,
-        base: torch.Tensor | None,
-        models: Sequence[torch.Tensor],
-        model_params: Sequence[Mapping] | None = None,
-        params: Mapping | None = None,
-        generator: torch.Generator | None = None,
-        statistics: Sequence[torch.Tensor | None] | None = None,
-    ) -> torch.Tensor:
-        """Fill defaults, refuse missing/unknown parameters and mismatched shapes, then merge."""
-        models = list(models)
-        if self.needs_base and base is None:
-            raise ValueError(f"{self.name} merges task vectors: a base tensor is required")
-        _check_shapes(base, models)
-        if model_params is None:
-            model_params = [{} for _ in models]
-        if len(model_params) != len(models):
-            raise ValueError(
-                f"{self.name}: {len(model_params)} model_params for {len(models)} models"
-            )
-        filled = [
-            _fill(self.model_params, mp, f"{self.name}: model {i}")
-            for i, mp in enumerate(model_params)
-        ]
-        params = _fill(self.params, params or {}, self.name)
-        if self.statistics is None:
-            return self.fn(base, models, filled, params, generator)
-        return self.fn(base, models, filled, params, generator, statistics=statistics)
-
-
-MERGE_METHODS: dict[str, MergeMethod] = {}
+#: Every merge method by name: the built-in ones, then those users register.
+MERGE_METHODS: Registry[MergeMethod] = Registry("merge method", "method")
 
 
 def register_merge_method(method: MergeMethod) -> None:
     """Make ``method.name`` available to configs and recipes (replaces one of the same name)."""
     if not isinstance(method, MergeMethod):
         raise TypeError(f"expected a MergeMethod, got {type(method).__name__}")
-    MERGE_METHODS[method.name] = method
+    MERGE_METHODS.register(method.name, method)
 
 
 def get_merge_method(name: str) -> MergeMethod:
-    """The registered method ``name``; ValueError listing the known names otherwise."""
-    try:
-        return MERGE_METHODS[name]
-    except (KeyError, TypeError):
+    """The registered method ``name``; ValueError naming the closest and the known names."""
+    if not isinstance(name, str) or name not in MERGE_METHODS:
+        close = MERGE_METHODS.closest(str(name))
+        hint = f"did you mean '{close}'? " if close else ""
         known = ", ".join(sorted(MERGE_METHODS))
-        raise ValueError(f"unknown merge method '{name}'; known: {known}") from None
+        raise ValueError(f"unknown merge method '{name}'; {hint}known: {known}")
+    return MERGE_METHODS.get(name)
 
 
-# --- parameter handling -------------------------------------------------------------------
-
-
-def _fill(defaults: Mapping, given: Mapping, where: str) -> dict:
-    """``given`` completed with ``defaults``; a key whose default is None must be given."""
-    unknown = [k for k in given if k not in defaults]
-    if unknown:
-        known = ", ".join(defaults) or "none"
-        raise ValueError(f"{where}: unknown parameter '{unknown[0]}' (known: {known})")
-    missing = [k for k, d in defaults.items() if d is None and k not in given]
-    if missing:
-        raise ValueError(f"{where}: missing required parameter '{missing[0]}'")
-    return {k: given.get(k, d) for k, d in defaults.items()}
-
-
-def _check_shapes(base: torch.Tensor | None, models: Sequence[torch.Tensor]) -> None:
-    shapes = [tuple(t.shape) for t in ([base] if base is not None else []) + models]
-    if len(set(shapes)) > 1:
-        raise ValueError(f"tensor shapes differ: {', '.join(str(s) for s in shapes)}")
-
-
-# --- the built-in table (mergekit's names and per-method defaults) --------------------------
-
-
-def _gta_method(name, sparsify, consensus, normalize, rescale, extra=None) -> MergeMethod:
-    model_params = {"weight": None, "density": 1.0, **(extra or {})}
-    params = {"normalize": normalize, "rescale": rescale, "lambda": 1.0, "int8_mask": False}
-    fn = partial(generalized_task_arithmetic, sparsify=sparsify, consensus=consensus)
-    random = sparsify in (dare_drop, della_magprune)
-    return MergeMethod(name, fn, True, model_params, params, random=random)
-
-
-for _method in (
-    MergeMethod("linear", linear, False, {"weight": None}, {"normalize": True}),
-    _gta_method("task_arithmetic", None, False, normalize=False, rescale=False),
-    _gta_method("ties", magnitude_trim, True, normalize=True, rescale=False),
-    _gta_method("dare_linear", dare_drop, False, normalize=False, rescale=True),
-    _gta_method("dare_ties", dare_drop, True, normalize=False, rescale=True),
-    _gta_method("breadcrumbs", breadcrumbs_trim, False, False, False, {"gamma": 0.01}),
-    _gta_method("breadcrumbs_ties", breadcrumbs_trim, True, False, False, {"gamma": 0.01}),
-    MergeMethod("slerp", slerp, False, {}, {"t": None}),
-    MergeMethod(
-        "region_crossover",
-        region_crossover,
-        False,
-        {},
-        {"offset": 0, "split": None, "w": None, "omega": None},
-    ),
-    _gta_method("della", della_magprune, True, True, True, {"epsilon": 0.15}),
-    _gta_method("della_linear", della_magprune, False, False, True, {"epsilon": 0.15}),
-    MergeMethod("model_stock", model_stock, True, {}, {"filter_wise": False}),
-    MergeMethod(
-        "nuslerp",
-        nuslerp,
-        False,
-        {"weight": None},
-        {"nuslerp_flatten": True, "nuslerp_row_wise": False},
-        optional_base=True,
-    ),
-    MergeMethod(
-        "multislerp",
-        multislerp,
-        False,
-        {"weight": None},
-        {"normalize_weights": True, "eps": 1e-8},
-        optional_base=True,
-    ),
-    MergeMethod("karcher", karcher, False, {}, {"max_iter": 10, "tol": 1e-5}),
-    MergeMethod("sce", sce, True, {}, {"select_topk": 1.0, "int8_mask": False}),
-    MergeMethod("nearswap", nearswap, True, {}, {"t": None}),
-    MergeMethod("passthrough", passthrough, False, {"scale": 1.0}, {}),
-    MergeMethod(
-        "fisher", fisher, False, {"weight": 1.0}, {"fisher_floor": 1e-6}, statistics="fisher"
-    ),
-    MergeMethod("regmean", regmean, False, {"weight": 1.0}, {"alpha": 0.9}, statistics="gram"),
-):
+for _method in BUILT_IN:
     register_merge_method(_method)
 del _method
+
+__all__ = [
+    "MERGE_METHODS",
+    "BaseRole",
+    "MergeMethod",
+    "Parameters",
+    "get_merge_method",
+    "register_merge_method",
+]

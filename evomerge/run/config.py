@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evomerge.core import safe_yaml
+from evomerge.core import extensions, safe_yaml
 from evomerge.core.errors import ConfigError
 from evomerge.core.plugins import resolve_spec
 from evomerge.core.validation import format_validation
@@ -116,6 +116,12 @@ class RunConfig(_Section):
 
     seed: int = Field(description="Seed of every random draw of the run.")
     name: str | None = Field(None, description="Run name (default: the config file's stem).")
+    extensions: list[str] | None = Field(
+        None,
+        description="Your modules that register strategies or merge methods: .py files "
+        "(relative to the config's folder or the working directory) or module names, imported "
+        "before the config is checked and on every worker.",
+    )
     budget: Budget
     batch: int = Field(1, ge=1, description="Children asked from one archive state.")
     checkpoint_every: int = Field(5000, ge=1, description="Evaluations between checkpoints.")
@@ -185,6 +191,8 @@ def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a YAML mapping of keys to values")
     raw = dict(raw)
+    if raw.get("extensions") is not None:  # first: names below may be defined only there
+        raw["extensions"] = extensions.import_for_config(raw["extensions"], bases, source)
     strategy_raw = raw.get("strategy")
     try:
         cfg = RunConfig.model_validate(raw)

@@ -17,6 +17,7 @@ import torch
 
 from evomerge import __version__
 from evomerge.core.errors import EvomergeError
+from evomerge.core.extensions import package
 from evomerge.run import checkpoint
 from evomerge.run.config import validate
 from evomerge.run.loop import space_spec
@@ -52,7 +53,13 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
     """Write member ``which`` (``best`` or an id) of the run at ``run_dir`` to ``out``."""
     run = RunDir(run_dir)
     cfg = validate(run.read_config(), str(run.path / "config.yaml"))
-    evaluator = LocalEvaluator(cfg.fitness.plugin, cfg.fitness.options, "cpu", space_spec(cfg))
+    evaluator = LocalEvaluator(
+        cfg.fitness.plugin,
+        cfg.fitness.options,
+        "cpu",
+        space_spec(cfg),
+        extensions=package(cfg.extensions or ()),
+    )
     space = SPACES.get(evaluator.info["space"]).on_driver(space_spec(cfg), evaluator)
     strategy = make_strategy(cfg.strategy, cfg.seed)
     if hasattr(strategy, "use_space"):  # TEMP until the strategy base class lands

@@ -246,7 +246,13 @@ def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Sea
     """
     progress = progress or NullProgress()
     t0 = time.perf_counter()
-    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, space_spec(cfg), name=run.path.name)
+    evaluator = make_evaluator(
+        cfg.evaluator,
+        cfg.fitness,
+        space_spec(cfg),
+        name=run.path.name,
+        extensions=cfg.extensions or (),
+    )
     try:
         strategy = prepared_strategy(cfg, evaluator)
         space = open_space(cfg, evaluator, strategy)
@@ -321,7 +327,13 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
             f"{run.path}: config.yaml differs from the config checkpoint {ckpt.path.name} was "
             "made with; restore it, or start a new run with the new config"
         )
-    evaluator = make_evaluator(cfg.evaluator, cfg.fitness, space_spec(cfg), name=run.path.name)
+    evaluator = make_evaluator(
+        cfg.evaluator,
+        cfg.fitness,
+        space_spec(cfg),
+        name=run.path.name,
+        extensions=cfg.extensions or (),
+    )
     try:
         strategy = prepared_strategy(cfg, evaluator)
         space = open_space(cfg, evaluator, strategy)

@@ -13,6 +13,7 @@ import torch
 
 from evomerge.core.contracts import resident_tensors
 from evomerge.core.errors import ConfigError, EvomergeError, PluginError
+from evomerge.core.extensions import load as load_extensions
 from evomerge.core.fitness import Fitness
 from evomerge.core.plugins import load_object
 from evomerge.spaces import SPACES
@@ -81,7 +82,9 @@ class FitnessHost:
         space=None,
         seeds=None,
         seeds_on_device="auto",
+        extensions=(),
     ):
+        load_extensions(extensions)  # the user's strategies and merge methods, before all else
         if threads:
             torch.set_num_threads(int(threads))
         self.spec = spec

@@ -24,8 +24,16 @@ class LocalEvaluator:
         device: str = "cpu",
         space: dict | None = None,
         seeds_on_device="auto",
+        extensions=(),
     ):
-        self.host = FitnessHost(spec, options, device, space=space, seeds_on_device=seeds_on_device)
+        self.host = FitnessHost(
+            spec,
+            options,
+            device,
+            space=space,
+            seeds_on_device=seeds_on_device,
+            extensions=extensions,
+        )
         self.info = self.host.info()
         self.workers = 1
 

@@ -41,10 +41,10 @@ NAMESPACE = "evomerge"  # 'ray list actors' shows the workers as evomerge-<run>-
 ANSWER_S = 5.0  # how long a report waits for a worker that is not alive
 
 
-def _make_seeds(spec, options, source, space):
+def _make_seeds(spec, options, source, space, extensions=()):
     """A one-off Ray task: the lineage seeds made once for the whole cluster (or, for seeds
     in model folders, the folders the workers map)."""
-    host = FitnessHost(spec, options, "cpu", source=source)
+    host = FitnessHost(spec, options, "cpu", source=source, extensions=extensions)
     return host.lineage_store(space).describe()
 
 
@@ -53,7 +53,7 @@ class _Worker:
 
     def __init__(self, *host_args):
         """``host_args``: FitnessHost's, in its order (spec, options, device, source, threads,
-        space, seeds, seeds_on_device)."""
+        space, seeds, seeds_on_device, extensions)."""
         # A failed set-up is kept and raised by info(): errors raised by an actor's
         # constructor reach the driver only as text, task errors keep their type.
         self.error = None
@@ -123,6 +123,7 @@ class RayEvaluator:
         timeout_s=None,
         name=None,
         seeds_on_device="auto",
+        extensions=(),
     ):
         import ray
 
@@ -153,8 +154,11 @@ class RayEvaluator:
             # One copy in the object store per node, mapped read-only by that node's workers
             # (and by restarted ones): workers never each hold a private copy of the seeds.
             task = ray.remote(num_cpus=num_cpus, max_retries=max_restarts)(_make_seeds)
-            self._seeds_ref = task.remote(spec, options, source, space)
-        args = (spec, options, device, source, threads, space, self._seeds_ref, seeds_on_device)
+            self._seeds_ref = task.remote(spec, options, source, space, extensions)
+        args = (
+            spec, options, device, source, threads, space, self._seeds_ref, seeds_on_device,
+            extensions,
+        )  # fmt: skip
         self.actors, self.names = _named_actors(actor, workers, name or "run", args)
         self.away: set[int] = set()  # worker slots not alive now (restarting, or unplaced)
         self.unplaced: dict[int, list] = {}  # slot -> [since when without a node, reported]

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evomerge.core.keys import key
-from evomerge.ops.operators import get_merge_method
+from evomerge.ops.operators import BaseRole, get_merge_method
 from evomerge.ops.statistics import SearchStatistics
 
 DEFAULT_LAYER_PATTERN = r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)"
@@ -117,14 +117,19 @@ class RecipeSection(_Section):
     @model_validator(mode="after")
     def _check_method(self):
         method = get_merge_method(self.method)  # ValueError lists the known names
-        known = {**method.model_params, **method.params}
+        known = [*method.model_params.names, *method.params.names]
         for name in [*self.genes, *self.params, *self.model_params]:
             if name not in known:
                 raise ValueError(
                     f"'{name}' is not a parameter of {self.method}; it has: {', '.join(known)}"
                 )
-        if method.needs_base and self.base is None:
+        if method.base is BaseRole.REQUIRED and self.base is None:
             raise ValueError(f"{self.method} merges task vectors: set recipe.base (a seed index)")
+        if method.base is BaseRole.ENDPOINT and self.base is None:
+            raise ValueError(
+                f"{self.method} interpolates from a base to one model: set recipe.base (a seed "
+                "index) and use two seeds"
+            )
         if method.statistics is not None and self.statistics is None:
             raise ValueError(
                 f"statistics: {self.method} needs data; set recipe.statistics: {{examples: "
@@ -144,6 +149,11 @@ class RecipeSpace:
         if section.base is not None and section.base >= num_seeds:
             raise ValueError(f"recipe.base is {section.base} but there are {num_seeds} seeds")
         self.models = [i for i in range(num_seeds) if i != section.base]
+        if self.method.base is BaseRole.ENDPOINT and len(self.models) != 1:
+            raise ValueError(
+                f"{section.method} merges the base with one model, but {len(self.models)} "
+                "seeds are not the base; use two seeds (seeds.count: 2)"
+            )
         self.layout = [(name, tuple(shape)) for name, shape in layout]
         self.group_of = [self._group(name) for name, _ in self.layout]
         self.groups = list(dict.fromkeys(self.group_of))

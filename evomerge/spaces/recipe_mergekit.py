@@ -2,36 +2,18 @@
 
 One ``filter`` entry per tensor where a parameter differs between groups (longest name first,
 so the most specific filter wins in mergekit's first-match order), a plain value where it is
-the same everywhere. Only methods mergekit also has, under the same names and conventions.
+the same everywhere. Only methods that declare a mergekit name (``MergeMethod.mergekit``).
 """
 
 from __future__ import annotations
 
-#: Methods mergekit also has, under the same names and parameter conventions.
-MERGEKIT_METHODS = {
-    "linear",
-    "task_arithmetic",
-    "ties",
-    "dare_linear",
-    "dare_ties",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "slerp",
-    "della",
-    "della_linear",
-    "model_stock",
-    "nuslerp",
-    "multislerp",
-    "karcher",
-    "sce",
-    "nearswap",
-}
+from evomerge.ops.method import BaseRole
 
 
 def mergekit_doc(space, decoded: dict, seeds: list[str], dtype: str) -> dict | None:
     """The recipe as a mergekit config: one ``filter`` entry per tensor, longest name first."""
     section = space.section
-    if section.method not in MERGEKIT_METHODS or len(seeds) != len(space.models) + (
+    if space.method.mergekit is None or len(seeds) != len(space.models) + (
         section.base is not None
     ):
         return None
@@ -50,13 +32,13 @@ def mergekit_doc(space, decoded: dict, seeds: list[str], dtype: str) -> dict | N
         return [get(decoded[space.group_of[i]]) for i in range(len(space.layout))]
 
     models = []
-    if section.method == "slerp" and section.base is not None:
+    if space.method.base is BaseRole.ENDPOINT and section.base is not None:
         models.append({"model": seeds[section.base]})
     for j, seed_index in enumerate(space.models):
         names = decoded[space.groups[0]]["models"][j].keys()
         params = {p: conditional(per_tensor(lambda g, p=p, j=j: g["models"][j][p])) for p in names}
         models.append({"model": seeds[seed_index], **({"parameters": params} if params else {})})
-    doc = {"merge_method": section.method, "models": models, "dtype": dtype}
+    doc = {"merge_method": space.method.mergekit, "models": models, "dtype": dtype}
     if section.base is not None:
         doc["base_model"] = seeds[section.base]
     names = decoded[space.groups[0]]["params"].keys()

@@ -1,0 +1,234 @@
+"""What a merge method declares about itself, so callers ask the declaration, not the name.
+
+A :class:`MergeMethod` is a per-tensor kernel plus its declaration: which parameters must be
+given and which have defaults (:class:`Parameters`, per model and global), what the base model
+is to it (:class:`BaseRole`), whether it draws random numbers or needs statistics, and its
+name in mergekit (None where mergekit has no such method). The merge engine, merge configs,
+recipe searches and the mergekit export all read these fields; none tests a method's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+
+class BaseRole(str, Enum):
+    """What a method does with a base model.
+
+    ``none``: it has no base; a mergekit ``base_model`` is one more input model.
+    ``required``: it merges task vectors ``theta_k - base``; a base must be given.
+    ``optional``: task vectors against the base when one is given, the models themselves
+    when not (nuslerp, multislerp).
+    ``endpoint``: the base is one end of an interpolation and exactly one model the other
+    (slerp: t = 0 is the base); a base must be given, and mergekit lists it among the models.
+    """
+
+    NONE = "none"
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    ENDPOINT = "endpoint"
+
+    @property
+    def takes_base(self) -> bool:
+        """Whether a named base is this method's base rather than one more input model."""
+        return self is not BaseRole.NONE
+
+    @property
+    def needs_base(self) -> bool:
+        """Whether the method cannot merge without a base."""
+        return self in (BaseRole.REQUIRED, BaseRole.ENDPOINT)
+
+
+@dataclass(frozen=True)
+class Parameters:
+    """A method's parameters: the names that must be given, and the others with defaults.
+
+    A required parameter has no default; any value may be given for it, None included
+    (region_crossover's ``omega: None`` means linear interpolation).
+    """
+
+    required: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        required = (self.required,) if isinstance(self.required, str) else tuple(self.required)
+        both = [n for n in required if n in self.defaults]
+        if both:
+            raise ValueError(f"parameter '{both[0]}' is both required and has a default")
+        object.__setattr__(self, "required", required)
+        # A read-only copy: a caller mutating its dict must not change a registered method.
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+
+    @classmethod
+    def from_defaults(cls, table: Mapping[str, Any]) -> Parameters:
+        """The earlier form, ``{name: default}`` with None marking a required parameter (kept so
+        methods written against it register unchanged)."""
+        required = tuple(n for n, d in table.items() if d is None)
+        return cls(required, {n: d for n, d in table.items() if d is not None})
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.required, *self.defaults)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.required or name in self.defaults
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.required) + len(self.defaults)
+
+    def fill(self, given: Mapping, where: str) -> dict:
+        """``given`` completed with the defaults; unknown or missing names are one-line errors."""
+        unknown = [k for k in given if k not in self]
+        if unknown:
+            known = ", ".join(self.names) or "none"
+            raise ValueError(f"{where}: unknown parameter '{unknown[0]}' (known: {known})")
+        missing = [k for k in self.required if k not in given]
+        if missing:
+            raise ValueError(f"{where}: missing required parameter '{missing[0]}'")
+        filled = {k: given[k] for k in self.required}
+        filled.update({k: given.get(k, d) for k, d in self.defaults.items()})
+        return filled
+
+
+def _parameters(value, where: str) -> Parameters:
+    if isinstance(value, Parameters):
+        return value
+    if value is None:
+        return Parameters()
+    if isinstance(value, Mapping):
+        return Parameters.from_defaults(value)
+    raise TypeError(f"{where}: expected Parameters(required=..., defaults=...), got {value!r}")
+
+
+def _role(base, needs_base, optional_base) -> BaseRole:
+    if needs_base is not None or optional_base:  # the earlier keywords
+        if base is not None:
+            raise TypeError("give base=BaseRole...; needs_base/optional_base are its older form")
+        if optional_base:
+            return BaseRole.OPTIONAL
+        return BaseRole.REQUIRED if needs_base else BaseRole.NONE
+    if base is None:
+        return BaseRole.NONE
+    if isinstance(base, bool):  # the earlier positional needs_base
+        return BaseRole.REQUIRED if base else BaseRole.NONE
+    try:
+        return BaseRole(base)
+    except ValueError:
+        roles = ", ".join(r.value for r in BaseRole)
+        raise ValueError(f"base: '{base}' is not a base role ({roles})") from None
+
+
+@dataclass(frozen=True, init=False)
+class MergeMethod:
+    """A named per-tensor merge kernel and its declaration.
+
+    ``fn(base, models, model_params, params, generator)`` receives the parameters already
+    completed with their defaults; ``model_params`` has one dict per model in ``models``;
+    ``base`` is the base's tensor or None (see :class:`BaseRole`). ``random`` methods draw
+    from ``generator``. ``statistics`` methods (``"fisher"``, ``"gram"``) also receive, per
+    model, that kind of statistic for the tensor (or None where there is none) as
+    ``statistics=``. ``mergekit`` is the method's name in mergekit (None: mergekit has none,
+    so a recipe using it is exported without a mergekit.yaml); ``reference`` where the
+    method comes from (a paper).
+    """
+
+    name: str
+    fn: Callable
+    base: BaseRole
+    model_params: Parameters
+    params: Parameters
+    random: bool
+    statistics: str | None
+    mergekit: str | None
+    reference: str | None
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable,
+        base: BaseRole | str | bool | None = None,
+        model_params: Parameters | Mapping | None = None,
+        params: Parameters | Mapping | None = None,
+        *,
+        random: bool = False,
+        statistics: str | None = None,
+        mergekit: str | None = None,
+        reference: str | None = None,
+        needs_base: bool | None = None,
+        optional_base: bool = False,
+    ):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a merge method's name is a non-empty string, got {name!r}")
+        if not callable(fn):
+            raise TypeError(f"{name}: fn must be callable, got {fn!r}")
+        if statistics not in (None, "fisher", "gram"):
+            raise ValueError(f"{name}: statistics is 'fisher', 'gram' or None, not {statistics!r}")
+        values = {
+            "name": name,
+            "fn": fn,
+            "base": _role(base, needs_base, optional_base),
+            "model_params": _parameters(model_params, f"{name}: model_params"),
+            "params": _parameters(params, f"{name}: params"),
+            "random": bool(random),
+            "statistics": statistics,
+            "mergekit": mergekit,
+            "reference": reference,
+        }
+        for attr, value in values.items():
+            object.__setattr__(self, attr, value)
+
+    @property
+    def needs_base(self) -> bool:
+        """The earlier flag: the method merges task vectors against a base it requires."""
+        return self.base is BaseRole.REQUIRED
+
+    @property
+    def optional_base(self) -> bool:
+        """The earlier flag: the method uses a base when given one."""
+        return self.base is BaseRole.OPTIONAL
+
+    def __call__(
+        self,
+        base: torch.Tensor | None,
+        models: Sequence[torch.Tensor],
+        model_params: Sequence[Mapping] | None = None,
+        params: Mapping | None = None,
+        generator: torch.Generator | None = None,
+        statistics: Sequence[torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
+        """Fill defaults, refuse missing/unknown parameters and mismatched shapes, then merge."""
+        models = list(models)
+        if self.base is BaseRole.REQUIRED and base is None:
+            raise ValueError(f"{self.name} merges task vectors: a base tensor is required")
+        if self.base is BaseRole.ENDPOINT and (base is None or len(models) != 1):
+            raise ValueError(f"{self.name} merges two tensors: a base and one model")
+        _check_shapes(base, models)
+        if model_params is None:
+            model_params = [{} for _ in models]
+        if len(model_params) != len(models):
+            raise ValueError(
+                f"{self.name}: {len(model_params)} model_params for {len(models)} models"
+            )
+        filled = [
+            self.model_params.fill(mp, f"{self.name}: model {i}")
+            for i, mp in enumerate(model_params)
+        ]
+        params = self.params.fill(params or {}, self.name)
+        if self.statistics is None:
+            return self.fn(base, models, filled, params, generator)
+        return self.fn(base, models, filled, params, generator, statistics=statistics)
+
+
+def _check_shapes(base: torch.Tensor | None, models: Sequence[torch.Tensor]) -> None:
+    shapes = [tuple(t.shape) for t in ([base] if base is not None else []) + models]
+    if len(set(shapes)) > 1:
+        raise ValueError(f"tensor shapes differ: {', '.join(str(s) for s in shapes)}")

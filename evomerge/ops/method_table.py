@@ -1,0 +1,171 @@
+"""The built-in merge methods, each declared once: kernel, parameters, base role, mergekit name.
+
+The kernels live in their own modules (:mod:`~evomerge.ops.interpolation`,
+:mod:`~evomerge.ops.task_vectors`, ...); this table only says how each is called, so the one
+place that knows a method's contract is its declaration here. Defaults are mergekit's.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from evomerge.ops.data_aware import fisher, regmean
+from evomerge.ops.della import della_magprune
+from evomerge.ops.interpolation import linear, region_crossover, slerp
+from evomerge.ops.method import BaseRole, MergeMethod, Parameters
+from evomerge.ops.pointwise import nearswap, passthrough
+from evomerge.ops.sce import sce
+from evomerge.ops.spherical import karcher, model_stock, multislerp, nuslerp
+from evomerge.ops.task_vectors import (
+    breadcrumbs_trim,
+    dare_drop,
+    generalized_task_arithmetic,
+    magnitude_trim,
+)
+
+MERGEKIT = "mergekit (Goddard et al. 2024, arXiv:2403.13257)"
+TASK_ARITHMETIC = "Ilharco et al. 2023, Editing Models with Task Arithmetic, arXiv:2212.04089"
+TIES = "Yadav et al. 2023, TIES-Merging, arXiv:2306.01708"
+DARE = "Yu et al. 2024, Language Models are Super Mario (DARE), arXiv:2311.03099"
+BREADCRUMBS = "Davari & Belilovsky 2024, Model Breadcrumbs, arXiv:2312.06795"
+DELLA = "Deep et al. 2024, DELLA-Merging, arXiv:2406.11617"
+
+
+def _task_vectors(name, sparsify, consensus, normalize, rescale, reference, extra=None):
+    """A generalized task arithmetic method (mergekit's family of task-vector merges)."""
+    return MergeMethod(
+        name,
+        partial(generalized_task_arithmetic, sparsify=sparsify, consensus=consensus),
+        BaseRole.REQUIRED,
+        Parameters(("weight",), {"density": 1.0, **(extra or {})}),
+        Parameters(
+            defaults={"normalize": normalize, "rescale": rescale, "lambda": 1.0, "int8_mask": False}
+        ),
+        random=sparsify in (dare_drop, della_magprune),
+        mergekit=name,
+        reference=reference,
+    )
+
+
+crumbs = {"gamma": 0.01}
+BUILT_IN: tuple[MergeMethod, ...] = (
+    MergeMethod(
+        "linear",
+        linear,
+        BaseRole.NONE,
+        Parameters(("weight",)),
+        Parameters(defaults={"normalize": True}),
+        mergekit="linear",
+        reference="Wortsman et al. 2022, Model soups, arXiv:2203.05482",
+    ),
+    _task_vectors("task_arithmetic", None, False, False, False, TASK_ARITHMETIC),
+    _task_vectors("ties", magnitude_trim, True, True, False, TIES),
+    _task_vectors("dare_linear", dare_drop, False, False, True, DARE),
+    _task_vectors("dare_ties", dare_drop, True, False, True, DARE),
+    _task_vectors("breadcrumbs", breadcrumbs_trim, False, False, False, BREADCRUMBS, crumbs),
+    _task_vectors("breadcrumbs_ties", breadcrumbs_trim, True, False, False, BREADCRUMBS, crumbs),
+    MergeMethod(
+        "slerp",
+        slerp,
+        BaseRole.ENDPOINT,
+        Parameters(),
+        Parameters(("t",)),
+        mergekit="slerp",
+        reference="Shoemake 1985, Animating rotation with quaternion curves (SIGGRAPH)",
+    ),
+    MergeMethod(
+        "region_crossover",
+        region_crossover,
+        BaseRole.NONE,
+        Parameters(),
+        Parameters(("split", "w", "omega"), {"offset": 0}),
+        reference="Abrantes et al. 2025, Competition and Attraction Improve Model Fusion "
+        "(M2N2), arXiv:2508.16204",
+    ),
+    _task_vectors("della", della_magprune, True, True, True, DELLA, {"epsilon": 0.15}),
+    _task_vectors("della_linear", della_magprune, False, False, True, DELLA, {"epsilon": 0.15}),
+    MergeMethod(
+        "model_stock",
+        model_stock,
+        BaseRole.REQUIRED,
+        Parameters(),
+        Parameters(defaults={"filter_wise": False}),
+        mergekit="model_stock",
+        reference="Jang et al. 2024, Model Stock, arXiv:2403.19522",
+    ),
+    MergeMethod(
+        "nuslerp",
+        nuslerp,
+        BaseRole.OPTIONAL,
+        Parameters(("weight",)),
+        Parameters(defaults={"nuslerp_flatten": True, "nuslerp_row_wise": False}),
+        mergekit="nuslerp",
+        reference=MERGEKIT,
+    ),
+    MergeMethod(
+        "multislerp",
+        multislerp,
+        BaseRole.OPTIONAL,
+        Parameters(("weight",)),
+        Parameters(defaults={"normalize_weights": True, "eps": 1e-8}),
+        mergekit="multislerp",
+        reference=MERGEKIT,
+    ),
+    MergeMethod(
+        "karcher",
+        karcher,
+        BaseRole.NONE,
+        Parameters(),
+        Parameters(defaults={"max_iter": 10, "tol": 1e-5}),
+        mergekit="karcher",
+        reference="Karcher 1977, Riemannian center of mass and mollifier smoothing",
+    ),
+    MergeMethod(
+        "sce",
+        sce,
+        BaseRole.REQUIRED,
+        Parameters(),
+        Parameters(defaults={"select_topk": 1.0, "int8_mask": False}),
+        mergekit="sce",
+        reference="Wan et al. 2024, FuseChat (SCE merging), arXiv:2408.07990",
+    ),
+    MergeMethod(
+        "nearswap",
+        nearswap,
+        BaseRole.REQUIRED,
+        Parameters(),
+        Parameters(("t",)),
+        mergekit="nearswap",
+        reference=MERGEKIT,
+    ),
+    MergeMethod(
+        "passthrough",
+        passthrough,
+        BaseRole.NONE,
+        Parameters(defaults={"scale": 1.0}),
+        Parameters(),
+        mergekit="passthrough",
+        reference=MERGEKIT,
+    ),
+    MergeMethod(
+        "fisher",
+        fisher,
+        BaseRole.NONE,
+        Parameters(defaults={"weight": 1.0}),
+        Parameters(defaults={"fisher_floor": 1e-6}),
+        statistics="fisher",
+        reference="Matena & Raffel 2022, Merging Models with Fisher-Weighted Averaging, "
+        "arXiv:2111.09832",
+    ),
+    MergeMethod(
+        "regmean",
+        regmean,
+        BaseRole.NONE,
+        Parameters(defaults={"weight": 1.0}),
+        Parameters(defaults={"alpha": 0.9}),
+        statistics="gram",
+        reference="Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language "
+        "Models (RegMean), arXiv:2212.09849",
+    ),
+)
+del crumbs
