@@ -100,7 +100,7 @@ def forward_floor(evals: int = 50_000, batch: int = 1) -> float:
     from evomerge.runtime.host import FitnessHost
 
     host = FitnessHost(f"{ROOT / 'fitness/digits.py'}:Digits", {})
-    fitness = host.fitness
+    fitness = host.plugin
     params = torch.randn(batch, fitness.num_params) * 0.1
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -44,7 +44,7 @@ def pick(host: FitnessHost, candidates: list[torch.Tensor]) -> tuple[float, floa
 
 
 def fixed_merge(host, seeds, method: str, params: dict, model_params: dict) -> torch.Tensor:
-    layout = host.fitness.param_layout()
+    layout = host.plugin.param_layout()
     section = RecipeSection(
         method=method, base=0, params=params, model_params=model_params, genes={}
     )

@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--cmaes-evals", type=int, default=400)
     args = ap.parse_args()
     host = FitnessHost(PLUGIN, {})
-    digits = host.fitness
+    digits = host.plugin
     own = {"examples": ["0-4", "5-9"]}
     print("| pair | method | train % | test 0-4 % | test 5-9 % | test all % | seconds |")
     print("|---|---|---|---|---|---|---|")

@@ -219,7 +219,7 @@ def child(root: Path, space: str, repeats: int, device: str = "cpu") -> dict:
     spec = {"count": 3, "seed": 0, "options": {}}
     t0 = time.perf_counter()
     if space == "lineage":
-        host = FitnessHost(PLUGIN, fitness_options(root), device, lineage=spec)
+        host = FitnessHost(PLUGIN, fitness_options(root), device, space={**spec, "name": "lineage"})
         store = host.lineage_seeds
         n = store.num_params
         a, b, c = (Lineage.of_seed(k, 3, n) for k in range(3))
@@ -228,21 +228,24 @@ def child(root: Path, space: str, repeats: int, device: str = "cpu") -> dict:
         )
     else:
         host = FitnessHost(
-            PLUGIN, fitness_options(root), device, recipe={**spec, "section": RECIPE}
+            PLUGIN,
+            fitness_options(root),
+            device,
+            space={**spec, "name": "recipe", "recipe": RECIPE},
         )
-        store = host.recipe.store
+        store = host.worker.store
         genome = np.array(host.info()["initial"], dtype=np.float32)
     setup = time.perf_counter() - t0
-    tensors = host.resident
+    tensors = host.resident()
     loads, forwards = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         with torch.no_grad():
-            host._load(genome)
+            host.worker.realise(genome)  # written into the resident model
         loads.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         with torch.no_grad():
-            scores = host._call("score_loaded", None)
+            scores = host.score_loaded(None)
         forwards.append(time.perf_counter() - t0)
     private = sampler.stop()
     gpu = torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0

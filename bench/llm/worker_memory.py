@@ -58,12 +58,14 @@ def child(folder: str, mode: str, dtype: str, repeats: int) -> dict:
     }
     spec = {"count": 3, "seed": 0, "options": {}}
     before = status()
-    host = FitnessHost(f"{ROOT}/fitness/causal_lm.py:CausalLM", options, lineage=spec)
-    if mode == "flat":
+    host = FitnessHost(
+        f"{ROOT}/fitness/causal_lm.py:CausalLM", options, space={**spec, "name": "lineage"}
+    )
+    if mode == "flat":  # dense float32 seeds, one flat row handed to the plug-in's score()
         from evomerge.tensors.seed_store import DenseSeeds
 
-        host.lineage_seeds = DenseSeeds(host.make_seeds(3, 0, {}))
-        host.resident = None
+        host.worker.store = DenseSeeds(host.make_seeds(3, 0, {}))
+        host.worker.resident = None
     n = host.lineage_seeds.num_params
     a, b, c = (Lineage.of_seed(k, 3, n) for k in range(3))
     ab = combine(a, b, n // 3, (0.2, 0.8), (0.1, 0.9))  # mostly the add expert, then
@@ -71,10 +73,7 @@ def child(folder: str, mode: str, dtype: str, repeats: int) -> dict:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        if mode == "flat":
-            host.fitness._load(torch.from_numpy(host.dense_rows(genome)[0]))
-        else:
-            host._load(genome)
+        host.worker.realise(genome)
         times.append(time.perf_counter() - t0)
     scores = host.score(genome, np.arange(4))
     after = status()
