@@ -6,15 +6,12 @@ both paths score candidates with identical code.
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
 
 from evomerge.core.contracts import resident_tensors
 from evomerge.core.errors import ConfigError, EvomergeError, PluginError
-from evomerge.core.fitness import Fitness
-from evomerge.core.plugins import load_object
+from evomerge.core.plugin_loader import load_fitness
 from evomerge.spaces.resident_recipe import on_device
 from evomerge.tensors.seed_store import DenseSeeds, MappedSeeds, from_description, load_into
 
@@ -86,23 +83,7 @@ class FitnessHost:
             torch.set_num_threads(int(threads))
         self.spec = spec
         self.name = spec.rsplit("/", 1)[-1]
-        cls = load_object(spec, source=source)
-        if not (isinstance(cls, type) and issubclass(cls, Fitness)):
-            raise PluginError(
-                f"fitness.plugin: {self.name} is not a subclass of evomerge.Fitness", exit_code=2
-            )
-        try:
-            self.fitness = cls(**options)
-        except TypeError as exc:
-            sig = inspect.signature(cls.__init__)
-            raise PluginError(
-                f"fitness.options: {self.name} rejected the options ({exc}); it accepts {sig}",
-                exit_code=2,
-            ) from None
-        except (Exception, SystemExit) as exc:
-            raise PluginError(
-                f"fitness.options: {self.name}: {_describe(exc)}", exit_code=2
-            ) from None
+        self.fitness = load_fitness(spec, options, source=source)
         self.plugin = self.fitness
         self.device = check_device(device)
         self.seeds_on_device = seeds_on_device
