@@ -72,7 +72,7 @@ def child(folder: str, mode: str, dtype: str, repeats: int) -> dict:
     for _ in range(repeats):
         t0 = time.perf_counter()
         if mode == "flat":
-            host.fitness._load(torch.from_numpy(host.dense_rows(genome)[0]))
+            host.fitness.load_candidate(torch.from_numpy(host.dense_rows(genome)[0]))
         else:
             host._load(genome)
         times.append(time.perf_counter() - t0)
