@@ -29,16 +29,12 @@ mergekit ``passthrough`` config with ``slices``.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 
-from evomerge.core.plugins import load_object
+from evomerge.fitness.causal_lm import CausalLM
 from evomerge.spaces.dataflow import DataFlowSpace
 from evomerge.tensors.layer_stack import PER_LAYER_KEYS, is_scaled
-
-# The sibling plug-in file (it must sit next to this one on every node that scores).
-CausalLM = load_object(f"{Path(__file__).resolve().with_name('causal_lm.py')}:CausalLM")
 
 
 def layer_view(module: torch.nn.Module, index: int, scale: float, path: str = ""):
@@ -117,7 +113,7 @@ class DataFlowLM(CausalLM):
             len(self.seed_models), counts.pop(), self.repeats, self.scales, self.scale_range
         )
         self.model = self._skeleton(self.seed_models[self.base])
-        self._setup_text(self.seed_paths[self.base])  # tokenizer, end ids, tokenised tasks
+        self.setup_tasks(self.seed_paths[self.base])  # tokenizer, end ids, tokenised tasks
         self.num_params = self.flow.dim
 
     def _skeleton(self, base_model):
@@ -165,7 +161,7 @@ class DataFlowLM(CausalLM):
     def resident_tensors(self):
         return None
 
-    def _load(self, genes: torch.Tensor) -> None:
+    def load_candidate(self, genes: torch.Tensor) -> None:
         """A candidate is a stack of the seeds' layers (CausalLM's score/metrics call this)."""
         self.stack(genes)
 

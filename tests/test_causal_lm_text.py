@@ -117,7 +117,7 @@ def memorise(fit, tail: list[int], steps=300):
 def old_split(fit, example: dict):
     """How the fitness cut examples before: prompt (with the tokenizer's EOS, if it adds one)
     + the answer tokenised on its own."""
-    from evomerge.runtime.lm_text import Example
+    from evomerge.kit import Example
 
     tok = fit.tokenizer
     prompt = tok(example["prompt"])["input_ids"]
@@ -143,7 +143,7 @@ def test_the_answer_is_cut_from_prompt_plus_answer(tmp_path, kind):
     memorise(fit, [tok.eos_token_id])
     assert fit.score_loaded().tolist() == [1.0] * 8
     old = [old_split(fit, e) for e in fit.tasks[0].train]
-    assert fit._teacher_forced(old, "token_accuracy", False).mean() < 0.8
+    assert fit.teacher_forced(old, "token_accuracy", False).mean() < 0.8
 
 
 def test_generation_starts_from_the_prompt_without_eos(tmp_path):
@@ -160,11 +160,11 @@ def test_include_eos_rewards_stopping_and_stop_strings_cut(tmp_path):
     rambling = tok(" x", add_special_tokens=False)["input_ids"]
     memorise(fit, rambling)  # right answers, then always " x", never an end
     task = fit.tasks[0]
-    assert fit._score_task(task, task.train_tok).tolist() == [1.0] * 8
-    with_eos = fit._teacher_forced(task.train_tok, "token_accuracy", True)
+    assert fit.score_task(task, task.train_tok).tolist() == [1.0] * 8
+    with_eos = fit.teacher_forced(task.train_tok, "token_accuracy", True)
     expected = [len(e.answer) / (len(e.answer) + 1) for e in task.train_tok]
     torch.testing.assert_close(with_eos, torch.tensor(expected))
-    assert fit._score_task(task, task.train_tok, "exact_match").sum() == 0  # "dog cat x"
+    assert fit.score_task(task, task.train_tok, "exact_match").sum() == 0  # "dog cat x"
     fit = make_fitness(tmp_path, "metaspace_bpe", metric="exact_match", stop=[" x"])
     memorise(fit, rambling)
     assert fit.score_loaded().tolist() == [1.0] * 8  # "dog cat x" cut at " x"
@@ -176,7 +176,7 @@ def test_every_end_id_of_the_generation_config_counts(tmp_path):
     task = fit.tasks[0]
     batch = task.train_tok[:3]
     # likelihood with the end: exp(mean(log p(answer tokens), log(p(id 3) + p(id 2))))
-    got = fit._teacher_forced(batch, "likelihood", True)
+    got = fit.teacher_forced(batch, "likelihood", True)
     for r, e in enumerate(batch):
         seq = torch.tensor([e.prefix + e.answer])
         logp = torch.log_softmax(fit.model(input_ids=seq).logits[0].float(), dim=-1)
@@ -187,7 +187,7 @@ def test_every_end_id_of_the_generation_config_counts(tmp_path):
         assert got[r].item() == pytest.approx(torch.tensor(terms).mean().exp().item(), rel=1e-4)
     # a model that ends its answers with <|eot|> (id 3) stops: both metrics see it
     memorise(fit, [3])
-    acc = fit._teacher_forced(task.train_tok, "token_accuracy", True)
+    acc = fit.teacher_forced(task.train_tok, "token_accuracy", True)
     ends = []
     for r, e in enumerate(task.train_tok):
         logits = fit.model(input_ids=torch.tensor([e.prefix + e.answer])).logits[0]
@@ -197,10 +197,10 @@ def test_every_end_id_of_the_generation_config_counts(tmp_path):
         ends.append(best[-1])
     assert ends.count(3) >= 6  # it learnt to end with id 3, which counts as an end
     # greedy decoding follows the teacher-forced argmax: a full score stops at id 3 and matches
-    exact = fit._score_task(task, task.train_tok, "exact_match")
+    exact = fit.score_task(task, task.train_tok, "exact_match")
     full = [r for r in range(8) if acc[r] == 1.0]
     assert full and all(exact[r] == 1.0 for r in full)
-    from evomerge.runtime.lm_text import answer_text
+    from evomerge.kit import answer_text
 
     cat = fit.tokenizer(" cat", add_special_tokens=False)["input_ids"]
     assert answer_text(fit.tokenizer, [3, 2], cat + [3] + cat + [2], ()) == "cat"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from evomerge.runtime.empty_init import build_empty
+from evomerge.kit import build_empty
 
 transformers = pytest.importorskip("transformers")
 

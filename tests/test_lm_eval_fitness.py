@@ -56,7 +56,7 @@ def write_tasks(root):
 def make(lm_dir, monkeypatch, **options):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(lm_dir / "hf-cache"))
-    cls = load_object(f"{ROOT}/fitness/lm_eval.py:LmEval")
+    cls = load_object(f"{ROOT}/fitness/lm_harness.py:LmHarness")
     opts = {
         "seeds": [str(lm_dir / s) for s in ("reverse", "add")],
         "include_path": str(write_tasks(lm_dir)),
@@ -84,7 +84,7 @@ def test_lm_eval_tasks_score_each_document(lm_dir, monkeypatch):
     assert scores[0, 8:].mean() < 0.5  # the reversal expert does not add
     # multiple choice: acc is 1 where the right choice has the highest log-likelihood
     model, tok = fit.model, fit.tokenizer
-    fit._load(seeds[0])
+    fit.load_candidate(seeds[0])
     for d, e in enumerate(add_task()):
         prompt = tok(e["prompt"])["input_ids"]
         lls = []

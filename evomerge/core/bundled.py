@@ -4,6 +4,8 @@ In a wheel they are ``evomerge/fitness/`` and ``evomerge/configs/``; in a source
 top-level ``fitness/`` and ``configs/`` folders (setup.py maps one onto the other). So
 ``plugin: digits`` and ``evomerge run quickstart`` work the same from a clone and from
 ``pip install evomerge``, and a file dropped into either folder is found without a list.
+Plug-in names are a :class:`~evomerge.core.registry.Registry` (:func:`registry`), where a
+renamed module keeps its old name (:data:`RENAMED`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,15 @@ from pathlib import Path
 import yaml
 
 from evomerge.core.errors import ConfigError, PluginError
+from evomerge.core.registry import Registry
 
 _PACKAGE = Path(__file__).resolve().parent.parent  # the evomerge package
 MODULE_PREFIX = "evomerge.fitness."
+#: Bundled plug-in modules that were renamed: old name -> new name. The old name keeps working
+#: everywhere a bundled plug-in is named (``lm_eval``, ``evomerge.fitness.lm_eval:LmEval``,
+#: ``fitness/lm_eval.py:LmEval``); ``lm_eval`` was renamed so that it cannot shadow the
+#: lm-evaluation-harness package of the same name.
+RENAMED = {"lm_eval": "lm_harness"}
 
 
 def root() -> Path:
@@ -71,11 +79,57 @@ def _fitness_class(path: Path) -> str | None:
     return based[0] if len(based) == 1 else None
 
 
+class BundledPlugins(Registry[type]):
+    """The bundled plug-in classes by name, each a lazy ``evomerge.fitness.<module>:<Class>``
+    entry; :meth:`target` says where one lives without importing it."""
+
+    def target(self, name: str) -> str:
+        """``"evomerge.fitness.<module>:<Class>"`` of entry ``name``, nothing imported."""
+        entry = self._entries[name]
+        return entry if isinstance(entry, str) else f"{entry.__module__}:{entry.__qualname__}"
+
+
+def registry() -> BundledPlugins:
+    """Every module of the bundled folder with one plug-in class, under its own name, and the
+    old names of renamed modules (:data:`RENAMED`) as entries for their new ones.
+
+    Made from the folder on each call (files read, none run), so a dropped-in file counts.
+    """
+    found = BundledPlugins("bundled plug-in", "fitness.plugin")
+    for module, path in plugins().items():
+        cls = _fitness_class(path)
+        if cls:
+            found.register(module, f"{MODULE_PREFIX}{module}:{cls}")
+    for old, new in RENAMED.items():
+        if new in found and old not in found:
+            found.register(old, found.target(new))
+    return found
+
+
+def renamed_file(path: Path) -> Path | None:
+    """The bundled file that ``path`` named before its module was renamed, else None.
+
+    ``fitness/lm_eval.py`` (relative, as configs write it) and ``<bundled folder>/lm_eval.py``
+    (absolute, as a run directory's ``config.yaml`` records it) are ``lm_harness.py`` now.
+    """
+    path = Path(path)
+    new = RENAMED.get(path.stem)
+    if new is None or path.suffix != ".py" or path.is_file():
+        return None
+    if path.is_absolute():
+        named = path.parent.resolve() == fitness_dir().resolve()
+    else:
+        named = path.parent.as_posix() == "fitness"
+    new_file = fitness_dir() / f"{new}.py"
+    return new_file if named and new_file.is_file() else None
+
+
 def plugin_spec(spec: str, field: str = "fitness.plugin") -> str:
     """A bundled plug-in as a file spec (``/.../fitness/digits.py:Digits``); other specs as given.
 
-    Accepts a bare name (``digits``, ``causal-lm``) and ``evomerge.fitness.NAME[:Class]``. The
-    file spec works from a checkout and a wheel alike and lets Ray ship the source to workers.
+    Accepts a bare name (``digits``, ``causal-lm``) and ``evomerge.fitness.NAME[:Class]``,
+    looked up in :func:`registry` (old names of renamed modules too). The file spec works from
+    a checkout and a wheel alike and lets Ray ship the source to workers.
     """
     target, sep, name = spec.rpartition(":")
     if not sep:
@@ -86,24 +140,27 @@ def plugin_spec(spec: str, field: str = "fitness.plugin") -> str:
         module = target.replace("-", "_")
     else:
         return spec
-    found = plugins()
-    if module not in found:
-        close = difflib.get_close_matches(module, list(found), n=1)
+    files, named = plugins(), registry()
+    if module in named:
+        found_module, _, default = named.target(module).partition(":")
+        module = found_module[len(MODULE_PREFIX) :]
+        name = name or default
+    elif module not in files:
+        close = difflib.get_close_matches(module, list(named) or list(files), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise PluginError(
             f"{field}: '{spec}' is not a bundled plug-in; {hint}bundled: "
-            f"{', '.join(found) or 'none'} (or give 'path/to/file.py:Class' or "
+            f"{', '.join(files) or 'none'} (or give 'path/to/file.py:Class' or "
             "'package.module:Class')",
             exit_code=2,
         )
-    name = name or _fitness_class(found[module])
     if not name:
         raise PluginError(
-            f"{field}: {found[module]} has no single plug-in class; name it: "
+            f"{field}: {files[module]} has no single plug-in class; name it: "
             f"'{MODULE_PREFIX}{module}:ClassName'",
             exit_code=2,
         )
-    return f"{found[module]}:{name}"
+    return f"{files[module]}:{name}"
 
 
 def config_path(given: str | Path) -> Path:

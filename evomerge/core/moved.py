@@ -54,6 +54,9 @@ MOVED = {
     "evomerge.config": "evomerge.run.config",
     "evomerge.tracking": "evomerge.run.tracking",
     "evomerge.config_reference": "evomerge.interface.config_reference",
+    "evomerge.runtime.lm_text": "evomerge.kit.lm_text",
+    "evomerge.runtime.empty_init": "evomerge.kit.empty_init",
+    "evomerge.fitness.lm_eval": "evomerge.fitness.lm_harness",
 }
 
 #: old packages that no longer exist -> the package that now holds their modules

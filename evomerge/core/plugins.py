@@ -43,11 +43,19 @@ def resolve_spec(spec: str, bases: list[Path] = (), field: str = "fitness.plugin
     target, name = split_spec(spec, field)
     if not is_file_spec(target):
         return spec
-    path = Path(target).expanduser()
-    if not path.is_absolute():
+    return f"{locate(Path(target).expanduser(), bases).resolve()}:{name}"
+
+
+def locate(path: Path, bases: list[Path] = ()) -> Path:
+    """The file a plug-in path names: an absolute path as it is, a relative one in the first
+    of ``bases`` (default: the working directory) that has it, else in the bundled folder; a
+    bundled file that was renamed is found under its new name (:data:`bundled.RENAMED`)."""
+    if path.is_absolute():
+        candidates = [path]
+    else:
         candidates = [b / path for b in (bases or [Path.cwd()])] + [bundled.root() / path]
-        path = next((c for c in candidates if c.is_file()), candidates[0])
-    return f"{path.resolve()}:{name}"
+    found = next((c for c in candidates if c.is_file()), None)
+    return found or bundled.renamed_file(path) or candidates[0]
 
 
 def _load_file_module(path: Path, source: str | None, field: str) -> ModuleType:
@@ -77,7 +85,10 @@ def load_object(spec: str, field: str = "fitness.plugin", source: str | None = N
     """Return the object named by ``spec``; ``source`` stands in for a file on another node."""
     target, name = split_spec(bundled.plugin_spec(spec, field), field)
     if is_file_spec(target):
-        module = _load_file_module(Path(target), source, field)
+        path = Path(target)
+        if source is None and not path.is_file():  # a renamed bundled file: its new name
+            path = bundled.renamed_file(path) or path
+        module = _load_file_module(path, source, field)
         where = target
     else:
         try:

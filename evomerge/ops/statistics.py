@@ -31,6 +31,8 @@ from safetensors.torch import save_file
 
 from evomerge.core.contracts import ExampleStatistics
 from evomerge.core.errors import ConfigError
+from evomerge.core.plugin_loader import load_fitness
+from evomerge.core.plugins import resolve_spec
 
 KINDS = ("fisher", "gram")
 #: Bumped when what the files hold changes, so old caches are not reused.
@@ -255,13 +257,11 @@ def cache_key(source: StatisticsSource, kind: str, model_files, group, plugin_sp
 
 
 def load_plugin(source: StatisticsSource, bases: Sequence[Path]):
-    """The plug-in ``source`` names, made with its options and set up on the CPU."""
-    from evomerge.core.plugins import load_object, resolve_spec
-
+    """The plug-in ``source`` names, made with its options (checked as a search's plug-in
+    is) and set up on the CPU."""
     spec = resolve_spec(source.plugin, list(bases), field="statistics.plugin")
-    cls = load_object(spec, field="statistics.plugin")
+    plugin = load_fitness(spec, source.options, field="statistics.plugin")
     try:
-        plugin = cls(**source.options)
         plugin.setup(torch.device("cpu"))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"statistics.options: {exc}") from None

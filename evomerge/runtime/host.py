@@ -6,16 +6,13 @@ both paths score candidates with identical code.
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
 
 from evomerge.core.contracts import resident_tensors
 from evomerge.core.errors import ConfigError, EvomergeError, PluginError
 from evomerge.core.extensions import load as load_extensions
-from evomerge.core.fitness import Fitness
-from evomerge.core.plugins import load_object
+from evomerge.core.plugin_loader import describe, load_fitness
 from evomerge.spaces import SPACES
 from evomerge.tensors.seed_store import DenseSeeds, MappedSeeds, from_description
 
@@ -41,12 +38,6 @@ def check_device(device: str) -> torch.device:
                 f"evaluator.device: '{device}' is not available on this machine; use cpu"
             )
     return dev
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, SystemExit):
-        return f"SystemExit: sys.exit({exc.code!r})"
-    return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
 
 
 def aligned_rows(params: np.ndarray) -> torch.Tensor:
@@ -89,23 +80,7 @@ class FitnessHost:
             torch.set_num_threads(int(threads))
         self.spec = spec
         self.name = spec.rsplit("/", 1)[-1]
-        cls = load_object(spec, source=source)
-        if not (isinstance(cls, type) and issubclass(cls, Fitness)):
-            raise PluginError(
-                f"fitness.plugin: {self.name} is not a subclass of evomerge.Fitness", exit_code=2
-            )
-        try:
-            self.plugin = cls(**options)
-        except TypeError as exc:
-            sig = inspect.signature(cls.__init__)
-            raise PluginError(
-                f"fitness.options: {self.name} rejected the options ({exc}); it accepts {sig}",
-                exit_code=2,
-            ) from None
-        except (Exception, SystemExit) as exc:
-            raise PluginError(
-                f"fitness.options: {self.name}: {_describe(exc)}", exit_code=2
-            ) from None
+        self.plugin = load_fitness(spec, options, source=source)
         self.device = check_device(device)
         self.seeds_on_device = seeds_on_device
         self.call("setup", self.device)
@@ -129,7 +104,7 @@ class FitnessHost:
             raise
         except Exception as exc:
             raise PluginError(
-                f"fitness {self.name}: resident_tensors() raised {_describe(exc)}"
+                f"fitness {self.name}: resident_tensors() raised {describe(exc)}"
             ) from exc
 
     def layout(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -168,7 +143,7 @@ class FitnessHost:
         except EvomergeError:
             raise
         except (Exception, SystemExit) as exc:  # sys.exit() in a plug-in must not end the run
-            raise PluginError(f"fitness {self.name}: {method}() raised {_describe(exc)}") from exc
+            raise PluginError(f"fitness {self.name}: {method}() raised {describe(exc)}") from exc
 
     # -- description -----------------------------------------------------------------------
     def info(self) -> dict:
@@ -275,7 +250,7 @@ class FitnessHost:
                 f"seeds.options: {self.name}.make_seeds(): {exc}", exit_code=2
             ) from None
         except Exception as exc:
-            raise PluginError(f"fitness {self.name}: make_seeds() raised {_describe(exc)}") from exc
+            raise PluginError(f"fitness {self.name}: make_seeds() raised {describe(exc)}") from exc
         out = torch.as_tensor(out).detach().to("cpu", torch.float32)
         expected = (count, self.plugin.num_params)
         if tuple(out.shape) != expected:

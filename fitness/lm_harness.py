@@ -20,10 +20,13 @@ is the value the task's ``process_results`` gives it for the metric (``acc`` of 
 multiple_choice task, from the loglikelihood of each choice; ``exact_match`` of a
 generate_until task), after the task's first filter; it must be a number in [0, 1].
 Continuations are cut from context + continuation tokenised as one text, as
-``fitness/causal_lm.py`` cuts answers. The candidate is the model that plug-in builds and
-loads (the same resident, in-place path), so this file needs ``causal_lm.py`` next to it, on
-every node of a cluster too. lm-eval's chat templates are not supported, and
-``loglikelihood_rolling`` scores a document in one window.
+``fitness/causal_lm.py`` cuts answers. The candidate is the model :class:`evomerge.kit.CausalLMBase`
+builds and loads (the same resident, in-place path as ``causal_lm``). lm-eval's chat templates
+are not supported, and ``loglikelihood_rolling`` scores a document in one window.
+
+Named ``lm_harness`` so that it never shadows the ``lm_eval`` package; the old names
+(``plugin: lm_eval``, ``evomerge.fitness.lm_eval:LmEval``, ``fitness/lm_eval.py:LmEval``)
+still name this class (see ``evomerge.core.bundled.RENAMED``).
 """
 
 from __future__ import annotations
@@ -32,10 +35,7 @@ from pathlib import Path
 
 import torch
 
-from evomerge.core.plugins import load_object
-from evomerge.runtime.lm_text import Example, answer_text, stop_criteria, tokenize_example
-
-CausalLM = load_object(f"{Path(__file__).with_name('causal_lm.py')}:CausalLM")
+from evomerge.kit import CausalLMBase, Example, answer_text, stop_criteria, tokenize_example
 
 
 def _lm_base():
@@ -43,12 +43,12 @@ def _lm_base():
         from lm_eval.api.model import LM
     except ImportError:
         raise ValueError(
-            'fitness/lm_eval.py needs lm-eval: pip install "evomerge[lm-eval]"'
+            'fitness/lm_harness.py needs lm-eval: pip install "evomerge[lm-eval]"'
         ) from None
     return LM
 
 
-class LmEval(CausalLM):
+class LmHarness(CausalLMBase):
     """Per-document scores of a causal LM on lm-evaluation-harness tasks."""
 
     def __init__(
@@ -65,7 +65,7 @@ class LmEval(CausalLM):
         _lm_base()
         if not tasks:
             raise ValueError("tasks: give at least one lm-eval task name")
-        self._model_options(seeds, batch_size, dtype)
+        super().__init__(seeds, batch_size, dtype)
         self.task_names, self.test_names = list(tasks), list(test_tasks)
         paths = [include_path] if isinstance(include_path, str) else list(include_path)
         self.include = [str(Path(p)) for p in paths]
@@ -75,10 +75,11 @@ class LmEval(CausalLM):
         self.metric_of = dict(metric or {})
         self.limit = limit
 
-    def _setup_text(self, first: Path) -> None:
+    def setup_tasks(self, folder: Path) -> None:
+        """The tokenizer of ``folder``, lm-eval's ``LM`` over this model, and the tasks."""
         from lm_eval.tasks import TaskManager, get_task_dict
 
-        self._setup_tokenizer(first)
+        self.setup_tokenizer(folder)
         self.lm = _make_lm(self)
         manager = TaskManager(include_path=self.include, include_defaults=False)
         names = list(dict.fromkeys(self.task_names + self.test_names))
@@ -166,6 +167,10 @@ class LmEval(CausalLM):
         return out
 
 
+#: The class's name before the module was renamed (``fitness/lm_eval.py:LmEval``).
+LmEval = LmHarness
+
+
 def _make_lm(fit):
     """lm-eval's ``LM`` interface over the fitness's resident model and tokenizer."""
 
@@ -175,7 +180,7 @@ def _make_lm(fit):
             out = []
             for i in range(0, len(examples), fit.batch_size):
                 batch = examples[i : i + fit.batch_size]
-                for e, logp in zip(batch, fit._answer_logprobs(batch), strict=True):
+                for e, logp in zip(batch, fit.answer_logprobs(batch), strict=True):
                     target = torch.tensor(e.answer, dtype=torch.long, device=logp.device)
                     rows = logp[: len(e.answer)]
                     total = rows.gather(1, target[:, None]).sum().item()

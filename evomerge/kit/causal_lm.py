@@ -1,0 +1,256 @@
+"""The base of causal-LM fitness plug-ins: one resident Hugging Face model that candidates are
+written into, and the scoring primitives every LM plug-in shares.
+
+:class:`CausalLMBase` owns what does not depend on the task: the model built from the first
+seed's ``config.json`` with empty parameters (the candidates fill them), the first seed's
+tokenizer and end-of-sequence ids, flat vectors in and out of the model, the resident-model
+contract (lineage and recipe candidates are written straight into its tensors), seeds and
+export. A subclass brings the examples and what a score of one is, through public hooks:
+
+* :meth:`~CausalLMBase.setup_tasks` (required): read and tokenise the training examples; set
+  ``self.ranges`` (``(name, start, stop)`` per task) and ``self.num_examples``. Call
+  :meth:`~CausalLMBase.setup_tokenizer` first.
+* :meth:`~CausalLMBase.score_loaded` (required): per-example scores of the model now loaded;
+  :meth:`~CausalLMBase.metrics_loaded` (optional): its held-out figures.
+* :meth:`~CausalLMBase.load_candidate`: puts a flat vector into the model; override it where
+  a candidate is not a vector of the model's parameters (a layer stack, an adapter).
+* :meth:`~CausalLMBase.setup`: builds the model; override it to build another one, then call
+  ``self.setup_tasks(folder)``.
+
+Scoring primitives, over :class:`~evomerge.kit.lm_text.Example` batches cut by
+:func:`~evomerge.kit.lm_text.tokenize_example`: :meth:`~CausalLMBase.padded`,
+:meth:`~CausalLMBase.answer_logprobs`, :meth:`~CausalLMBase.teacher_forced` and
+:meth:`~CausalLMBase.exact_match`. ``evomerge.fitness.causal_lm.CausalLM`` (JSONL tasks) and
+``evomerge.fitness.lm_harness.LmHarness`` (lm-evaluation-harness tasks) are two subclasses.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from evomerge.core.fitness import Fitness
+from evomerge.kit.empty_init import build_empty
+from evomerge.kit.lm_text import Example, answer_text, end_ids, special_head, stop_criteria
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CausalLMBase(Fitness):
+    """A resident causal LM, built from the seeds' config, scored on a subclass's examples.
+
+    Options: ``seeds`` (Hugging Face folders: config, tokenizer, safetensors; the first gives
+    the architecture and tokenizer), ``batch_size`` (examples per forward pass) and ``dtype``
+    (``float32``, ``bfloat16`` or ``float16``: the model's, on the worker's device).
+    """
+
+    score_name = "score"
+
+    def __init__(self, seeds: list[str], batch_size: int = 16, dtype: str = "float32"):
+        if not seeds:
+            raise ValueError("seeds: give at least one model folder")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: '{dtype}' is not one of {sorted(DTYPES)}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.seed_paths = [Path(s) for s in seeds]
+        self.batch_size = batch_size
+        self.dtype = DTYPES[dtype]
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def setup(self, device: torch.device) -> None:
+        """Build the first seed's architecture with empty parameters in ``dtype`` on
+        ``device`` (``self.model``, ``self.params``, ``self.layout``), then
+        :meth:`setup_tasks`."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        first = self.seed_paths[0]
+        config = AutoConfig.from_pretrained(first)
+        # weights come from candidates: parameters made empty in the worker's dtype on its
+        # device, never a random float32 initialisation on the CPU
+        self.model = build_empty(
+            lambda: AutoModelForCausalLM.from_config(config), device, self.dtype
+        ).eval()
+        self.device = torch.device(device)
+        self.params = list(self.model.parameters())
+        self.layout = [(n, tuple(p.shape)) for n, p in self.model.named_parameters()]
+        self.num_params = sum(p.numel() for p in self.params)
+        self.setup_tasks(first)
+
+    def setup_tokenizer(self, folder: Path) -> None:
+        """``folder``'s tokenizer (``self.tokenizer``), its end-of-sequence ids
+        (``self.eos_ids``: ``generation_config.json``'s, then the tokenizer's), pad id
+        (``self.pad``) and leading special tokens (``self.head``, for ``tokenize_example``)."""
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(folder)
+        self.eos_ids = end_ids(folder, tok)
+        self.eos = self.eos_ids[0] if self.eos_ids else None
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos
+        if self.pad is None:
+            raise ValueError(f"{folder}: the tokenizer has neither a pad nor an eos token")
+        self.tokenizer = tok
+        self.head = special_head(tok)
+
+    def setup_tasks(self, folder: Path) -> None:
+        """Hook: read and tokenise the training examples (call :meth:`setup_tokenizer` with
+        ``folder`` first); set ``self.ranges`` and ``self.num_examples``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement setup_tasks(folder)")
+
+    def task_ranges(self) -> list[tuple[str, int, int]]:
+        """``(name, start, stop)`` of each task's training example ids."""
+        return list(self.ranges)
+
+    def param_layout(self) -> list[tuple[str, tuple[int, ...]]]:
+        return list(self.layout)
+
+    def export_info(self) -> dict:
+        """Config and tokenizer files of the first seed, its dtype, and the seed folders."""
+        from evomerge.tensors.safetensors_io import SeedModel
+
+        first = SeedModel(self.seed_paths[0])
+        try:
+            dtype = str(first.dtype(self.layout[0][0])).removeprefix("torch.")
+            files = [str(p) for p in first.extra_files()]
+        finally:
+            first.close()
+        return {"files": files, "dtype": dtype, "seeds": [str(p) for p in self.seed_paths]}
+
+    # --- candidates -----------------------------------------------------------------------
+
+    def load_candidate(self, vector: torch.Tensor) -> None:
+        """Hook: put one candidate (a flat vector, ``param_layout()`` order) into the model;
+        :meth:`score` and :meth:`metrics` call it before scoring what is loaded."""
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(vector.to(self.device, self.dtype), self.params)
+
+    def score(self, params: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
+        out = []
+        for vector in params:
+            self.load_candidate(vector)
+            out.append(self.score_loaded(example_ids))
+        return torch.stack(out)
+
+    def metrics(self, params: torch.Tensor) -> dict[str, float]:
+        self.load_candidate(params.reshape(-1))
+        return self.metrics_loaded()
+
+    def score_loaded(self, example_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Hook: per-example scores ``(len(example_ids),)`` (all when None), in [0, 1], of the
+        model now loaded."""
+        raise NotImplementedError(f"{type(self).__name__} must implement score_loaded()")
+
+    # --- the resident model (lineage candidates are written straight into it) --------------
+
+    def seed_folders(self) -> list[str]:
+        return [str(p) for p in self.seed_paths]
+
+    def resident_tensors(self) -> list[torch.Tensor]:
+        return self.params
+
+    def make_seeds(self, count: int, seed: int) -> torch.Tensor:
+        """The seed folders' weights as flat vectors, in the order of ``seeds``."""
+        from evomerge.tensors.safetensors_io import SeedModel
+
+        if count != len(self.seed_paths):
+            raise ValueError(f"seeds.count is {count} but {len(self.seed_paths)} folders are given")
+        rows = []
+        for path in self.seed_paths:
+            model = SeedModel(path)
+            try:
+                parts = []
+                for name, shape in self.layout:
+                    t = model.get(name, dtype=torch.float32)
+                    if tuple(t.shape) != shape:
+                        raise ValueError(
+                            f"{path}: tensor '{name}' has shape {tuple(t.shape)}, the model "
+                            f"built from {self.seed_paths[0]} expects {shape}"
+                        )
+                    parts.append(t.reshape(-1))
+            except KeyError as exc:
+                raise ValueError(str(exc).strip("'\"")) from None
+            finally:
+                model.close()
+            rows.append(torch.cat(parts))
+        return torch.stack(rows)
+
+    # --- scoring primitives -----------------------------------------------------------------
+
+    def padded(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, attention mask)`` on the device, right-padded: real tokens keep positions
+        ``0..len-1``, as teacher forcing scores them."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, seq in enumerate(seqs):
+            ids[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def answer_logprobs(self, batch: list[Example]) -> list[torch.Tensor]:
+        """Per example, ``(len(answer) + 1, vocab)`` float32 next-token log-probabilities of
+        the loaded model: after each of the prefix's last token and the answer's tokens (the
+        last row: after the answer)."""
+        seqs = [e.prefix + e.answer for e in batch]
+        ids, mask = self.padded(seqs)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits
+        return [
+            torch.log_softmax(logits[r, len(e.prefix) - 1 : len(s)].float(), dim=-1)
+            for r, (e, s) in enumerate(zip(batch, seqs, strict=True))
+        ]
+
+    def teacher_forced(self, batch: list[Example], metric: str, eos: bool) -> torch.Tensor:
+        """``token_accuracy`` (share of the answer's tokens that are the most likely next
+        token) or ``likelihood`` (``exp(mean log p)`` of the answer's tokens) per example;
+        ``eos`` adds one end-of-sequence target after the answer (any of ``eos_ids``)."""
+        out = torch.empty(len(batch))
+        for r, (e, logp) in enumerate(zip(batch, self.answer_logprobs(batch), strict=True)):
+            n = len(e.answer) + int(eos)  # targets: the answer's tokens, then any end id
+            if n == 0:
+                out[r] = 1.0
+                continue
+            ends = torch.tensor(self.eos_ids, dtype=torch.long, device=logp.device)
+            target = torch.tensor(e.answer, dtype=torch.long, device=logp.device)
+            if metric == "token_accuracy":
+                best = logp.argmax(dim=-1)
+                hits = (best[: len(e.answer)] == target).float().sum()
+                if eos:
+                    hits += torch.isin(best[-1], ends).float()
+                out[r] = (hits / n).item()
+            else:
+                total = logp[: len(e.answer)].gather(1, target[:, None]).sum()
+                if eos:
+                    total += torch.logsumexp(logp[-1, ends], dim=0)
+                out[r] = math.exp(total.item() / n)
+        return out
+
+    @torch.no_grad()
+    def exact_match(self, batch: list[Example], max_new_tokens: int, stop=()) -> torch.Tensor:
+        """1 per example whose greedy generation (up to ``max_new_tokens``, cut at the first
+        end id and ``stop`` string, stripped) is its answer text, stripped; else 0."""
+        width = max(len(e.prompt) for e in batch)
+        ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, e in enumerate(batch):  # left padding: prompts end together
+            ids[r, width - len(e.prompt) :] = torch.tensor(e.prompt)
+            mask[r, width - len(e.prompt) :] = 1
+        generated = self.model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.pad,
+            eos_token_id=self.eos_ids or None,
+            stopping_criteria=stop_criteria(self.tokenizer, width, stop),
+        )[:, width:].cpu()
+        out = torch.empty(len(batch))
+        for r, e in enumerate(batch):
+            out[r] = float(
+                answer_text(self.tokenizer, self.eos_ids, generated[r].tolist(), stop)
+                == e.text.strip()
+            )
+        return out
