@@ -8,8 +8,7 @@ from conftest import ROOT
 
 from evomerge.core.plugins import load_object
 
-# loaded as users name it (a file plug-in), not by putting fitness/ on sys.path, where its
-# lm_eval.py would shadow the lm-eval package for every later test
+# loaded as users name it (a file plug-in), not by putting fitness/ on sys.path
 Digits = load_object(f"{ROOT / 'fitness' / 'digits.py'}:Digits")
 digits = sys.modules[Digits.__module__]
 
