@@ -17,6 +17,7 @@ from evomerge.core.errors import ConfigError
 from evomerge.core.plugins import resolve_spec
 from evomerge.core.validation import format_validation
 from evomerge.search.registry import STRATEGIES
+from evomerge.spaces import SPACES
 from evomerge.spaces.recipe import RecipeSection, sigmoid_bounds_problem
 
 
@@ -122,6 +123,12 @@ class RunConfig(_Section):
         "(relative to the config's folder or the working directory) or module names, imported "
         "before the config is checked and on every worker.",
     )
+    space: str | None = Field(
+        None,
+        description="The kind of candidate (a registered space: dense, lineage, recipe, "
+        "dataflow, or one of your extensions); none: from the recipe section, strategy.space, "
+        "or the plug-in's own.",
+    )
     budget: Budget
     batch: int = Field(1, ge=1, description="Children asked from one archive state.")
     checkpoint_every: int = Field(5000, ge=1, description="Evaluations between checkpoints.")
@@ -186,6 +193,20 @@ def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> d
     return raw
 
 
+def _check_space(source: str, cfg: RunConfig, strategy) -> None:
+    """``space:`` names a registered space and agrees with the recipe and strategy.space."""
+    if cfg.space is None:
+        return
+    if cfg.space not in SPACES:
+        raise ConfigError(f"{source}: space: {SPACES.unknown(cfg.space)}")
+    implied = "recipe" if cfg.recipe is not None else getattr(strategy, "space", "dense")
+    if implied != "dense" and implied != cfg.space:
+        where = "a recipe section" if cfg.recipe is not None else f"strategy.space: {implied}"
+        raise ConfigError(
+            f"{source}: space: '{cfg.space}' but {where} makes it '{implied}'; give one of them"
+        )
+
+
 def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
     """Validate a raw mapping; relative plug-in paths are looked up in ``bases``."""
     if not isinstance(raw, dict):
@@ -199,6 +220,7 @@ def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
     except ValidationError as exc:
         raise ConfigError(format_validation(source, exc, RunConfig)) from None
     strategy = _validate_strategy(source, strategy_raw)
+    _check_space(source, cfg, strategy)
     if getattr(strategy, "space", "dense") == "lineage":
         if cfg.seeds.kind != "plugin" or cfg.recipe is not None:
             raise ConfigError(

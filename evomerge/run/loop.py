@@ -198,12 +198,15 @@ def space_spec(cfg: RunConfig) -> dict:
     """What the driver and every worker need to build the run's space.
 
     ``name``: the space the config names (``recipe`` with a ``recipe:`` section, else the
-    strategy's ``space`` when it is not the default); None leaves it to the plug-in's own
-    (:attr:`evomerge.Fitness.space`), else ``dense``. The rest says how seeds are made.
+    top-level ``space:``, else the strategy's ``space`` when it is not the default); None
+    leaves it to the plug-in's own (:attr:`evomerge.Fitness.space`), else ``dense``. The rest
+    says how seeds are made.
     """
     name = None
     if cfg.recipe is not None:
         name = "recipe"
+    elif cfg.space is not None:
+        name = cfg.space
     elif getattr(cfg.strategy, "space", "dense") != "dense":
         name = cfg.strategy.space
     seeds = cfg.seeds
