@@ -268,7 +268,8 @@ def test_registered_under_their_names():
     assert isinstance(make_strategy(CMAESConfig.model_validate({"name": "cmaes"}), 0), CMAES)
     assert isinstance(make_strategy(RandomConfig(), 0), RandomSearch)
     cfg = CMAESConfig.model_validate({"name": "cmaes", "bounds": [0, 2], "popsize": 8})
-    assert cfg.bounds == (0.0, 2.0) and cfg.alpha == 0.0 and cfg.diagonal is False
+    assert cfg.bounds == (0.0, 2.0) and cfg.diagonal is False
+    assert make_strategy(cfg, 0).needs_nonnegative_scores is False  # any real score will do
     assert cfg.model_dump(mode="json")["bounds"] == [0.0, 2.0]
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from evomerge.core.errors import EvomergeError
+from evomerge.search.archives import Status
 from evomerge.search.diversity import diversity
 from evomerge.search.m2n2 import Children
 from evomerge.search.niche_archives import (
@@ -21,15 +22,11 @@ GROUPS = {"even": [0, 1], "odd": [2, 3], "all": [0, 1, 2, 3]}
 
 
 def map_elites(**kw):
-    s = MapElites(MapElitesConfig(descriptors=["even", "odd"], cells=2, **kw), seed=0)
-    s.use_groups(GROUPS)
-    return s
+    return MapElites(MapElitesConfig(descriptors=["even", "odd"], cells=2, **kw), 0, GROUPS)
 
 
 def pareto(size=3):
-    s = Pareto(ParetoConfig(objectives=["even", "odd"], archive_size=size), seed=0)
-    s.use_groups(GROUPS)
-    return s
+    return Pareto(ParetoConfig(objectives=["even", "odd"], archive_size=size), 0, GROUPS)
 
 
 def params(n):
@@ -45,12 +42,12 @@ def tell_rows(strategy, state, rows):
 
 def test_map_elites_places_by_descriptor_and_keeps_the_better_occupant():
     s = map_elites()
-    assert s.config.archive_size == 4
+    assert s.config.archive_size == s.archive.size == 4
     # even = mean of examples 0-1, odd = mean of 2-3; cells split [0, 1] at 0.5
-    assert s.cell(torch.tensor([0.0, 0.0, 0.0, 0.0])) == 0
-    assert s.cell(torch.tensor([1.0, 0.0, 0.0, 0.0])) == 2  # even 0.5 -> upper half
-    assert s.cell(torch.tensor([0.0, 0.0, 1.0, 1.0])) == 1
-    assert s.cell(torch.tensor([1.0, 1.0, 1.0, 1.0])) == 3  # the top edge stays in the grid
+    assert s.archive.cell(torch.tensor([0.0, 0.0, 0.0, 0.0])) == 0
+    assert s.archive.cell(torch.tensor([1.0, 0.0, 0.0, 0.0])) == 2  # even 0.5 -> upper half
+    assert s.archive.cell(torch.tensor([0.0, 0.0, 1.0, 1.0])) == 1
+    assert s.archive.cell(torch.tensor([1.0, 1.0, 1.0, 1.0])) == 3  # the top edge is in the grid
     state = s.init(params(2), torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]))
     assert state.ids == (0, -1, -1, 1)
     state = tell_rows(
@@ -73,14 +70,40 @@ def test_map_elites_parents_come_from_filled_cells_only():
     s = map_elites()
     state = s.init(params(2), torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]))
     for u in (0.0, 0.3, 0.49, 0.5, 0.99):
-        a, b = s._parents(state, u, 0.999 - u)
+        a, b = s.archive.sample_parents(state, u, 0.999 - u)
         assert state.ids[a] >= 0 and state.ids[b] >= 0
 
 
 def test_unknown_groups_are_named():
-    s = MapElites(MapElitesConfig(descriptors=["even", "prime"]), seed=0)
+    cfg = MapElitesConfig(descriptors=["even", "prime"])
     with pytest.raises(EvomergeError, match="strategy.descriptors: no example group 'prime'"):
-        s.use_groups(GROUPS)
+        MapElites(cfg, seed=0, groups=GROUPS)
+    with pytest.raises(EvomergeError, match="the plug-in defines no example_groups()"):
+        MapElites(cfg, seed=0, groups={})
+    # Without groups (an export reads the archive): only scoring by group needs them.
+    s = MapElites(cfg, seed=0)
+    with pytest.raises(EvomergeError, match="map_elites: example groups were never given"):
+        s.archive.cell(torch.zeros(4))
+
+
+def test_niche_archives_say_what_became_of_a_child():
+    s, row = map_elites(), torch.zeros(5)
+    state = s.init(params(1), torch.tensor([[0.0, 0.0, 0.0, 0.0]]))  # cell 0
+    state, status = s.archive.add(state, 1, row, torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    assert status is Status.NEW and state.ids == (0, 1, -1, -1)  # cell 1 was empty
+    state, status = s.archive.add(state, 2, row, torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    assert status is Status.NOT_KEPT and state.ids == (0, 1, -1, -1)  # a tie: occupant stays
+    state, status = s.archive.add(state, 3, row, torch.tensor([0.0, 0.2, 1.0, 0.4]))
+    assert status is Status.IMPROVED and state.ids == (0, 3, -1, -1)  # mean 0.4 > 0.25
+
+    p = pareto(size=3)
+    state = p.init(params(1), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))  # (0.5, 0)
+    state, status = p.archive.add(state, 1, row, torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    assert status is Status.NEW and state.ids == (0, 1, -1)  # (0, 0.5) extends the front
+    state, status = p.archive.add(state, 2, row, torch.tensor([0.0, 0.0, 0.0, 0.0]))
+    assert status is Status.NOT_KEPT and state.ids == (0, 1, -1)  # dominated
+    state, status = p.archive.add(state, 3, row, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    assert status is Status.IMPROVED and state.ids == (3, -1, -1)  # dominates both
 
 
 def test_dominance_and_crowding_distance():
@@ -115,7 +138,7 @@ def test_pareto_archive_keeps_the_non_dominated_set():
             [1.0, 0.0, 1.0, 1.0],  # (0.5, 1): dominates (0, 1) and (0.5, 0.5): they leave
         ],
     )
-    objs = s.group_scores(state.scores[[i for i, m in enumerate(state.ids) if m >= 0]])
+    objs = s.archive.groups.scores(state.scores[[i for i, m in enumerate(state.ids) if m >= 0]])
     assert sorted(map(tuple, objs.tolist())) == [(0.5, 1.0), (1.0, 0.0)]
 
 
@@ -126,8 +149,7 @@ def test_pareto_drops_the_most_crowded_when_full():
     state = tell_rows(s, state, [[1.0, 1.0, 0.0, 1.0]])  # (1, 0.5): dominates (1, 0)
     assert 0 not in state.ids and 3 in state.ids
     # one example per objective, to place members anywhere
-    s2 = Pareto(ParetoConfig(objectives=["a", "b"], archive_size=3), seed=0)
-    s2.use_groups({"a": [0], "b": [1]})
+    s2 = Pareto(ParetoConfig(objectives=["a", "b"], archive_size=3), 0, {"a": [0], "b": [1]})
     seeds = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.2, 0.5]])
     state = s2.init(params(3), seeds)
     # crowding with (0.1, 0.55): boundaries inf, (0.2, 0.5) 0.9 + 0.55, the child 0.2 + 0.5

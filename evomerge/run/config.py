@@ -6,7 +6,6 @@ validated by the model its ``name`` registers (see :mod:`evomerge.search.registr
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -158,11 +157,9 @@ def _validate_strategy(source: str, raw: Any):
         raise ConfigError(
             f"{source}: strategy: must be a mapping with a 'name' ({', '.join(STRATEGIES)})"
         )
+    if raw["name"] not in STRATEGIES:
+        raise ConfigError(f"{source}: strategy.name: {STRATEGIES.unknown(raw['name'])}")
     entry = STRATEGIES.get(raw["name"])
-    if entry is None:
-        close = difflib.get_close_matches(str(raw["name"]), list(STRATEGIES), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(STRATEGIES)}"
-        raise ConfigError(f"{source}: strategy.name: unknown strategy '{raw['name']}'; {hint}")
     try:
         return entry.config.model_validate(raw)
     except ValidationError as exc:

@@ -23,6 +23,7 @@ from evomerge.run.config import RunConfig
 from evomerge.run.rundir import RunDir
 from evomerge.run.tracking import Trackers
 from evomerge.runtime import make_evaluator
+from evomerge.search.base import needs_nonnegative_scores
 from evomerge.search.registry import make_strategy
 from evomerge.spaces import SPACES
 
@@ -70,7 +71,7 @@ class Search:
     # -- scoring -----------------------------------------------------------------------------
     def score(self, params: torch.Tensor) -> torch.Tensor:
         scores = self.evaluator.score(params)
-        if self.cfg.strategy.alpha > 0 and bool((scores < 0).any()):
+        if needs_nonnegative_scores(self.strategy) and bool((scores < 0).any()):
             row, col = np.argwhere(scores.numpy() < 0)[0]
             raise PluginError(
                 f"fitness: score {scores[row, col].item()} for candidate {row}, example {col} is "
@@ -234,11 +235,9 @@ def open_space(cfg: RunConfig, evaluator, strategy):
 
 
 def prepared_strategy(cfg: RunConfig, evaluator):
-    """The configured strategy, given the plug-in's example groups if it builds niches on them."""
-    strategy = make_strategy(cfg.strategy, cfg.seed)
-    if hasattr(strategy, "use_groups"):
-        strategy.use_groups(evaluator.info.get("groups"))
-    return strategy
+    """The configured strategy, given the plug-in's example groups (niches may be built on
+    them; ``{}`` when the plug-in names none)."""
+    return make_strategy(cfg.strategy, cfg.seed, groups=evaluator.info.get("groups") or {})
 
 
 def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Search:

@@ -1,1 +1,1 @@
-"""Search layer: strategies (ask/tell), the competition archive, the run loop, checkpoints."""
+"""Search layer: the strategy contract (base, codec), archives, and the strategies over them."""

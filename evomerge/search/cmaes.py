@@ -7,34 +7,36 @@ replaying that history. pycma draws from numpy's global RNG; each ``ask`` runs w
 by ``key(seed, generation)`` (and restored afterwards), so a replay asks exactly what the
 original run asked, and the same seed gives the same search.
 
-Generational: ``ask`` returns one whole generation of ``popsize`` candidates whatever ``n``
-the loop asks for, so a run may end up to ``popsize - 1`` evaluations past its budget.
-Not thread-safe: the ES cache and numpy's global RNG are shared.
+``diagonal: true`` is pycma's separable CMA-ES (``CMA_diagonal``); ``sep_cmaes`` is the same
+family over an O(D) explicit state (:mod:`~evomerge.search.cma_family`: both generational,
+best-so-far, same statistics and checkpoint codec). Not thread-safe: the ES cache and
+numpy's global RNG are shared.
 """
 
 from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from evomerge.core.keys import key
-from evomerge.search.m2n2 import Children
-from evomerge.search.random_search import Best, best_of, check_bounds, score_stats, to_float32
+from evomerge.search.base import BEST_CODEC, Best, StrategyEntry
+from evomerge.search.cma_family import CMAFamily, CMAFamilyConfig
+from evomerge.search.codec import Stacked, codec
+from evomerge.search.random_search import check_bounds, to_float32
 
 INIT_STREAM = 1 << 62  # key index of the ES's own ``seed`` option
 TELL_STREAM = 1 << 61  # key indices (+ generation) numpy is seeded with around ``tell``
 
 
-class CMAESConfig(BaseModel):
+class CMAESConfig(CMAFamilyConfig):
     """``strategy:`` section for ``name: cmaes``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     name: Literal["cmaes"] = "cmaes"
     sigma0: float = Field(
         0.3,
@@ -56,21 +58,30 @@ class CMAESConfig(BaseModel):
     def validate_bounds(cls, value):
         return check_bounds(value)
 
-    @property
-    def alpha(self) -> float:
-        """No resource competition: scores may be any real number."""
-        return 0.0
+
+def _no_solutions(state: CMAState) -> torch.Tensor:
+    return torch.zeros(0, state.x0.numel(), dtype=torch.float64)
+
+
+def _no_objective(state: CMAState) -> torch.Tensor:
+    return torch.zeros(0, dtype=torch.float64)
 
 
 @dataclass(frozen=True)
 class CMAState:
-    """The whole search state; generation g's rows have ids ``k + g * popsize + row``."""
+    """The whole search state; generation g's rows have ids ``k + g * popsize + row``.
+
+    Checkpoint: ``x0``; ``solutions`` and ``objective``, the generations stacked, with their
+    number in meta ``generations``; ``last_scores``; ``best_*``; ``evaluations``, ``next_id``.
+    """
 
     x0: torch.Tensor  # (D,) float64: the ES's initial mean
-    solutions: tuple[torch.Tensor, ...]  # per generation (popsize, D) float64, as asked
-    objective: tuple[torch.Tensor, ...]  # per generation (popsize,) float64: -mean score, told
+    # per generation (popsize, D) float64, as asked
+    solutions: tuple = field(metadata=codec(Stacked("generations", _no_solutions)))
+    # per generation (popsize,) float64: -mean score, told
+    objective: tuple = field(metadata=codec(Stacked("generations", _no_objective)))
     last_scores: torch.Tensor  # (popsize, E) float32 of the last generation; (0, E) before
-    best: Best
+    best: Best = field(metadata=BEST_CODEC)
     evaluations: int
     next_id: int
 
@@ -119,17 +130,13 @@ def _numpy_seeded(k: int):
         np.random.set_state(saved)
 
 
-def _chunks(stacked: torch.Tensor, count: int, size: int) -> tuple[torch.Tensor, ...]:
-    """``count`` generations of ``size`` rows, each owning its memory."""
-    return tuple(stacked[i * size : (i + 1) * size].clone() for i in range(count))
-
-
-class CMAES:
+class CMAES(CMAFamily):
     """Ask/tell CMA-ES. The object holds config, seed and a cache of the live pycma ES."""
 
+    state_type = CMAState
+
     def __init__(self, config: CMAESConfig, seed: int):
-        self.config = config
-        self.seed = seed
+        super().__init__(config, seed)
         self._live: _Live | None = None
 
     # -- pycma -------------------------------------------------------------------------------
@@ -190,96 +197,28 @@ class CMAES:
             live.asked = self._es_ask(live.es, state.generation)
         return live.asked
 
-    # -- ask / tell --------------------------------------------------------------------------
-    def init(self, seed_params: torch.Tensor, seed_scores: torch.Tensor) -> CMAState:
-        """The ES starts at the mean of the seed rows (clamped into bounds); the best seed is
-        the best so far. Seeds take ids 0..k-1 and are not counted as evaluations."""
-        k, e = seed_scores.shape
-        x0 = seed_params.double().mean(dim=0)
+    # -- the family's parts ------------------------------------------------------------------
+    def _start(self, mean: torch.Tensor) -> dict:
+        """The ES starts at the seeds' mean, clamped into bounds."""
         if self.config.bounds is not None:
-            x0 = x0.clamp(*self.config.bounds)
-        return CMAState(
-            x0=x0.contiguous(),
-            solutions=(),
-            objective=(),
-            last_scores=torch.zeros(0, e, dtype=torch.float32),
-            best=best_of(range(k), seed_params, seed_scores, None),
-            evaluations=0,
-            next_id=k,
-        )
+            mean = mean.clamp(*self.config.bounds)
+        return {"x0": mean.contiguous(), "solutions": (), "objective": ()}
 
-    def ask(self, state: CMAState, n: int) -> Children:
-        """One whole generation (``popsize`` candidates; ``n`` is ignored): the in-bounds
-        points pycma asked, as float32. A pure function of the seed and the state."""
-        asked = self._asked(state)
-        params = to_float32(torch.from_numpy(asked), self.config.bounds)
-        ids = tuple(range(state.next_id, state.next_id + len(asked)))
-        return Children(params, ids, ((-1, -1),) * len(asked))
+    def _generation(self, state: CMAState) -> torch.Tensor:
+        """The in-bounds points pycma asked, as float32."""
+        return to_float32(torch.from_numpy(self._asked(state)), self.config.bounds)
 
-    def tell(self, state: CMAState, children: Children, scores: torch.Tensor) -> CMAState:
-        """Tell pycma minus the mean scores; returns a new state (the old one is unchanged)."""
+    def _update(self, state: CMAState, objective: torch.Tensor) -> CMAState:
         asked = self._asked(state)
-        expected = self.ask(state, len(asked))
-        if children.ids != expected.ids or not torch.equal(children.params, expected.params):
-            raise ValueError("cmaes: tell() needs the whole generation ask() gave for this state")
-        objective = -scores.double().mean(dim=1)
         live, self._live = self._live, None  # a failing tell leaves no half-told cache
         self._es_tell(live.es, state.generation, asked, objective)
         new = replace(
             state,
             solutions=state.solutions + (torch.from_numpy(asked.copy()),),
             objective=state.objective + (objective,),
-            last_scores=scores.float().clone(),
-            best=best_of(children.ids, children.params, scores, state.best),
-            evaluations=state.evaluations + len(asked),
-            next_id=state.next_id + len(asked),
         )
         self._live = _Live(live.es, new.x0, new.solutions, new.objective)
         return new
 
-    # -- views -------------------------------------------------------------------------------
-    def best(self, state: CMAState) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """The best candidate evaluated so far (seeds included): (id, genes, scores)."""
-        return state.best.id, state.best.genes, state.best.scores
 
-    def stats(self, state: CMAState) -> dict:
-        """Statistics over the last generation and the best so far."""
-        return score_stats(torch.cat([state.last_scores, state.best.scores[None]]))
-
-    # -- checkpoints -------------------------------------------------------------------------
-    def state_to_tensors(self, state: CMAState) -> tuple[dict[str, torch.Tensor], dict]:
-        """The history as two stacked tensors (generation after generation) + the rest."""
-        d = state.x0.numel()
-        empty = torch.zeros(0, d, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
-        tensors = {
-            "x0": state.x0,
-            "solutions": torch.cat(state.solutions) if state.solutions else empty[0],
-            "objective": torch.cat(state.objective) if state.objective else empty[1],
-            "last_scores": state.last_scores,
-            "best_genes": state.best.genes,
-            "best_scores": state.best.scores,
-        }
-        meta = {
-            "evaluations": state.evaluations,
-            "next_id": state.next_id,
-            "generations": state.generation,
-            "best_id": state.best.id,
-        }
-        return tensors, meta
-
-    def state_from_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> CMAState:
-        """The inverse of state_to_tensors; the live ES is rebuilt by replay on first use."""
-        g = int(meta["generations"])
-        lam = tensors["solutions"].shape[0] // g if g else 0
-        best = Best(
-            int(meta["best_id"]), tensors["best_genes"].clone(), tensors["best_scores"].clone()
-        )
-        return CMAState(
-            x0=tensors["x0"].clone(),
-            solutions=_chunks(tensors["solutions"], g, lam),
-            objective=_chunks(tensors["objective"], g, lam),
-            last_scores=tensors["last_scores"].clone(),
-            best=best,
-            evaluations=int(meta["evaluations"]),
-            next_id=int(meta["next_id"]),
-        )
+CMAES_STRATEGY = StrategyEntry(CMAESConfig, CMAES)

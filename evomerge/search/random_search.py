@@ -2,13 +2,13 @@
 
 Child i (the run's i-th evaluation) is drawn uniformly in ``bounds`` from its own key
 ``(seed, i)``, so the state holds no random generator and resume is exact. Only the best
-candidate so far is kept. The bound and best-so-far helpers here are shared with CMA-ES.
+candidate so far is kept. The bound helpers here are shared with CMA-ES.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -16,7 +16,28 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evomerge.core.keys import child_generator
-from evomerge.search.m2n2 import Children
+from evomerge.search.base import (
+    BEST_CODEC,
+    Best,
+    BestSoFar,
+    Children,
+    Proposal,
+    StrategyEntry,
+    best_of,
+    score_stats,
+)
+
+__all__ = [
+    "Best",
+    "RandomConfig",
+    "RandomSearch",
+    "RandomState",
+    "best_of",
+    "check_bounds",
+    "float32_bounds",
+    "score_stats",
+    "to_float32",
+]
 
 
 def check_bounds(value: tuple[float, float] | None) -> tuple[float, float] | None:
@@ -51,39 +72,6 @@ def to_float32(genes: torch.Tensor, bounds: tuple[float, float] | None) -> torch
     return out.clamp_(low, high)
 
 
-@dataclass(frozen=True)
-class Best:
-    """The best candidate so far (by mean score; the earliest wins ties)."""
-
-    id: int
-    genes: torch.Tensor
-    scores: torch.Tensor
-
-    @property
-    def mean(self) -> float:
-        return float(self.scores.double().mean())
-
-
-def best_of(ids, params: torch.Tensor, scores: torch.Tensor, current: Best | None) -> Best:
-    """``current`` or the best of a batch, whichever scores higher (``current`` on ties)."""
-    means = scores.double().mean(dim=1).nan_to_num(nan=-math.inf)  # a failed candidate never wins
-    i = int(torch.argmax(means))
-    if current is not None and not bool(means[i] > current.mean):
-        return current
-    return Best(int(ids[i]), params[i].to(torch.float32).clone(), scores[i].float().clone())
-
-
-def score_stats(rows: torch.Tensor) -> dict:
-    """History statistics over the rows a strategy keeps (fitness = mean score: no niches)."""
-    means = rows.float().mean(dim=1)  # float32 like M2N2's: the best row's max is its metric
-    low, avg, high = means.min().item(), means.mean().item(), means.max().item()
-    return {
-        "archive_size": int(rows.shape[0]),
-        "fitness": {"min": low, "mean": avg, "max": high},
-        "train_score": {"mean": avg, "max": high},
-    }
-
-
 class RandomConfig(BaseModel):
     """``strategy:`` section for ``name: random``."""
 
@@ -98,33 +86,28 @@ class RandomConfig(BaseModel):
     def validate_bounds(cls, value):
         return check_bounds(value)
 
-    @property
-    def alpha(self) -> float:
-        """No resource competition: scores may be any real number."""
-        return 0.0
-
 
 @dataclass(frozen=True)
 class RandomState:
-    best: Best
+    best: Best = field(metadata=BEST_CODEC)
     evaluations: int
     next_id: int
 
 
-class RandomSearch:
+class RandomSearch(BestSoFar):
     """Uniform random search; the object holds only config and seed, state is explicit."""
 
+    state_type = RandomState
+
     def __init__(self, config: RandomConfig, seed: int):
-        self.config = config
-        self.seed = seed
+        super().__init__(config, seed)
         self._gen = torch.Generator()
 
     def init(self, seed_params: torch.Tensor, seed_scores: torch.Tensor) -> RandomState:
         """The best seed is the best so far; seeds take ids 0..k-1 and are not evaluations."""
-        k = seed_params.shape[0]
-        return RandomState(best_of(range(k), seed_params, seed_scores, None), 0, k)
+        return RandomState(self.best_of_seeds(seed_params, seed_scores), 0, len(seed_params))
 
-    def ask(self, state: RandomState, n: int) -> Children:
+    def _ask(self, state: RandomState, n: int) -> Proposal:
         """``n`` uniform candidates; candidate i uses key (seed, evaluations + i)."""
         low, high = self.config.bounds
         dim = state.best.genes.numel()
@@ -133,35 +116,13 @@ class RandomSearch:
             gen = child_generator(self.seed, state.evaluations + i, self._gen)
             u = torch.rand(dim, generator=gen, dtype=torch.float64)
             rows.append(low + (high - low) * u)
-        params = to_float32(torch.stack(rows), self.config.bounds)
-        ids = tuple(range(state.next_id, state.next_id + n))
-        return Children(params, ids, ((-1, -1),) * n)
+        return Proposal(to_float32(torch.stack(rows), self.config.bounds))
 
-    def tell(self, state: RandomState, children: Children, scores: torch.Tensor) -> RandomState:
-        """Keep the better of the best so far and the batch; returns a new state."""
-        n = len(children.ids)
-        best = best_of(children.ids, children.params, scores, state.best)
-        return replace(
-            state, best=best, evaluations=state.evaluations + n, next_id=state.next_id + n
-        )
-
-    def best(self, state: RandomState) -> tuple[int, torch.Tensor, torch.Tensor]:
-        return state.best.id, state.best.genes, state.best.scores
+    def _tell(self, state: RandomState, children: Children, scores: torch.Tensor):
+        return state  # only the best so far is kept (BestSoFar.tell)
 
     def stats(self, state: RandomState) -> dict:
         return score_stats(state.best.scores[None])
 
-    def state_to_tensors(self, state: RandomState) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {"best_genes": state.best.genes, "best_scores": state.best.scores}
-        meta = {
-            "evaluations": state.evaluations,
-            "next_id": state.next_id,
-            "best_id": state.best.id,
-        }
-        return tensors, meta
 
-    def state_from_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> RandomState:
-        best = Best(
-            int(meta["best_id"]), tensors["best_genes"].clone(), tensors["best_scores"].clone()
-        )
-        return RandomState(best, int(meta["evaluations"]), int(meta["next_id"]))
+RANDOM_STRATEGY = StrategyEntry(RandomConfig, RandomSearch)

@@ -19,40 +19,38 @@ default rates and sep-CMA's ``(D + 2) / 3`` speed-up of ``c_1`` and ``c_mu``::
     sigma <- sigma * exp(c_s / d_s * (|p_s| / E|N(0, I)| - 1))
 
 Fitness minimised: minus the mean per-example score; ties keep the earlier sample first.
-Generational: ``ask`` returns one whole generation whatever ``n`` is.
+Generational, best-so-far, statistics and checkpoint codec: the CMA-ES family's
+(:mod:`~evomerge.search.cma_family`), shared with ``cmaes``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from evomerge.core.keys import child_generator
-from evomerge.search.m2n2 import Children
-from evomerge.search.random_search import Best, best_of, score_stats
+from evomerge.search.base import BEST_CODEC, Best, StrategyEntry
+from evomerge.search.cma_family import CMAFamily, CMAFamilyConfig
 
 
-class SepCMAESConfig(BaseModel):
+class SepCMAESConfig(CMAFamilyConfig):
     """``strategy:`` section for ``name: sep_cmaes``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     name: Literal["sep_cmaes"] = "sep_cmaes"
     sigma0: float = Field(0.05, gt=0, description="Initial step size (parameter units).")
     popsize: int | None = Field(
         None, ge=4, description="Candidates per generation (null: 4 + floor(3 ln D))."
     )
 
-    @property
-    def alpha(self) -> float:
-        return 0.0
-
 
 @dataclass(frozen=True)
 class SepState:
+    """Checkpoint: the tensors and meta keys are the field names (``best_*`` for ``best``)."""
+
     mean: torch.Tensor  # (D,) float64
     sigma: float
     diag: torch.Tensor  # (D,) float64: the diagonal covariance
@@ -60,7 +58,7 @@ class SepState:
     path_s: torch.Tensor  # (D,)
     generation: int
     last_scores: torch.Tensor  # (popsize, E) float32 of the last generation; (0, E) before
-    best: Best
+    best: Best = field(metadata=BEST_CODEC)
     evaluations: int
     next_id: int
 
@@ -100,12 +98,13 @@ class _Rates:
         return cls(lam, w, mu_eff, c_s, d_s, c_c, c_1, c_mu, chi_n)
 
 
-class SepCMAES:
+class SepCMAES(CMAFamily):
     """Ask/tell sep-CMA-ES; the object holds config and seed, the state is explicit."""
 
+    state_type = SepState
+
     def __init__(self, config: SepCMAESConfig, seed: int):
-        self.config = config
-        self.seed = seed
+        super().__init__(config, seed)
         self._gen = torch.Generator()
         self._rates: dict[int, _Rates] = {}
 
@@ -121,39 +120,26 @@ class SepCMAES:
         gen = child_generator(self.seed, state.generation, self._gen)
         return torch.randn(r.lam, state.mean.numel(), generator=gen, dtype=torch.float64)
 
-    # -- ask / tell --------------------------------------------------------------------------
-    def init(self, seed_params: torch.Tensor, seed_scores: torch.Tensor) -> SepState:
-        """The search starts at the mean of the seed rows; seeds are ids 0..k-1."""
-        k, e = seed_scores.shape
-        mean = seed_params.double().mean(dim=0).contiguous()
+    # -- the family's parts ------------------------------------------------------------------
+    def _start(self, mean: torch.Tensor) -> dict:
+        mean = mean.contiguous()
         zeros = torch.zeros_like(mean)
-        return SepState(
-            mean=mean,
-            sigma=self.config.sigma0,
-            diag=torch.ones_like(mean),
-            path_c=zeros,
-            path_s=zeros.clone(),
-            generation=0,
-            last_scores=torch.zeros(0, e, dtype=torch.float32),
-            best=best_of(range(k), seed_params, seed_scores, None),
-            evaluations=0,
-            next_id=k,
-        )
+        return {
+            "mean": mean,
+            "sigma": self.config.sigma0,
+            "diag": torch.ones_like(mean),
+            "path_c": zeros,
+            "path_s": zeros.clone(),
+            "generation": 0,
+        }
 
-    def ask(self, state: SepState, n: int) -> Children:
-        """One whole generation as float32 rows (``n`` is ignored)."""
+    def _generation(self, state: SepState) -> torch.Tensor:
         z = self._samples(state)
-        x = state.mean + state.sigma * z * state.diag.sqrt()
-        ids = tuple(range(state.next_id, state.next_id + len(z)))
-        return Children(x.to(torch.float32), ids, ((-1, -1),) * len(z))
+        return (state.mean + state.sigma * z * state.diag.sqrt()).to(torch.float32)
 
-    def tell(self, state: SepState, children: Children, scores: torch.Tensor) -> SepState:
+    def _update(self, state: SepState, objective: torch.Tensor) -> SepState:
         r = self.rates(state.mean.numel())
-        expected = self.ask(state, r.lam)
-        if children.ids != expected.ids or not torch.equal(children.params, expected.params):
-            raise ValueError("sep_cmaes: tell() needs the whole generation ask() gave")
         z = self._samples(state)
-        objective = -scores.double().mean(dim=1)
         order = torch.argsort(objective, stable=True)[: len(r.weights)]
         z_sel = z[order]
         sqrt_d = state.diag.sqrt()
@@ -179,61 +165,11 @@ class SepCMAES:
         )
         sigma = state.sigma * math.exp(r.c_s / r.d_s * (norm_s / r.chi_n - 1))
         return replace(
-            state,
-            mean=mean,
-            sigma=sigma,
-            diag=diag,
-            path_c=path_c,
-            path_s=path_s,
-            generation=g,
-            last_scores=scores.float().clone(),
-            best=best_of(children.ids, children.params, scores, state.best),
-            evaluations=state.evaluations + len(z),
-            next_id=state.next_id + len(z),
+            state, mean=mean, sigma=sigma, diag=diag, path_c=path_c, path_s=path_s, generation=g
         )
 
-    # -- views -------------------------------------------------------------------------------
-    def best(self, state: SepState) -> tuple[int, torch.Tensor, torch.Tensor]:
-        return state.best.id, state.best.genes, state.best.scores
+    def variant_stats(self, state: SepState) -> dict:
+        return {"sep_cmaes": {"sigma": state.sigma, "diag_mean": state.diag.mean().item()}}
 
-    def stats(self, state: SepState) -> dict:
-        out = score_stats(torch.cat([state.last_scores, state.best.scores[None]]))
-        out["sep_cmaes"] = {"sigma": state.sigma, "diag_mean": state.diag.mean().item()}
-        return out
 
-    # -- checkpoints -------------------------------------------------------------------------
-    def state_to_tensors(self, state: SepState) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {
-            "mean": state.mean,
-            "diag": state.diag,
-            "path_c": state.path_c,
-            "path_s": state.path_s,
-            "last_scores": state.last_scores,
-            "best_genes": state.best.genes,
-            "best_scores": state.best.scores,
-        }
-        meta = {
-            "sigma": state.sigma,
-            "generation": state.generation,
-            "evaluations": state.evaluations,
-            "next_id": state.next_id,
-            "best_id": state.best.id,
-        }
-        return tensors, meta
-
-    def state_from_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> SepState:
-        best = Best(
-            int(meta["best_id"]), tensors["best_genes"].clone(), tensors["best_scores"].clone()
-        )
-        return SepState(
-            mean=tensors["mean"].clone(),
-            sigma=float(meta["sigma"]),
-            diag=tensors["diag"].clone(),
-            path_c=tensors["path_c"].clone(),
-            path_s=tensors["path_s"].clone(),
-            generation=int(meta["generation"]),
-            last_scores=tensors["last_scores"].clone(),
-            best=best,
-            evaluations=int(meta["evaluations"]),
-            next_id=int(meta["next_id"]),
-        )
+SEP_CMAES_STRATEGY = StrategyEntry(SepCMAESConfig, SepCMAES)
