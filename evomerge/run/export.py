@@ -23,6 +23,7 @@ from evomerge.run.config import validate
 from evomerge.run.loop import space_spec
 from evomerge.run.rundir import RunDir
 from evomerge.runtime.local import LocalEvaluator
+from evomerge.search.base import use_space
 from evomerge.search.registry import make_strategy
 from evomerge.spaces import SPACES
 from evomerge.tensors.dtypes import DTYPES
@@ -62,8 +63,7 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
     )
     space = SPACES.get(evaluator.info["space"]).on_driver(space_spec(cfg), evaluator)
     strategy = make_strategy(cfg.strategy, cfg.seed)
-    if hasattr(strategy, "use_space"):  # TEMP until the strategy base class lands
-        strategy.use_space(space)
+    use_space(strategy, space)
     ckpt, state = checkpoint.load_latest(  # one whose state reads back; else the one before
         run.checkpoints, parse=lambda c: (c, strategy.state_from_tensors(c.tensors, c.meta))
     )

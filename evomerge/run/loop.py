@@ -23,7 +23,7 @@ from evomerge.run.config import RunConfig
 from evomerge.run.rundir import RunDir
 from evomerge.run.tracking import Trackers
 from evomerge.runtime import make_evaluator
-from evomerge.search.base import needs_nonnegative_scores
+from evomerge.search.base import needs_nonnegative_scores, use_space
 from evomerge.search.registry import make_strategy
 from evomerge.spaces import SPACES
 
@@ -229,8 +229,7 @@ def space_spec(cfg: RunConfig) -> dict:
 def open_space(cfg: RunConfig, evaluator, strategy):
     """The run's space on the driver (as the workers resolved it), given to the strategy."""
     space = SPACES.get(evaluator.info["space"]).on_driver(space_spec(cfg), evaluator)
-    if hasattr(strategy, "use_space"):  # TEMP until the strategy base class lands
-        strategy.use_space(space)
+    use_space(strategy, space)
     return space
 
 

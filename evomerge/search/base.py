@@ -63,6 +63,13 @@ class Strategy:
     def __init__(self, config: BaseModel, seed: int):
         self.config = config
         self.seed = seed
+        self.space = None
+
+    def use_space(self, space) -> None:
+        """The run's genome space (:class:`~evomerge.core.contracts.Space`): archives make
+        children in it and checkpoint its genomes; vector strategies (CMA-ES, random search)
+        propose vectors themselves and only keep it."""
+        self.space = space
 
     # -- the contract ------------------------------------------------------------------------
     def init(self, seed_params: torch.Tensor, seed_scores: torch.Tensor):
@@ -186,6 +193,14 @@ class StrategyEntry:
     config: type[BaseModel]
     factory: Callable
     takes_groups: bool = False
+
+
+def use_space(strategy, space) -> None:
+    """Give ``strategy`` the run's space; a strategy written before :class:`Strategy` (a
+    plain ``factory(config, seed)`` object on vectors) may have no ``use_space``."""
+    method = getattr(strategy, "use_space", None)
+    if method is not None:
+        method(space)
 
 
 def needs_nonnegative_scores(strategy) -> bool:

@@ -20,7 +20,7 @@ from evomerge.search import adaptive_mutation as am
 from evomerge.search.archives import Archive, ArchiveState, empty_state
 from evomerge.search.base import Children, Proposal, Strategy
 from evomerge.search.diversity import diversity
-from evomerge.spaces.genomes import DenseSpace
+from evomerge.spaces.dense import DenseSpace
 
 
 class VariationConfig(BaseModel):
@@ -73,7 +73,7 @@ class VariationSearch(Strategy):
         return self.archive.needs_nonnegative_scores
 
     def use_space(self, space) -> None:
-        """Make children in ``space`` (a :mod:`evomerge.spaces.genomes` space)."""
+        """Make children in ``space`` (a :class:`~evomerge.core.contracts.Space`)."""
         self.space = space
 
     def codec_context(self) -> dict:
