@@ -200,6 +200,7 @@ def test_a_run_written_before_the_strategy_base_class_resumes_exactly(tmp_path, 
     raw["budget"]["evaluations"] = 40
     (old / "config.yaml").write_text(yaml.safe_dump(raw))
     meta = {**ck.meta, "config_sha256": config_digest(validate(raw, "config.yaml"))}
+    shutil.rmtree(ck.path)  # save() keeps an intact checkpoint of the same name as it is
     checkpoint.save(old / "checkpoints", ck.tensors, meta, keep_last=1)
     assert main(["resume", str(old), "-q"]) == 0
 
