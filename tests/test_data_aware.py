@@ -318,6 +318,20 @@ def test_causal_lm_merge_yaml_regmean(lm_dir, tmp_path):
     assert torch.allclose(merged[norm], (a[norm] + r[norm]) / 2)
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(merged[q], (a[q] + r[q]) / 2)
+    # ... it is RegMean's closed form on q_proj's inputs: each expert's Gram X^T X over its
+    # own task's examples (the plug-in's linear_inputs), off-diagonals times alpha (0.9), then
+    # W* = (sum_i W_i G_i) (sum_i G_i)^-1
+    fit = load_object(plugin)(**cfg["statistics"]["options"])
+    fit.setup(torch.device("cpu"))
+    groups = fit.example_groups()
+    grams = []
+    for expert, task in ((a, "add"), (r, "reverse")):
+        flat = torch.cat([expert[n].float().reshape(-1) for n, _ in fit.param_layout()])
+        x = fit.linear_inputs(flat, T(groups[task]))[q].double()
+        grams.append(_reduce(x.T @ x, 0.9))
+    num = a[q].double() @ grams[0] + r[q].double() @ grams[1]
+    expected = num @ torch.from_numpy(np.linalg.inv((grams[0] + grams[1]).numpy()))
+    assert torch.allclose(merged[q].double(), expected, rtol=1e-4, atol=1e-5)
 
 
 # --- a recipe search with Fisher weights as genes ---------------------------------------------

@@ -2,6 +2,7 @@
 tokenizer_source, the new methods, and passthrough slices (layer stacking)."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -208,6 +209,29 @@ def test_slices_plan_renames_layers_and_takes_outside_tensors_from_the_ends():
         plan_tensors(names, [[SliceRange(0, 1, 3)]])
     with pytest.raises(ValueError, match="same non-empty"):
         plan_tensors(names, [[SliceRange(0, 0, 1), SliceRange(1, 0, 2)]])
+
+
+def test_slices_recipes_and_the_dataflow_export_share_one_layer_naming():
+    from evomerge.spaces.recipe import DEFAULT_LAYER_PATTERN
+    from evomerge.tensors import layer_names
+    from evomerge.tensors.layer_stack import stacked_config
+
+    assert DEFAULT_LAYER_PATTERN == layer_names.LAYER_PATTERN  # recipes' layer parameters
+    assert layer_names.layer_of("transformer.h.4.attn.c_attn.weight") == 4
+    # the data-flow export stacks decoder layers only: a vision tower's blocks stay put
+    assert layer_names.layer_of("vision.blocks.2.w", layer_names.DECODER_LAYER_PATTERN) is None
+    assert with_num_layers({"n_layer": 2}, 5) == {"n_layer": 5}
+    slots = [SimpleNamespace(layer=1), SimpleNamespace(layer=0)]
+    base = {"num_hidden_layers": 2, "layer_types": ["s", "f"], "torch_dtype": "float32"}
+    assert stacked_config(base, slots, torch.bfloat16) == {
+        "num_hidden_layers": 2,
+        "layer_types": ["f", "s"],
+        "torch_dtype": "bfloat16",
+        "dtype": "bfloat16",
+    }
+    odd = {0: list(NAMES), 1: [n for n in NAMES if "layers.1.mlp.up_proj" not in n]}
+    with pytest.raises(ValueError, match=r"slices\[0\]: layer 1 of model 0 .* different tensors"):
+        plan_tensors(odd, [[SliceRange(0, 1, 2), SliceRange(1, 1, 2)]])
 
 
 def test_passthrough_slices_stack_layers_into_a_model_transformers_loads(tmp_path):

@@ -13,27 +13,37 @@ import torch
 from conftest import base_config
 
 from evomerge.interface.cli import main
-from evomerge.interface.report import make_report, mean_se, pareto_mask
-from evomerge.run import checkpoint
+from evomerge.interface.report import load_run, make_report, mean_se, pareto_mask
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+CELLS = 4
+MAP_ELITES = {"name": "map_elites", "descriptors": ["even", "odd"], "cells": CELLS}
+PARETO = {"name": "pareto", "objectives": ["0-4", "5-9"], "archive_size": 6}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two short real searches of the same config (seeds 0 and 1) and one GA run."""
+    """Two short real searches of the same config (seeds 0 and 1), one GA run, and real
+    MAP-Elites (a 4 x 4 grid over the even / odd digits) and Pareto runs."""
     import yaml
 
     root = tmp_path_factory.mktemp("runs")
-    cfg = root / "digits.yaml"
-    cfg.write_text(yaml.safe_dump(base_config(name="digits", **{"budget": {"evaluations": 150}})))
     out = {}
-    for name, extra in (
-        ("m2n2-s0", []),
-        ("m2n2-s1", ["--set", "seed=1"]),
-        ("ga-s0", ["--set", "strategy.name=ga"]),
+    for name, strategy, extra in (
+        ("m2n2-s0", None, []),
+        ("m2n2-s1", None, ["--set", "seed=1"]),
+        ("ga-s0", None, ["--set", "strategy.name=ga"]),
+        ("map-elites", MAP_ELITES, []),
+        ("pareto", PARETO, []),
     ):
-        assert main(["run", str(cfg), "--out", str(root / name), "-q", *extra]) == 0
+        cfg = base_config(name=name.split("-")[0], budget={"evaluations": 150})
+        if strategy is not None:
+            cfg["strategy"] = {**strategy, "mutation_std": 0.01}
+        path = root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        assert main(["run", str(path), "--out", str(root / name), "-q", *extra]) == 0
         out[name] = root / name
     return out
 
@@ -89,40 +99,47 @@ def test_several_runs_are_grouped_with_bands(runs, tmp_path):
     assert "ga-s0" in page and "m2n2-s1" in page
 
 
-def _qd_run(src, dst):
-    """A copy of a real run whose records and checkpoint carry MAP-Elites / Pareto / diversity
-    data, as the strategies that write them do: the report must draw them from the keys."""
-    shutil.copytree(src, dst)
-    lines = (dst / "history.jsonl").read_text().splitlines()
-    recs = [json.loads(line) for line in lines]
-    for i, rec in enumerate(recs):
-        rec["coverage"] = min(1.0, 0.1 * (i + 1))
-        rec["qd_score"] = 3.0 * i
-        rec["front_size"] = 2 + i
-        rec["diversity"] = {"disagreement": 0.3 - 0.01 * i, "occupancy": 0.9, "owners": 5 + i}
-    (dst / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    last = checkpoint.load_latest(dst / "checkpoints")
-    grid = torch.full((4, 5), float("nan"))
-    grid[0, :3] = torch.tensor([0.2, 0.5, 0.7])
-    grid[2, 4] = 0.9
-    tensors = {
-        **last.tensors,
-        "grid_fitness": grid,
-        "objectives": torch.rand(8, 2, generator=torch.Generator().manual_seed(0)),
-    }
-    meta = {k: v for k, v in last.meta.items() if k != "format"}
-    meta["evaluations"] = meta["evaluations"] + 1
-    meta["objective_names"] = ["task_a", "task_b"]
-    checkpoint.save(dst / "checkpoints", tensors, meta, keep_last=5)
-    return dst
-
-
-def test_map_elites_pareto_and_diversity_when_present(runs, tmp_path):
-    run = _qd_run(runs["m2n2-s0"], tmp_path / "qd")
-    done = make_report([run], tmp_path / "out")
+def test_map_elites_pareto_and_diversity_of_real_runs(runs, tmp_path):
+    done = make_report([runs["map-elites"], runs["pareto"]], tmp_path / "out")
     names = {p.name for p in done["images"]}
     assert {"map_elites.png", "pareto.png", "diversity.png"} <= names
     assert not any("MAP-Elites" in n or "Pareto" in n for n in done["notes"])
+    assert (tmp_path / "out" / "map_elites.png").read_bytes().startswith(PNG)
+
+
+def test_the_map_elites_plot_s_grid_is_the_archive_placed_by_descriptor(runs):
+    """The grid drawn is the checkpointed archive: rows x columns = even x odd accuracy cells,
+    each filled cell the mean score of the elite whose descriptors fall in it, NaN where empty,
+    and its filled fraction the coverage the history recorded at the same evaluation."""
+    from conftest import DIGITS
+
+    from evomerge.core.plugins import load_object
+    from evomerge.interface.report_plots import map_elites_grid
+    from evomerge.search.niche_archives import MapElites, MapElitesConfig
+
+    run = load_run(runs["map-elites"])
+    grid = map_elites_grid(run)
+    assert grid.shape == (CELLS, CELLS)
+    ids, scores = run.checkpoint.tensors["ids"], run.checkpoint.tensors["scores"].double()
+    filled = (ids >= 0).numpy().reshape(CELLS, CELLS)
+    assert np.array_equal(~np.isnan(grid), filled)
+    assert 2 <= filled.sum() < CELLS * CELLS
+    assert np.array_equal(grid[filled], scores.mean(dim=1).numpy().reshape(CELLS, CELLS)[filled])
+    assert filled.any(axis=1).sum() >= 2 and filled.any(axis=0).sum() >= 2  # both axes used
+
+    plugin = load_object(DIGITS)()
+    plugin.setup(torch.device("cpu"))
+    strategy = MapElites(MapElitesConfig(**MAP_ELITES), seed=0)
+    strategy.use_groups(plugin.example_groups())
+    for slot in np.flatnonzero(filled.reshape(-1)):
+        even, odd = strategy.group_scores(scores[slot]).tolist()
+        row, col = divmod(int(slot), CELLS)
+        assert row == min(int(even * CELLS), CELLS - 1) and col == min(int(odd * CELLS), CELLS - 1)
+
+    last = run.history[-1]
+    assert last["evaluations"] == run.checkpoint.meta["evaluations"] == 150
+    assert last["coverage"] == pytest.approx(filled.mean())
+    assert last["qd_score"] == pytest.approx(float(np.nansum(grid)))
 
 
 def find_chromium() -> str | None:
@@ -156,9 +173,8 @@ def test_html_opens_in_headless_chromium(runs, tmp_path):
     browser = find_chromium()
     if browser is None:
         pytest.skip("chromium not found (Debian: apt-get install -y chromium; .ci/run does it)")
-    run = _qd_run(runs["m2n2-s1"], tmp_path / "qd")
     out = tmp_path / "report"
-    make_report([runs["m2n2-s0"], run], out)
+    make_report([runs["m2n2-s0"], runs["map-elites"], runs["pareto"]], out)
     page = (out / "index.html").read_text()
     probe = out / "probe.html"  # the same page plus a script that reports what it sees
     probe.write_text(page.replace("</body>", PROBE + "</body>"))
@@ -177,7 +193,7 @@ def test_html_opens_in_headless_chromium(runs, tmp_path):
     found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
     assert found, f"no probe result; chromium said: {done.stderr[-2000:]}"
     result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert result["images"] >= 6  # fitness, metrics, 2 archives, diversity, MAP-Elites, Pareto
+    assert result["images"] >= 7  # fitness, metrics, 3 archives, diversity, MAP-Elites, Pareto
     assert result["loaded"] == result["images"], result
     assert all(w > 0 for w in result["widths"])
-    assert result["table"] and result["rows"] == 2
+    assert result["table"] and result["rows"] == 3

@@ -1,11 +1,18 @@
-"""Crash-safe file writes: write to a temporary name in the same folder, fsync, rename."""
+"""Crash-safe file writes: write under a temporary name in the same folder, fsync, rename,
+fsync the folder. Every file of a run directory, checkpoint, report, project or model output is
+made this way (:func:`publish` is the one place that does it), so a kill or a power cut leaves
+the old file or the new one, never half of one.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -18,16 +25,90 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(path: Path) -> None:
+    """Flush a file, or a folder with every file and folder under it, to disk."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        for child in path.iterdir():
+            fsync_tree(child)
+    if not path.is_symlink():
+        fsync_dir(path)
+
+
+def publish(tmp: Path, final: Path, aside: Path | None = None, flushed: bool = False) -> None:
+    """Make the finished ``tmp`` (a file or a folder beside ``final``) appear as ``final``.
+
+    Its contents are flushed, it is renamed over ``final`` in one step and the folder's entry
+    is flushed, so a crash at any moment leaves the old ``final`` or the new one. Given
+    ``aside``, an existing ``final`` is first renamed to it and removed once the new one is in
+    place (a rename cannot replace a folder that holds files); without, a folder ``final``
+    must be empty. ``flushed``: the caller has already run :func:`fsync_tree` on ``tmp`` (to
+    tell a failed write from a failed rename in its message).
+    """
+    tmp, final = Path(tmp), Path(final)
+    if not flushed:
+        fsync_tree(tmp)
+    moved = aside is not None and (final.exists() or final.is_symlink())
+    if moved:
+        _remove(aside)
+        os.rename(final, aside)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if moved:
+            os.rename(aside, final)  # put the old one back: nothing changed
+        raise
+    fsync_dir(final.parent)
+    if moved:
+        _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder tree, if there (a leftover is harmless: it is hidden)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` for the caller to write (a file or a folder); when the
+    block ends without an error it replaces ``path`` (:func:`publish`), else it is removed::
+
+        with replacing(out / "stats.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+    """
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        yield tmp
+        publish(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Replace ``path`` with ``data`` so a reader sees the old file or the new one, never half."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def append_durably(path: Path, text: str) -> None:
+    """Add ``text`` at the end of ``path`` (created if missing) and flush it to disk.
+
+    For logs that only grow (``history.jsonl``): a crash can cut the last line short, which
+    readers skip, but never loses a line written before a checkpoint that was kept.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+    created = not path.exists()
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if created:
+        fsync_dir(path.parent)
 
 
 def sha256_file(path: Path) -> str:

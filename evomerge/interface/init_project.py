@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from evomerge.core.errors import EvomergeError
+from evomerge.core.files import publish
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 NEXT_STEPS = "next: cd {dir} && pytest && evomerge run search.yaml --out runs/first"
@@ -67,11 +68,11 @@ def init_project(directory: str | Path, template: str = "digits", force: bool = 
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text.replace("{{project}}", project), encoding="utf-8")
         if not target.exists():
-            os.replace(staging, target)  # one rename: the project appears whole
+            publish(staging, target)  # one rename: the project appears whole
             return files
         for rel in files:  # an empty folder, or --force: file by file, each one whole
             (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / rel, target / rel)
+            publish(staging / rel, target / rel)
         return files
     finally:
         shutil.rmtree(staging, ignore_errors=True)

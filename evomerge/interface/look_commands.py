@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from evomerge.core.files import write_atomic
 from evomerge.interface.progress import Progress
 
 
@@ -69,7 +70,7 @@ def cmd_config_reference(args) -> int:
             return 1
         return 0
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text, encoding="utf-8")
+    write_atomic(Path(args.out), text)
     if not args.quiet:
         print(f"wrote {args.out}", flush=True)
     return 0

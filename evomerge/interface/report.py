@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from evomerge.core.errors import RunDirError
-from evomerge.core.files import fsync_dir, temp_sibling
+from evomerge.core.files import publish, temp_sibling
 from evomerge.interface.report_plots import (  # noqa: F401  (mean_se, pareto_mask: part of the report's API)
     _pyplot,
     mean_se,
@@ -185,7 +184,7 @@ def write_html(path: Path, runs: list[RunData], images: list[tuple[Path, str]], 
         + (f'<h2>Not shown</h2><ul class="notes">{note_items}</ul>' if notes else "")
         + "</body></html>\n"
     )
-    path.write_text(page, encoding="utf-8")
+    path.write_text(page, encoding="utf-8")  # in the report's temporary folder
 
 
 def make_report(run_dirs: list[str | Path], out: str | Path | None = None) -> dict:
@@ -245,15 +244,8 @@ def _report_folder(final: Path) -> Path:
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
-    for p in tmp.iterdir():
-        fsync_dir(p)
-    fsync_dir(tmp)
-    old = temp_sibling(final, "old")
-    if final.exists():
-        os.rename(final, old)
-    os.rename(tmp, final)
-    fsync_dir(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    """The finished report replaces ``final`` (an earlier report) in one rename."""
+    publish(tmp, final, aside=temp_sibling(final, "old"))
 
 
 def _write_report(runs: list[RunData], out: Path, notes: list[str]) -> dict:

@@ -202,32 +202,26 @@ def plot_diversity(runs: list[RunData], out: Path, plt) -> Path | None:
     return _save(fig, out / "diversity.png", plt)
 
 
-def _grid_of(run: RunData) -> np.ndarray | None:
-    """A MAP-Elites grid (cells x cells of elite fitness, NaN where empty), if checkpointed."""
-    if run.checkpoint is None:
+def map_elites_grid(run: RunData) -> np.ndarray | None:
+    """The MAP-Elites grid of the newest checkpoint (``grid_fitness``, ``grid_shape``: each
+    cell's elite mean score, NaN where empty), as rows x columns, if the run is MAP-Elites."""
+    if run.checkpoint is None or "grid_fitness" not in run.checkpoint.tensors:
         return None
-    t, meta = run.checkpoint.tensors, run.checkpoint.meta
-    for key in ("grid_fitness", "grid", "cell_fitness"):
-        if key in t and t[key].dim() >= 1:
-            grid = t[key].double().numpy()
-            shape = meta.get("grid_shape")
-            if shape and grid.size == int(np.prod(shape)):
-                grid = grid.reshape(shape)
-            if grid.ndim == 1:
-                grid = grid[None, :]
-            if grid.ndim > 2:  # more descriptors than two: best over the rest
-                grid = np.nanmax(grid.reshape(grid.shape[0], grid.shape[1], -1), axis=2)
-            occupied = t.get("occupied")
-            if occupied is not None and occupied.numel() == grid.size:
-                grid = np.where(occupied.numpy().reshape(grid.shape).astype(bool), grid, np.nan)
-            return grid
-    return None
+    grid = run.checkpoint.tensors["grid_fitness"].double().numpy()
+    shape = run.checkpoint.meta.get("grid_shape")
+    if shape and grid.size == int(np.prod(shape)):
+        grid = grid.reshape(shape)
+    if grid.ndim == 1:  # one descriptor: one row
+        grid = grid[None, :]
+    if grid.ndim > 2:  # more descriptors than two: best over the rest
+        grid = np.nanmax(grid.reshape(grid.shape[0], grid.shape[1], -1), axis=2)
+    return grid
 
 
 def plot_map_elites(runs: list[RunData], out: Path, plt) -> Path | None:
     """Coverage (and QD score) over time and the last grid, when a run is MAP-Elites."""
     with_cov = [r for r in runs if len(r.series("coverage")[0])]
-    grids = [(r, g) for r in runs if (g := _grid_of(r)) is not None]
+    grids = [(r, g) for r in runs if (g := map_elites_grid(r)) is not None]
     if not with_cov and not grids:
         return None
     panels = (1 if with_cov else 0) + (1 if with_cov and _has(with_cov, "qd_score") else 0)
@@ -259,14 +253,11 @@ def plot_map_elites(runs: list[RunData], out: Path, plt) -> Path | None:
     return _save(fig, out / "map_elites.png", plt)
 
 
-def _objectives_of(run: RunData) -> np.ndarray | None:
-    """Per-member objectives (members x objectives) from the checkpoint, where stored."""
-    if run.checkpoint is None:
-        return None
-    for key in ("objectives", "front_objectives", "task_scores"):
-        value = run.checkpoint.tensors.get(key)
-        if value is not None and value.dim() == 2 and value.shape[1] >= 2 and len(value):
-            return value.double().numpy()
+def pareto_objectives(run: RunData) -> np.ndarray | None:
+    """The Pareto archive's members x objectives (``objectives``) of the newest checkpoint."""
+    value = None if run.checkpoint is None else run.checkpoint.tensors.get("objectives")
+    if value is not None and value.dim() == 2 and value.shape[1] >= 2 and len(value):
+        return value.double().numpy()
     return None
 
 
@@ -285,7 +276,7 @@ def pareto_mask(points: np.ndarray) -> np.ndarray:
 def plot_pareto(runs: list[RunData], out: Path, plt) -> Path | None:
     """Front size over time and the front on the first two objectives, when present."""
     with_front = [r for r in runs if len(r.series("front_size")[0])]
-    objs = [(r, o) for r in runs if (o := _objectives_of(r)) is not None]
+    objs = [(r, o) for r in runs if (o := pareto_objectives(r)) is not None]
     if not with_front and not objs:
         return None
     panels = (1 if with_front else 0) + (1 if objs else 0)

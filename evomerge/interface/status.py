@@ -63,7 +63,7 @@ class RunLock:
             self._rate = (done - d_prev) / (now - t_prev)
         self._last = (now, done)
         evaluator = search.evaluator
-        info = {
+        return {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": self.started,
@@ -74,13 +74,6 @@ class RunLock:
             "evaluator": getattr(evaluator, "kind", None),
             "workers": getattr(evaluator, "workers", 1),
         }
-        alive = getattr(evaluator, "alive_workers", None)
-        if callable(alive):
-            try:
-                info["workers_alive"] = int(alive())
-            except Exception:  # noqa: BLE001 - the heartbeat must never stop the run
-                pass
-        return info
 
     def beat(self) -> None:
         try:
@@ -259,8 +252,6 @@ def _run_status(path: str | Path) -> dict:
     if live:
         out["pid"], out["host"] = live.get("pid"), live.get("host")
         out["heartbeat"] = live.get("updated")
-        if "workers_alive" in live:
-            out["workers_alive"] = live["workers_alive"]
         if rate and budget > done:
             out["eta_seconds"] = (budget - done) / rate
     elif lock:  # left behind by a process that died without cleaning up
@@ -292,8 +283,6 @@ def format_status(info: dict, paint=None) -> str:
     if info.get("eta_seconds") is not None:
         lines.append(f"ETA          {info['eta_seconds'] / 60:.1f} min")
     workers = f"{info.get('workers')} ({info.get('evaluator')})"
-    if "workers_alive" in info:
-        workers += f", {info['workers_alive']} alive"
     lines.append(f"workers      {workers}")
     ck = info.get("last_checkpoint")
     lines.append(

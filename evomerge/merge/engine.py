@@ -32,18 +32,12 @@ import torch
 from evomerge.core.errors import EvomergeError
 from evomerge.core.keys import key
 from evomerge.merge.merge_config import DTYPES, MergeConfig, parse_size, resolve_setting
-from evomerge.merge.slices import (
-    PlannedTensor,
-    SliceRange,
-    layer_of,
-    plan_tensors,
-    whole_model_plan,
-    with_num_layers,
-)
+from evomerge.merge.slices import PlannedTensor, SliceRange, plan_tensors, whole_model_plan
 from evomerge.merge.tokenizer_source import is_tokenizer_file, tokenizer_files
 from evomerge.ops.operators import MergeMethod, get_merge_method
 from evomerge.ops.statistics import for_models
 from evomerge.tensors.finite import check_inputs
+from evomerge.tensors.layer_names import layer_of, with_num_layers
 from evomerge.tensors.parallel import one_op_thread
 from evomerge.tensors.safetensors_io import SeedModel, ShardedWriter, check_seeds
 

@@ -10,8 +10,9 @@ slice's sources otherwise (final norm, output head). Each planned tensor carries
 gradient position ``t``: ``j / (len - 1)`` within its slice (1 for a one-layer slice), 0
 outside the layers.
 
-Pure functions over names, usable by anything that builds stacked models (the one-shot merge,
-layer-stacking searches): :func:`plan_tensors`, :func:`rename_layer`, :func:`with_num_layers`.
+Pure functions over names. Layer naming (which tensors make a layer, renaming one to another
+layer, the stacked config's layer count) is :mod:`evomerge.tensors.layer_names`, shared with
+the data-flow export; its :func:`rename_layer` and :func:`with_num_layers` are re-exported here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from evomerge.spaces.recipe import DEFAULT_KINDS, DEFAULT_LAYER_PATTERN
+from evomerge.spaces.recipe import DEFAULT_KINDS
+from evomerge.tensors.layer_names import (  # noqa: F401  (rename_layer, with_num_layers: this module's API)
+    LAYER_PATTERN,
+    LayerMismatch,
+    by_layer,
+    layer_of,
+    num_layers,
+    rename_layer,
+    stack_layer,
+    with_num_layers,
+)
 
 #: Tensors outside the layers whose name matches this precede them (taken from the first slice).
 PRE_PATTERN = DEFAULT_KINDS["embedding"]
@@ -46,37 +57,10 @@ class PlannedTensor:
     slice: int
 
 
-def layer_of(name: str, pattern: str = DEFAULT_LAYER_PATTERN) -> int | None:
-    m = re.search(pattern, name)
-    return int(m.group(1)) if m else None
-
-
-def rename_layer(name: str, layer: int, pattern: str = DEFAULT_LAYER_PATTERN) -> str:
-    """``name`` with its layer index replaced by ``layer``."""
-    m = re.search(pattern, name)
-    if m is None:
-        raise ValueError(f"tensor '{name}' has no layer index")
-    return name[: m.start(1)] + str(layer) + name[m.end(1) :]
-
-
-def num_layers(names: Sequence[str], pattern: str = DEFAULT_LAYER_PATTERN) -> int:
-    found = [x for x in (layer_of(n, pattern) for n in names) if x is not None]
-    return max(found) + 1 if found else 0
-
-
-def _by_layer(names: Sequence[str], pattern: str) -> dict[int, list[str]]:
-    out: dict[int, list[str]] = {}
-    for n in names:
-        layer = layer_of(n, pattern)
-        if layer is not None:
-            out.setdefault(layer, []).append(n)
-    return out
-
-
 def plan_tensors(
     names: Mapping[int, Sequence[str]],
     slices: Sequence[Sequence[SliceRange]],
-    pattern: str = DEFAULT_LAYER_PATTERN,
+    pattern: str = LAYER_PATTERN,
 ) -> list[PlannedTensor]:
     """The output tensors of stacking ``slices`` over models whose tensor names are ``names``.
 
@@ -86,7 +70,7 @@ def plan_tensors(
     """
     if not slices:
         raise ValueError("slices: give at least one slice")
-    layers = {m: _by_layer(ns, pattern) for m, ns in names.items()}
+    layers = {m: by_layer(ns, pattern) for m, ns in names.items()}
     plan: list[PlannedTensor] = []
     out_layer = 0
     for s, sources in enumerate(slices):
@@ -108,20 +92,16 @@ def plan_tensors(
                 )
         for j in range(length):
             t = j / (length - 1) if length > 1 else 1.0
-            first = layers[sources[0].model][sources[0].start + j]
-            keyed = []
-            for r in sources:
-                ns = layers[r.model][r.start + j]
-                keyed.append({rename_layer(n, 0, pattern): n for n in ns})
-            if any(set(kd) != set(keyed[0]) for kd in keyed[1:]):
+            try:
+                tensors = stack_layer(
+                    layers, [(r.model, r.start + j) for r in sources], out_layer, pattern
+                )
+            except LayerMismatch:
                 raise ValueError(
                     f"slices[{s}]: layer {sources[0].start + j} of model {sources[0].model} and "
                     "the matching layers of the other sources hold different tensors"
-                )
-            for n in first:
-                suffix = rename_layer(n, 0, pattern)
-                srcs = tuple((r.model, kd[suffix]) for r, kd in zip(sources, keyed, strict=True))
-                plan.append(PlannedTensor(rename_layer(n, out_layer, pattern), srcs, t, s))
+                ) from None
+            plan += [PlannedTensor(name, srcs, t, s) for name, srcs in tensors]
             out_layer += 1
     outside = [n for n in names[slices[0][0].model] if layer_of(n, pattern) is None]
     pre = [n for n in outside if re.search(PRE_PATTERN, n)]
@@ -132,7 +112,7 @@ def plan_tensors(
     return head + plan + tail
 
 
-def whole_model_plan(names: Sequence[str], models: int, pattern=DEFAULT_LAYER_PATTERN):
+def whole_model_plan(names: Sequence[str], models: int, pattern=LAYER_PATTERN):
     """The plan of an ordinary merge: every tensor from every model under its own name."""
     total = num_layers(names, pattern)
     plan = []
@@ -141,18 +121,3 @@ def whole_model_plan(names: Sequence[str], models: int, pattern=DEFAULT_LAYER_PA
         t = 0.0 if layer is None else (layer / (total - 1) if total > 1 else 1.0)
         plan.append(PlannedTensor(n, tuple((m, n) for m in range(models)), t, 0))
     return plan
-
-
-def with_num_layers(config: dict, count: int, layer_map: Sequence[int] | None = None) -> dict:
-    """A copy of a Hugging Face ``config.json`` mapping with ``count`` layers.
-
-    ``num_hidden_layers`` (or ``n_layer``) is set; a per-layer ``layer_types`` list is rebuilt
-    from ``layer_map`` (output layer -> input layer of the config's model) when given.
-    """
-    out = dict(config)
-    key = "n_layer" if "n_layer" in out and "num_hidden_layers" not in out else "num_hidden_layers"
-    out[key] = count
-    types = out.get("layer_types")
-    if isinstance(types, list) and layer_map is not None:
-        out["layer_types"] = [types[i] if 0 <= i < len(types) else types[-1] for i in layer_map]
-    return out

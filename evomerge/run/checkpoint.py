@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from evomerge.core.errors import RunDirError
-from evomerge.core.files import fsync_dir, pid_alive, sha256_file
+from evomerge.core.files import pid_alive, publish, sha256_file
 
 FORMAT = 1
 STATE_FILES = ("state.safetensors", "state.json")
@@ -52,8 +52,11 @@ def save(root: Path, tensors: dict[str, torch.Tensor], meta: dict, keep_last: in
         _prune(root, final, keep_last)
         return final
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    # a damaged one of that name is moved aside, and removed once replaced
+    damaged = root / f".tmp-damaged-{final.name}-{os.getpid()}"
     try:
         _write(tmp, tensors, meta)
+        publish(tmp, final, aside=damaged)
     except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         why = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
@@ -65,30 +68,18 @@ def save(root: Path, tensors: dict[str, torch.Tensor], meta: dict, keep_last: in
         )
         err.why = why
         raise err from None
-    damaged = None
-    if final.exists():  # a damaged one of that name: moved aside, removed once replaced
-        damaged = root / f".tmp-damaged-{final.name}-{os.getpid()}"
-        os.rename(final, damaged)
-    os.rename(tmp, final)
-    fsync_dir(root)
-    if damaged is not None:
-        shutil.rmtree(damaged, ignore_errors=True)
     _prune(root, final, keep_last)
     return final
 
 
 def _write(tmp: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """The checkpoint's files, fsynced, in the temporary folder ``tmp``."""
+    """The checkpoint's files in the temporary folder ``tmp`` (:func:`publish` flushes them)."""
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "state.safetensors")
     (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **meta}, indent=1))
     manifest = {name: sha256_file(tmp / name) for name in STATE_FILES}
     (tmp / "manifest.json").write_text(json.dumps({"sha256": manifest}, indent=1))
-    for name in (*STATE_FILES, "manifest.json"):
-        fd = os.open(tmp / name, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
 
 
 def _prune(root: Path, final: Path, keep_last: int) -> None:

@@ -16,7 +16,7 @@ import yaml
 
 from evomerge.core import safe_yaml
 from evomerge.core.errors import RunDirError
-from evomerge.core.files import try_lock, write_atomic
+from evomerge.core.files import append_durably, try_lock, write_atomic
 
 CONFIG = "config.yaml"
 RUN_LOCK = "run.lock"  # flock held by the one process writing the run (run / resume)
@@ -155,8 +155,7 @@ class RunDir:
 
     def append_history(self, record: dict) -> None:
         try:
-            with open(self.path / HISTORY, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_durably(self.path / HISTORY, json.dumps(record) + "\n")
         except OSError as exc:
             raise self._write_error(HISTORY, exc) from None
 

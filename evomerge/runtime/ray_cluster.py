@@ -9,7 +9,6 @@ waiting for a node with room) is read from the cluster's actor table.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -127,15 +126,6 @@ def _init_ray(ray, address: str | None, num_cpus: float | None) -> None:
 def in_ray_job() -> bool:
     """True in the driver of a ``ray job submit`` (Ray's job supervisor sets JOB_ENV)."""
     return JOB_ENV in os.environ
-
-
-def job_working_dir() -> str | None:
-    """The job's ``--working-dir`` as submitted (the driver runs in Ray's copy of it)."""
-    try:
-        env = json.loads(os.environ.get(JOB_ENV, "{}")).get("runtime_env") or {}
-    except (ValueError, AttributeError):
-        return None
-    return env.get("working_dir") if isinstance(env, dict) else None
 
 
 def alive_nodes(ray) -> list[dict]:

@@ -7,60 +7,46 @@ the stacked model's forward pass. Everything outside the layers (embeddings, fin
 comes from the base seed. ``config.json`` is the base's with ``num_hidden_layers`` (and any
 per-layer list such as ``layer_types``) made to fit, so ``AutoModelForCausalLM`` loads it.
 Peak memory: one tensor; the folder appears only when complete (:class:`ShardedWriter`).
+Which tensors make a layer, their renaming and the config's layer count are
+:mod:`evomerge.tensors.layer_names`' (as for ``slices`` merges), on decoder layers only.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from evomerge.core.errors import EvomergeError
+from evomerge.tensors.layer_names import (  # noqa: F401  (PER_LAYER_KEYS: fitness/dataflow_lm.py's)
+    DECODER_LAYER_PATTERN,
+    PER_LAYER_KEYS,
+    after_layer,
+    by_layer,
+    layer_of,
+    stack_layer,
+    with_num_layers,
+)
 from evomerge.tensors.safetensors_io import SeedModel, ShardedWriter
 
-LAYER_NAME = re.compile(r"^(.*?(?:^|\.)layers\.)(\d+)(\..+)$")
 #: Tensors (by the part of the name after the layer index) a slot's scale multiplies.
 SCALED = (".self_attn.o_proj.", ".mlp.down_proj.")
-#: config.json entries that hold one value per layer.
-PER_LAYER_KEYS = ("layer_types",)
-
-
-def layer_of(name: str) -> tuple[str, int, str] | None:
-    """``(prefix, index, rest)`` of a decoder-layer tensor name, or None."""
-    m = LAYER_NAME.match(name)
-    return None if m is None else (m.group(1), int(m.group(2)), m.group(3))
 
 
 def is_scaled(rest: str) -> bool:
     return any(rest.startswith(s) for s in SCALED)
 
 
-def layer_tensors(seed: SeedModel, layer: int) -> list[tuple[str, str, str]]:
-    """``(name, prefix, rest)`` of the tensors of ``layer`` in ``seed``, in file order."""
-    out = []
-    for name in seed.names():
-        parts = layer_of(name)
-        if parts is not None and parts[1] == layer:
-            out.append((name, parts[0], parts[2]))
-    return out
-
-
 def stacked_config(base_config: dict, slots: Sequence, dtype: torch.dtype | None = None) -> dict:
     """``config.json`` of the stack: the base's, with the layer count and per-layer lists fit
     (and the dtype the tensors are written in)."""
-    config = dict(base_config)
-    config["num_hidden_layers"] = len(slots)
+    config = with_num_layers(base_config, len(slots), [s.layer for s in slots])
     if dtype is not None:
         for key in ("dtype", "torch_dtype"):
             if key in config or key == "dtype":
                 config[key] = str(dtype).removeprefix("torch.")
-    for key in PER_LAYER_KEYS:
-        values = config.get(key)
-        if isinstance(values, list) and values:
-            config[key] = [values[s.layer % len(values)] for s in slots]
     return config
 
 
@@ -81,24 +67,24 @@ def write_stacked(
         if not config_path.is_file():
             raise EvomergeError(f"{seed_folders[base]}: no config.json to base the export on")
         base_config = json.loads(config_path.read_text(encoding="utf-8"))
-        layers_of = {}  # (seed, layer) -> its tensors, read once
+        pattern = DECODER_LAYER_PATTERN
+        layers = {}  # seed -> its layers' tensors, read once
         for s in slots:
-            if (s.seed, s.layer) not in layers_of:
-                found = layer_tensors(seeds[s.seed], s.layer)
-                if not found:
-                    raise EvomergeError(
-                        f"{seed_folders[s.seed]}: no tensors of layer {s.layer} "
-                        "(names like model.layers.<i>.*)"
-                    )
-                layers_of[s.seed, s.layer] = found
+            if s.seed not in layers:
+                layers[s.seed] = by_layer(seeds[s.seed].names(), pattern)
+            if not layers[s.seed].get(s.layer):
+                raise EvomergeError(
+                    f"{seed_folders[s.seed]}: no tensors of layer {s.layer} "
+                    "(names like model.layers.<i>.*)"
+                )
         jobs = []  # (out name, seed, source name, scale)
         for name in base_seed.names():
-            if layer_of(name) is None:
+            if layer_of(name, pattern) is None:
                 jobs.append((name, base_seed, name, 1.0))
         for j, s in enumerate(slots):
-            for name, prefix, rest in layers_of[s.seed, s.layer]:
-                scale = s.scale if is_scaled(rest) else 1.0
-                jobs.append((f"{prefix}{j}{rest}", seeds[s.seed], name, scale))
+            for name, ((_, src),) in stack_layer(layers, [(s.seed, s.layer)], j, pattern):
+                scale = s.scale if is_scaled(after_layer(src, pattern)) else 1.0
+                jobs.append((name, seeds[s.seed], src, scale))
         plan = [(name, seed.shape(src), dtype) for name, seed, src, _ in jobs]
         with ShardedWriter(out, plan, max_shard_bytes=max_shard_bytes) as writer:
             for name, seed, src, scale in jobs:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from evomerge.core.errors import EvomergeError
-from evomerge.core.files import fsync_dir, temp_sibling
+from evomerge.core.files import fsync_tree, publish, temp_sibling
 from evomerge.tensors.finite import check_output
 from evomerge.tensors.safetensors_format import (
     INDEX_NAME,
@@ -271,37 +271,28 @@ class ShardedWriter:
                 "tensors were never written; nothing was saved"
             )
         try:
-            for fd in self._fds:
-                os.fsync(fd)
             if len(self.shard_files) > 1:
                 self._write_index()
-            for name in self._copied:
-                fsync_dir(self.tmp_dir / name)
-            fsync_dir(self.tmp_dir)
+            fsync_tree(self.tmp_dir)
         except OSError as exc:
             raise self._os_error(exc) from None
         for fd in self._fds:
             os.close(fd)
         self._fds = []
         try:
-            os.replace(self.tmp_dir, self.out_dir)
+            publish(self.tmp_dir, self.out_dir, flushed=True)
         except OSError as exc:
             raise EvomergeError(
                 f"{self.out_dir}: cannot move the finished model into place ({exc.strerror}); "
                 "was the folder filled meanwhile? choose a new output folder"
             ) from None
-        fsync_dir(self.out_dir.parent)
         self._state = "committed"
         return self.out_dir
 
     def _write_index(self) -> None:
         index = {"metadata": {"total_size": self.total_size}, "weight_map": self._weight_map}
-        path = self.tmp_dir / INDEX_NAME
-        with open(path, "w") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+        text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+        (self.tmp_dir / INDEX_NAME).write_text(text, encoding="utf-8")
 
     def abort(self) -> None:
         """Drop everything written so far; ``out_dir`` is left as it was. Safe to call twice."""
