@@ -19,6 +19,7 @@ The plug-in contract itself is :class:`evomerge.Fitness` (``from evomerge import
 
 from evomerge.kit.causal_lm import DTYPES, CausalLMBase
 from evomerge.kit.empty_init import build_empty, parameters_on_meta
+from evomerge.kit.layer_inputs import linear_layer_inputs
 from evomerge.kit.lm_text import (
     METRICS,
     Example,
@@ -30,7 +31,7 @@ from evomerge.kit.lm_text import (
     stop_criteria,
     tokenize_example,
 )
-from evomerge.ops.statistics import linear_layer_inputs, split
+from evomerge.ops.statistics import split
 
 __all__ = [
     "DTYPES",

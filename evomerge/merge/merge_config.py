@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evomerge.core import extensions
 from evomerge.core.errors import ConfigError
 from evomerge.ops.operators import BaseRole, get_merge_method
 from evomerge.ops.statistics import StatisticsSource
+from evomerge.tensors.dtypes import DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ParamValue = float | bool | list[float] | list[dict[str, Any]] | dict[str, Any]
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from safetensors.torch import save_file
 
 from evomerge.core.contracts import ExampleStatistics
 from evomerge.core.errors import ConfigError
+from evomerge.core.files import replacing
 from evomerge.core.plugin_loader import load_fitness
 from evomerge.core.plugins import resolve_spec
 
@@ -130,27 +130,6 @@ def split(flat: torch.Tensor, layout) -> dict[str, torch.Tensor]:
     return {name: t.view(shape) for (name, shape), t in zip(layout, parts, strict=True)}
 
 
-def linear_layer_inputs(model, names, keep: torch.Tensor, forward) -> dict[str, torch.Tensor]:
-    """``{"<module>.weight": (tokens, in)}``: the float32 inputs of every ``nn.Linear`` of
-    ``model`` whose weight is in ``names``, at the positions ``keep`` marks, over one call of
-    ``forward()`` (forward hooks, removed afterwards even if the call raises)."""
-    found: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and f"{name}.weight" in names:
-
-            def hook(mod, inputs, output, key=f"{name}.weight"):
-                found[key] = inputs[0][keep].float()
-
-            hooks.append(module.register_forward_hook(hook))
-    try:
-        forward()
-    finally:
-        for h in hooks:
-            h.remove()
-    return found
-
-
 def fisher_diagonal(plugin, params: torch.Tensor, ids: torch.Tensor, batch_size: int = 1):
     """The empirical diagonal Fisher of ``params`` over examples ``ids`` (flat, float32)."""
     p = params.detach().to(torch.float32).clone().requires_grad_(True)
@@ -204,11 +183,10 @@ def compute(plugin, kind: str, params, ids, batch_size: int) -> dict[str, torch.
 
 
 def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
-    """Safetensors at ``path``, written under a temporary name and renamed into place."""
+    """Safetensors at ``path``, written under a temporary name, fsynced and renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
 
 
 class StatisticsFile:

@@ -118,7 +118,7 @@ class RunConfig(_Section):
     name: str | None = Field(None, description="Run name (default: the config file's stem).")
     extensions: list[str] | None = Field(
         None,
-        description="Your modules that register strategies or merge methods: .py files "
+        description="Your modules that register strategies, spaces or merge methods: .py files "
         "(relative to the config's folder or the working directory) or module names, imported "
         "before the config is checked and on every worker.",
     )

@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from evomerge.core.keys import key
 from evomerge.ops.operators import BaseRole, get_merge_method
 from evomerge.ops.statistics import SearchStatistics
+from evomerge.tensors.layer_names import LAYER_PATTERN
 
-DEFAULT_LAYER_PATTERN = r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)"
+DEFAULT_LAYER_PATTERN = LAYER_PATTERN  # one layer naming for recipes, slices and stacks
 DEFAULT_KINDS = {
     "embedding": r"embed|wte|wpe|tok_embeddings",
     "head": r"lm_head|classifier|(?:^|\.)output\.",
