@@ -115,7 +115,8 @@ def test_the_map_elites_plot_s_grid_is_the_archive_placed_by_descriptor(runs):
 
     from evomerge.core.plugins import load_object
     from evomerge.interface.report_plots import map_elites_grid
-    from evomerge.search.niche_archives import MapElites, MapElitesConfig
+    from evomerge.search.niche_archives import MapElitesConfig
+    from evomerge.search.registry import make_strategy
 
     run = load_run(runs["map-elites"])
     grid = map_elites_grid(run)
@@ -129,10 +130,9 @@ def test_the_map_elites_plot_s_grid_is_the_archive_placed_by_descriptor(runs):
 
     plugin = load_object(DIGITS)()
     plugin.setup(torch.device("cpu"))
-    strategy = MapElites(MapElitesConfig(**MAP_ELITES), seed=0)
-    strategy.use_groups(plugin.example_groups())
+    strategy = make_strategy(MapElitesConfig(**MAP_ELITES), 0, plugin.example_groups())
     for slot in np.flatnonzero(filled.reshape(-1)):
-        even, odd = strategy.group_scores(scores[slot]).tolist()
+        even, odd = strategy.archive.groups.scores(scores[slot]).tolist()
         row, col = divmod(int(slot), CELLS)
         assert row == min(int(even * CELLS), CELLS - 1) and col == min(int(odd * CELLS), CELLS - 1)
 

@@ -80,9 +80,10 @@ class LineageSpace:
     def on_worker(cls, spec: dict, host) -> LineageWorker:
         return LineageWorker(host, host.seed_store(spec))
 
-    def seed_genomes(self, evaluator, progress) -> LineageBatch:
+    def seed_genomes(self, evaluator=None, progress=None) -> LineageBatch:
         """The seeds themselves, after the one pass over them that also finds NaN or Inf."""
-        progress.message(f"making {self.gram.num_seeds} seed models to merge in lineage space")
+        if progress is not None:
+            progress.message(f"making {self.gram.num_seeds} seed models to merge in lineage space")
         norms = np.diagonal(self.gram.prefix(self.gram.num_params))
         for k in np.flatnonzero(~np.isfinite(norms)):
             folders = getattr(self.store, "folders", None)
