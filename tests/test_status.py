@@ -13,7 +13,8 @@ import pytest
 from conftest import base_config
 
 from evomerge.interface.cli import main
-from evomerge.interface.status import LOCK, run_state
+from evomerge.interface.status import run_state
+from evomerge.run.heartbeat import LOCK
 
 
 @pytest.fixture(scope="module")

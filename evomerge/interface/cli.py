@@ -73,7 +73,7 @@ def _default_out(config_path: str, name: str | None) -> Path:
 
 
 def _finish(search, progress: Progress) -> int:
-    from evomerge.interface.status import RunLock
+    from evomerge.run.heartbeat import RunLock
 
     try:
         with RunLock(search):  # running.json: what 'evomerge status' and 'ls' read
@@ -120,7 +120,7 @@ def cmd_resume(args) -> int:
     run.read_config()  # refuses a folder that is not a run before locking anything in it
     with run.writer(create=False):
         cfg = validate(join_cluster(run.read_config(), args.address), str(run.path / "config.yaml"))
-        from evomerge.interface.status import running_elsewhere
+        from evomerge.run.heartbeat import running_elsewhere
 
         if running_elsewhere(run.path):
             raise RunDirError(
