@@ -9,16 +9,15 @@ source text, read once on the driver, so workers on other nodes need no shared f
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from evomerge.core.errors import ConfigError, EvomergeError, PluginError
+from evomerge.core.plugins import module_from_source
 
 FIELD = "extensions"
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -130,20 +129,10 @@ def _load_one(ext: Extension) -> ModuleType:
             raise _failed(ext, exc) from exc
         except (Exception, SystemExit) as exc:
             raise _failed(ext, exc) from exc
-    path = Path(ext.target)
-    digest = hashlib.sha1(f"{path}\n{ext.source}".encode()).hexdigest()[:12]
-    name = f"evomerge_extension_{path.stem}_{digest}"
-    if name in sys.modules:
-        return sys.modules[name]
-    module = ModuleType(name)
-    module.__file__ = str(path)
-    sys.modules[name] = module
     try:
-        exec(compile(ext.source, str(path), "exec"), module.__dict__)  # the user's own module
+        return module_from_source(Path(ext.target), ext.source, "evomerge_extension")
     except (Exception, SystemExit) as exc:  # sys.exit() in an extension is a failed import
-        del sys.modules[name]
         raise _failed(ext, exc) from exc
-    return module
 
 
 def _failed(ext: Extension, exc: BaseException) -> PluginError:

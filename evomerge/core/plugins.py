@@ -66,18 +66,31 @@ def _load_file_module(path: Path, source: str | None, field: str) -> ModuleType:
                 exit_code=2,
             )
         source = _read_text(path, field)
+    try:
+        return module_from_source(path, source, "evomerge_plugin")
+    except (Exception, SystemExit) as exc:  # a plug-in calling sys.exit() is a failed import
+        raise PluginError(f"{field}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def module_from_source(path: Path, source: str, prefix: str) -> ModuleType:
+    """Execute a user's file (its ``source``, read on the driver) as a module, once per process.
+
+    The module's name carries a digest of its path and text, so the same file imported twice
+    is one module, and an edited one a new module. A failed import leaves nothing behind and
+    raises what the file raised (``SystemExit`` included).
+    """
     digest = hashlib.sha1(f"{path}\n{source}".encode()).hexdigest()[:12]
-    mod_name = f"evomerge_plugin_{path.stem}_{digest}"
+    mod_name = f"{prefix}_{path.stem}_{digest}"
     if mod_name in sys.modules:
         return sys.modules[mod_name]
     module = ModuleType(mod_name)
     module.__file__ = str(path)
     sys.modules[mod_name] = module
     try:
-        exec(compile(source, str(path), "exec"), module.__dict__)  # the user's own plug-in
-    except (Exception, SystemExit) as exc:  # a plug-in calling sys.exit() is a failed import
+        exec(compile(source, str(path), "exec"), module.__dict__)  # the user's own code
+    except BaseException:
         del sys.modules[mod_name]
-        raise PluginError(f"{field}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        raise
     return module
 
 

@@ -226,6 +226,14 @@ def space_spec(cfg: RunConfig) -> dict:
     return spec
 
 
+def run_evaluator(cfg: RunConfig, run: RunDir):
+    """The evaluator the config describes, its workers named after the run."""
+    spec = space_spec(cfg)
+    return make_evaluator(
+        cfg.evaluator, cfg.fitness, spec, name=run.path.name, extensions=cfg.extensions or ()
+    )
+
+
 def open_space(cfg: RunConfig, evaluator, strategy):
     """The run's space on the driver (as the workers resolved it), given to the strategy."""
     space = SPACES.get(evaluator.info["space"]).on_driver(space_spec(cfg), evaluator)
@@ -247,13 +255,7 @@ def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Sea
     """
     progress = progress or NullProgress()
     t0 = time.perf_counter()
-    evaluator = make_evaluator(
-        cfg.evaluator,
-        cfg.fitness,
-        space_spec(cfg),
-        name=run.path.name,
-        extensions=cfg.extensions or (),
-    )
+    evaluator = run_evaluator(cfg, run)
     try:
         strategy = prepared_strategy(cfg, evaluator)
         space = open_space(cfg, evaluator, strategy)
@@ -328,13 +330,7 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
             f"{run.path}: config.yaml differs from the config checkpoint {ckpt.path.name} was "
             "made with; restore it, or start a new run with the new config"
         )
-    evaluator = make_evaluator(
-        cfg.evaluator,
-        cfg.fitness,
-        space_spec(cfg),
-        name=run.path.name,
-        extensions=cfg.extensions or (),
-    )
+    evaluator = run_evaluator(cfg, run)
     try:
         strategy = prepared_strategy(cfg, evaluator)
         space = open_space(cfg, evaluator, strategy)
