@@ -201,3 +201,56 @@ def test_each_new_method_merges_from_a_yaml_config(tmp_path, name):
         expected = method(loaded[0], loaded[1:], None, params)
         assert torch.equal(out[n], expected), n
         assert not torch.equal(out[n], loaded[0]), n  # the merge changed something
+
+
+# --- in a recipe search: their coefficients evolve ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {
+            "method": "pcb",
+            "base": 0,
+            "genes": {"weight": {"low": 0.5, "high": 1.5}, "pcb_ratio": {"low": 0.05, "high": 1}},
+        },
+        {
+            "method": "consensus_ta",
+            "base": 0,
+            "params": {"k": 1},
+            "genes": {
+                "lambda": {"low": 0.3, "high": 1.2},
+                "tall_mask_lambda": {"low": 0, "high": 1},
+            },
+        },
+    ],
+    ids=["pcb", "consensus_ta"],
+)
+def test_recipe_search_evolves_the_new_methods_coefficients(tmp_path, write_config, recipe):
+    from conftest import DIGITS
+
+    cfg = {
+        "seed": 0,
+        "budget": {"evaluations": 16},
+        "batch": 8,
+        "fitness": {"plugin": DIGITS},
+        "seeds": {
+            "kind": "plugin",
+            "count": 3,
+            "options": {"shared_init": True, "include_base": True, "steps": 60, "lr": 0.01},
+        },
+        "recipe": recipe,
+        "strategy": {"name": "cmaes", "sigma0": 0.3, "popsize": 8},
+        "evaluator": {"kind": "local"},
+    }
+    out = tmp_path / "run"
+    assert main(["run", str(write_config(cfg)), "--out", str(out), "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluations"] == 16
+    assert summary["metrics"]["test_accuracy"] > 0.3  # chance is 0.1
+    for group in summary["recipe"]["groups"].values():
+        for name, gene in recipe["genes"].items():
+            values = (
+                [m[name] for m in group["models"]] if name == "weight" else [group["params"][name]]
+            )
+            assert all(gene["low"] <= v <= gene["high"] for v in values), (name, values)
