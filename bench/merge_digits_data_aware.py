@@ -1,10 +1,14 @@
-"""Data-aware merges of two digit experts: Fisher and RegMean against task arithmetic and TIES.
+"""Data-aware and literature merges of two digit experts against task arithmetic and TIES.
 
 The experts and pairs of ``bench/merge_digits.py`` (digits 0-4 and 5-9). Each expert's
 statistics (diagonal Fisher, input Grams of both layers) are taken over its own training
 examples (its half of the 1437). Task arithmetic and TIES pick their lambda / density by train
 accuracy over the same grids as ``merge_digits.py``; Fisher and RegMean have no grid (weights 1).
-Reported: test accuracy on each expert's classes (0-4, 5-9) and on all 360 test images.
+The literature's methods (mergekit's arcee_fusion, ram, ramplus_tl; PCB-merging; consensus
+merging over task arithmetic and TIES) pick their coefficients by train accuracy over small
+grids too; TALL masks rebuild each expert from the task-arithmetic vector and its mask.
+Reported: test accuracy on each expert's classes (0-4, 5-9) and on all 360 test images, the
+evaluations (train-set passes) a grid used, and the wall time.
 
     python bench/merge_digits_data_aware.py          # about a minute on 2 cores
 """
@@ -61,27 +65,102 @@ def best_of(digits, candidates):
     return max(scored, key=lambda s: s[0]["train"])
 
 
+def lams(lo: float, hi: float) -> list[float]:
+    return [round(lo + 0.1 * i, 1) for i in range(round((hi - lo) / 0.1) + 1)]
+
+
+def literature(digits, seeds) -> list[tuple[str, dict, float, int]]:
+    """Rows of the literature's methods: (label, accuracies, seconds, evaluations)."""
+    rows = []
+
+    def grid(title, method, settings):
+        t0 = time.perf_counter()
+        cands = [
+            (label, merged(digits, seeds, method, params, mp)) for label, params, mp in settings
+        ]
+        acc, label = best_of(digits, cands)
+        rows.append((f"{title} ({label})", acc, time.perf_counter() - t0, len(cands)))
+
+    t0 = time.perf_counter()
+    # arcee_fusion merges a base and one model: the 0-4 expert takes the 5-9 expert's outliers
+    section = RecipeSection(method="arcee_fusion", base=0, genes={})
+    fused = RecipeSpace(section, digits.param_layout(), 2).materialize(seeds[1:], [])
+    rows.append(
+        ("arcee_fusion (base = expert 0-4)", accuracies(digits, fused), time.perf_counter() - t0, 1)
+    )
+    grid("ram", "ram", [("epsilon 1e-5", {}, {})])
+    grid(
+        "ramplus_tl, best by train",
+        "ramplus_tl",
+        [
+            (f"r {r}, alpha {a}", {"r": r, "alpha": a}, {})
+            for r in (0.1, 0.5, 1.0)
+            for a in (0.2, 1.0)
+        ],
+    )
+    grid(
+        "PCB, best by train",
+        "pcb",
+        [
+            (f"ratio {r}, λ {lam}", {"pcb_ratio": r, "lambda": lam}, {})
+            for r in (0.05, 0.1, 0.2, 0.5, 1.0)
+            for lam in lams(0.5, 1.5)
+        ],
+    )
+    grid(
+        "consensus TA, best by train",
+        "consensus_ta",
+        [
+            (f"k {k}, tall λ {t}, λ {lam}", {"k": k, "tall_mask_lambda": t, "lambda": lam}, {})
+            for k in (1, 2)
+            for t in (0.2, 0.4, 0.6)
+            for lam in lams(0.1, 1.5)
+        ],
+    )
+    grid(
+        "consensus TIES, best by train",
+        "consensus_ties",
+        [
+            (f"k {k}, tall λ {t}, λ {lam}", {"k": k, "tall_mask_lambda": t, "lambda": lam}, {})
+            for k in (1, 2)
+            for t in (0.2, 0.4, 0.6)
+            for lam in lams(0.5, 1.5)
+        ],
+    )
+    t0 = time.perf_counter()
+    rebuilt = [merged(digits, seeds, "tall_masks", {"task": k}, {}) for k in (0, 1)]
+    a0, a1 = accuracies(digits, rebuilt[0]), accuracies(digits, rebuilt[1])
+    own = {"train": float("nan"), "0-4": a0["0-4"], "5-9": a1["5-9"], "all": float("nan")}
+    rows.append(
+        ("TALL masks: each expert rebuilt, on its own half", own, time.perf_counter() - t0, 0)
+    )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cmaes-evals", type=int, default=400)
+    ap.add_argument("--literature-only", action="store_true", help="skip the CMA-ES rows")
     args = ap.parse_args()
     host = FitnessHost(PLUGIN, {})
     digits = host.plugin
     own = {"examples": ["0-4", "5-9"]}
-    print("| pair | method | train % | test 0-4 % | test 5-9 % | test all % | seconds |")
-    print("|---|---|---|---|---|---|---|")
+    print("| pair | method | train % | test 0-4 % | test 5-9 % | test all % | evals | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     for pair, options in PAIRS.items():
         seeds = seeds_of(host, options)
         rows = []
         for name, expert in (("expert 0-4", seeds[1]), ("expert 5-9", seeds[2])):
-            rows.append((name, accuracies(digits, expert), 0.0))
+            rows.append((name, accuracies(digits, expert), 0.0, 0))
         t0 = time.perf_counter()
         ta = [
             (f"λ {lam}", merged(digits, seeds, "task_arithmetic", {"lambda": lam}, {"weight": 1}))
             for lam in [round(0.1 * i, 1) for i in range(1, 16)]
         ]
         acc, label = best_of(digits, ta)
-        rows.append((f"task arithmetic, best λ by train ({label})", acc, time.perf_counter() - t0))
+        rows.append(
+            (f"task arithmetic, best λ by train ({label})", acc, time.perf_counter() - t0, len(ta))
+        )
         t0 = time.perf_counter()
         ties = [
             (
@@ -92,10 +171,12 @@ def main() -> None:
             for lam in [0.5 + 0.1 * i for i in range(11)]
         ]
         acc, label = best_of(digits, ties)
-        rows.append((f"TIES, best by train ({label})", acc, time.perf_counter() - t0))
+        rows.append((f"TIES, best by train ({label})", acc, time.perf_counter() - t0, len(ties)))
         t0 = time.perf_counter()
         avg = merged(digits, seeds, "linear", {}, {"weight": 1.0})
-        rows.append(("plain average (linear)", accuracies(digits, avg), time.perf_counter() - t0))
+        rows.append(
+            ("plain average (linear)", accuracies(digits, avg), time.perf_counter() - t0, 0)
+        )
         for method, params in (
             ("fisher", {"fisher_floor": 1e-6}),
             ("regmean", {"alpha": 0.9}),
@@ -104,30 +185,33 @@ def main() -> None:
             t0 = time.perf_counter()
             m = merged(digits, seeds, method, params, {"weight": 1.0}, own)
             label = f"{method}, {', '.join(f'{k} {v}' for k, v in params.items())}"
-            rows.append((label, accuracies(digits, m), time.perf_counter() - t0))
-        opts = {**options, "include_base": True}
-        t0 = time.perf_counter()
-        train, test, evals = search(
-            "configs/cmaes_digits_recipe.yaml",
-            [
-                f"budget.evaluations={args.cmaes_evals}",
-                f"seeds.options={opts}",
-                "recipe={method: fisher, base: 0, genes: {weight: {low: 0.0, high: 1.5}}, "
-                "statistics: {examples: ['0-4', '5-9']}}",
-            ],
-        )
-        cma = {"train": train, "0-4": float("nan"), "5-9": float("nan"), "all": test}
-        rows.append(
-            (
-                f"CMA-ES, per-layer Fisher weights, {evals} evaluations",
-                cma,
-                time.perf_counter() - t0,
+            rows.append((label, accuracies(digits, m), time.perf_counter() - t0, 0))
+        rows += literature(digits, seeds)
+        if not args.literature_only:
+            opts = {**options, "include_base": True}
+            t0 = time.perf_counter()
+            train, test, evals = search(
+                "configs/cmaes_digits_recipe.yaml",
+                [
+                    f"budget.evaluations={args.cmaes_evals}",
+                    f"seeds.options={opts}",
+                    "recipe={method: fisher, base: 0, genes: {weight: {low: 0.0, high: 1.5}}, "
+                    "statistics: {examples: ['0-4', '5-9']}}",
+                ],
             )
-        )
-        for name, a, sec in rows:
+            cma = {"train": train, "0-4": float("nan"), "5-9": float("nan"), "all": test}
+            rows.append(
+                (
+                    f"CMA-ES, per-layer Fisher weights, {evals} evaluations",
+                    cma,
+                    time.perf_counter() - t0,
+                    evals,
+                )
+            )
+        for name, a, sec, n in rows:
             print(
                 f"| {pair} | {name} | {100 * a['train']:.1f} | {100 * a['0-4']:.1f} | "
-                f"{100 * a['5-9']:.1f} | {100 * a['all']:.1f} | {sec:.1f} |",
+                f"{100 * a['5-9']:.1f} | {100 * a['all']:.1f} | {n:,} | {sec:.1f} |",
                 flush=True,
             )
 

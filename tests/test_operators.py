@@ -88,7 +88,15 @@ def test_builtin_table_matches_mergekit_defaults():
 def test_every_method_declares_its_mergekit_name_and_source():
     from evomerge.ops.method_table import BUILT_IN
 
-    ours = {"region_crossover", "fisher", "regmean"}  # methods mergekit does not have
+    ours = {  # methods mergekit does not have
+        "region_crossover",
+        "fisher",
+        "regmean",
+        "pcb",
+        "consensus_ta",
+        "consensus_ties",
+        "tall_masks",
+    }
     for m in BUILT_IN:  # not the methods other tests of this process registered
         name = m.name
         assert m.mergekit == (None if name in ours else name), name

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from functools import partial
 
+from evomerge.ops.arcee_fusion import arcee_fusion
+from evomerge.ops.consensus import consensus_ta, consensus_ties, tall_masks
 from evomerge.ops.data_aware import fisher, regmean
 from evomerge.ops.della import della_magprune
 from evomerge.ops.interpolation import linear, region_crossover, slerp
 from evomerge.ops.method import BaseRole, MergeMethod, Parameters
+from evomerge.ops.pcb import pcb
 from evomerge.ops.pointwise import nearswap, passthrough
+from evomerge.ops.ram import ram, ramplus_tl
 from evomerge.ops.sce import sce
 from evomerge.ops.spherical import karcher, model_stock, multislerp, nuslerp
 from evomerge.ops.task_vectors import (
@@ -29,6 +33,12 @@ TIES = "Yadav et al. 2023, TIES-Merging, arXiv:2306.01708"
 DARE = "Yu et al. 2024, Language Models are Super Mario (DARE), arXiv:2311.03099"
 BREADCRUMBS = "Davari & Belilovsky 2024, Model Breadcrumbs, arXiv:2312.06795"
 DELLA = "Deep et al. 2024, DELLA-Merging, arXiv:2406.11617"
+RAM = "Reinforced Agent Merging (RAM), arXiv:2601.13572, as in mergekit 0.1.5"
+TALL = (
+    "Wang et al. 2024, Localizing Task Information for Improved Model Merging and Compression "
+    "(TALL masks, consensus merging), arXiv:2405.07813"
+)
+TALL_DEFAULTS = {"tall_mask_lambda": 0.4, "lambda": 1.0}
 
 
 def _task_vectors(name, sparsify, consensus, normalize, rescale, reference, extra=None):
@@ -166,6 +176,66 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         statistics="gram",
         reference="Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language "
         "Models (RegMean), arXiv:2212.09849",
+    ),
+    MergeMethod(
+        "arcee_fusion",
+        arcee_fusion,
+        BaseRole.ENDPOINT,
+        Parameters(),
+        Parameters(),
+        mergekit="arcee_fusion",
+        reference=MERGEKIT,
+    ),
+    MergeMethod(
+        "ram",
+        ram,
+        BaseRole.REQUIRED,
+        Parameters(),
+        Parameters(defaults={"epsilon": 1e-5}),
+        mergekit="ram",
+        reference=RAM,
+    ),
+    MergeMethod(
+        "ramplus_tl",
+        ramplus_tl,
+        BaseRole.REQUIRED,
+        Parameters(),
+        Parameters(defaults={"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}),
+        mergekit="ramplus_tl",
+        reference=RAM,
+    ),
+    MergeMethod(
+        "pcb",
+        pcb,
+        BaseRole.REQUIRED,
+        Parameters(defaults={"weight": 1.0}),
+        Parameters(defaults={"pcb_ratio": 0.1, "lambda": 1.0}),
+        reference="Du et al. 2024, Parameter Competition Balancing for Model Merging "
+        "(PCB-merging), arXiv:2410.02396",
+    ),
+    MergeMethod(
+        "consensus_ta",
+        consensus_ta,
+        BaseRole.REQUIRED,
+        Parameters(defaults={"weight": 1.0}),
+        Parameters(defaults={"k": 2, **TALL_DEFAULTS}),
+        reference=TALL,
+    ),
+    MergeMethod(
+        "consensus_ties",
+        consensus_ties,
+        BaseRole.REQUIRED,
+        Parameters(defaults={"weight": 1.0, "density": 0.2}),
+        Parameters(defaults={"k": 2, **TALL_DEFAULTS}),
+        reference=TALL,
+    ),
+    MergeMethod(
+        "tall_masks",
+        tall_masks,
+        BaseRole.REQUIRED,
+        Parameters(defaults={"weight": 1.0}),
+        Parameters(("task",), TALL_DEFAULTS),
+        reference=TALL,
     ),
 )
 del crumbs

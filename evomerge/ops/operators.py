@@ -60,7 +60,19 @@ passthrough        scale=1                                     -
 region_crossover   -                                           offset=0, split, w, omega
 fisher             weight=1                                    fisher_floor=1e-6
 regmean            weight=1                                    alpha=0.9
+arcee_fusion       -                                           -
+ram                -                                           epsilon=1e-5
+ramplus_tl         -                                           r=0.1, alpha=0.2, epsilon=1e-5
+pcb                weight=1                                    pcb_ratio=0.1, lambda=1
+consensus_ta       weight=1                                    k=2, tall_mask_lambda=0.4, lambda=1
+consensus_ties     weight=1, density=0.2                       k=2, tall_mask_lambda=0.4, lambda=1
+tall_masks         weight=1                                    task, tall_mask_lambda=0.4,
+                                                               lambda=1
 =================  ==========================================  ==================================
+
+arcee_fusion (:mod:`~evomerge.ops.arcee_fusion`), ram and ramplus_tl (:mod:`~evomerge.ops.ram`)
+are mergekit 0.1.5's; pcb (:mod:`~evomerge.ops.pcb`) and the TALL-mask methods
+(:mod:`~evomerge.ops.consensus`) follow their authors' released code.
 
 fisher and regmean take ``statistics`` (per model, this tensor's diagonal Fisher or its layer's
 input Gram matrix) besides the tensors; ``MergeMethod.statistics`` names the kind they need
