@@ -65,3 +65,34 @@ def hub_cache(root, repo, folder, commit="0123456789abcdef0123456789abcdef012345
     (entry / "refs").mkdir(parents=True, exist_ok=True)
     (entry / "refs" / ref).write_text(commit)
     return snapshot
+
+
+def train_adapter(base, folder, examples, steps=60, lr=1e-2, r=4):
+    """A LoRA expert: PEFT's adapter over ``base`` fitted to ``examples`` (float64 Adam)."""
+    import peft
+    import transformers
+    from tiny_lm import make_tokenizer, train
+
+    tok = make_tokenizer(folder.parent / "tok-lora")
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM.from_pretrained(base)
+    config = peft.LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "up_proj"])
+    pm = peft.get_peft_model(model, config)
+    train(pm, tok, examples, steps=steps, lr=lr)
+    pm.save_pretrained(folder)
+    return folder
+
+
+def make_lora_dir(root, lm_root):
+    """Under ``root``: the tiny base of ``lm_root`` (tests/tiny_lm.py), LoRA experts for its
+    two tasks and a distractor, and the task files: what configs/adapter_tiny.yaml reads."""
+    from tiny_lm import add_task, reverse_task
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(lm_root / "base", root / "base")
+    for name in ("reverse", "add"):
+        shutil.copy(lm_root / f"{name}.jsonl", root / f"{name}.jsonl")
+    train_adapter(root / "base", root / "reverse", reverse_task())
+    train_adapter(root / "base", root / "add", add_task())
+    make_adapter(root / "base", root / "noise", seed=5, target_modules=["q_proj", "v_proj"])
+    return root
