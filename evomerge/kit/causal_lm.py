@@ -41,9 +41,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class CausalLMBase(Fitness):
     """A resident causal LM, built from the seeds' config, scored on a subclass's examples.
 
-    Options: ``seeds`` (Hugging Face folders: config, tokenizer, safetensors; the first gives
-    the architecture and tokenizer), ``batch_size`` (examples per forward pass) and ``dtype``
-    (``float32``, ``bfloat16`` or ``float16``: the model's, on the worker's device).
+    Options: ``seeds`` (Hugging Face folders: config, tokenizer, safetensors; Hub ids
+    ``org/name[@revision]`` from the local cache; ``BASE+ADAPTER`` for a base with a PEFT LoRA
+    adapter merged in; the first gives the architecture and tokenizer), ``batch_size``
+    (examples per forward pass) and ``dtype`` (``float32``, ``bfloat16`` or ``float16``: the
+    model's, on the worker's device).
     """
 
     score_name = "score"
@@ -67,7 +69,7 @@ class CausalLMBase(Fitness):
         :meth:`setup_tasks`."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        first = self.seed_paths[0]
+        first = self.model_folder(0)
         config = AutoConfig.from_pretrained(first)
         # weights come from candidates: parameters made empty in the worker's dtype on its
         # device, never a random float32 initialisation on the CPU
@@ -79,6 +81,13 @@ class CausalLMBase(Fitness):
         self.layout = [(n, tuple(p.shape)) for n, p in self.model.named_parameters()]
         self.num_params = sum(p.numel() for p in self.params)
         self.setup_tasks(first)
+
+    def model_folder(self, index: int) -> Path:
+        """Seed ``index``'s folder of config and tokenizer: the folder itself, a Hub id's
+        cached snapshot, or a ``BASE+ADAPTER`` seed's base."""
+        from evomerge.tensors.model_ref import resolve_model
+
+        return resolve_model(self.seed_paths[index]).folder
 
     def setup_tokenizer(self, folder: Path) -> None:
         """``folder``'s tokenizer (``self.tokenizer``), its end-of-sequence ids
@@ -109,9 +118,9 @@ class CausalLMBase(Fitness):
 
     def export_info(self) -> dict:
         """Config and tokenizer files of the first seed, its dtype, and the seed folders."""
-        from evomerge.tensors.safetensors_io import SeedModel
+        from evomerge.tensors.model_ref import open_model
 
-        first = SeedModel(self.seed_paths[0])
+        first = open_model(self.seed_paths[0])
         try:
             dtype = str(first.dtype(self.layout[0][0])).removeprefix("torch.")
             files = [str(p) for p in first.extra_files()]
@@ -153,13 +162,13 @@ class CausalLMBase(Fitness):
 
     def make_seeds(self, count: int, seed: int) -> torch.Tensor:
         """The seed folders' weights as flat vectors, in the order of ``seeds``."""
-        from evomerge.tensors.safetensors_io import SeedModel
+        from evomerge.tensors.model_ref import open_model
 
         if count != len(self.seed_paths):
             raise ValueError(f"seeds.count is {count} but {len(self.seed_paths)} folders are given")
         rows = []
         for path in self.seed_paths:
-            model = SeedModel(path)
+            model = open_model(path)
             try:
                 parts = []
                 for name, shape in self.layout:

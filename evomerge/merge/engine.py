@@ -38,19 +38,9 @@ from evomerge.ops.operators import MergeMethod, get_merge_method
 from evomerge.ops.statistics import for_models
 from evomerge.tensors.finite import check_inputs
 from evomerge.tensors.layer_names import layer_of, with_num_layers
+from evomerge.tensors.model_ref import open_model
 from evomerge.tensors.parallel import one_op_thread
 from evomerge.tensors.safetensors_io import SeedModel, ShardedWriter, check_seeds
-
-
-def _resolve_path(text: str, bases: list[Path]) -> Path:
-    for base in bases:
-        p = (base / text).expanduser()
-        if p.exists():
-            return p
-    raise EvomergeError(
-        f"model '{text}': no such file or folder (looked in {', '.join(map(str, bases))}); "
-        "give a .safetensors file or a Hugging Face folder on disk"
-    )
 
 
 class _Layout:
@@ -192,7 +182,7 @@ def run_merge(
     compute = DTYPES[cfg.dtype] if cfg.dtype else None
     fixed_out = cfg.out_dtype or cfg.dtype
     layout = _Layout(cfg, method)
-    seeds = [SeedModel(_resolve_path(p, bases)) for p in layout.paths]
+    seeds = [open_model(p, bases) for p in layout.paths]
     try:
         plan = _plan(cfg, layout, seeds, layout.paths)
         stats = _statistics(cfg, method, layout, seeds, out_dir, bases, message)

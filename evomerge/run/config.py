@@ -12,12 +12,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evomerge.core import extensions, safe_yaml
-from evomerge.core.errors import ConfigError
+from evomerge.core.errors import ConfigError, EvomergeError
 from evomerge.core.plugins import resolve_spec
 from evomerge.core.validation import format_validation
 from evomerge.search.registry import STRATEGIES
 from evomerge.spaces import SPACES
 from evomerge.spaces.recipe import RecipeSection, sigmoid_bounds_problem
+from evomerge.tensors.model_ref import pin_model
 
 
 class _Section(BaseModel):
@@ -204,6 +205,22 @@ def _check_space(source: str, cfg: RunConfig, strategy) -> None:
         )
 
 
+def _pinned(fitness, source: str) -> dict:
+    """The plug-in's options with every Hub id among its ``seeds`` pinned to the commit it
+    resolves to in the local cache (``org/name@<commit>``): the run's config.yaml records it,
+    so a resume and every Ray worker read the very same weights."""
+    options = dict(fitness.options)
+    seeds = list(options.get("seeds") or []) if isinstance(options.get("seeds"), list) else None
+    if isinstance(seeds, list) and all(isinstance(s, str) for s in seeds):
+        for i, text in enumerate(seeds):
+            try:
+                seeds[i] = pin_model(text)
+            except EvomergeError as exc:
+                raise ConfigError(f"{source}: fitness.options.seeds[{i}]: {exc}") from None
+        options["seeds"] = seeds
+    return options
+
+
 def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
     """Validate a raw mapping; relative plug-in paths are looked up in ``bases``."""
     if not isinstance(raw, dict):
@@ -256,7 +273,8 @@ def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
         plugin = resolve_spec(cfg.fitness.plugin, list(bases))
     except Exception as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    fitness = cfg.fitness.model_copy(update={"plugin": plugin})
+    options = _pinned(cfg.fitness, source)
+    fitness = cfg.fitness.model_copy(update={"plugin": plugin, "options": options})
     return cfg.model_copy(update={"strategy": strategy, "fitness": fitness})
 
 

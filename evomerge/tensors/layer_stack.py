@@ -29,7 +29,8 @@ from evomerge.tensors.layer_names import (  # noqa: F401  (PER_LAYER_KEYS: fitne
     stack_layer,
     with_num_layers,
 )
-from evomerge.tensors.safetensors_io import SeedModel, ShardedWriter
+from evomerge.tensors.model_ref import open_model
+from evomerge.tensors.safetensors_io import ShardedWriter
 
 #: Tensors (by the part of the name after the layer index) a slot's scale multiplies.
 SCALED = (".self_attn.o_proj.", ".mlp.down_proj.")
@@ -60,10 +61,10 @@ def write_stacked(
     max_shard_bytes: int = 5 * 2**30,
 ) -> int:
     """Write the stack ``slots`` over ``seed_folders`` to ``out``; returns the tensor count."""
-    seeds = [SeedModel(p) for p in seed_folders]
+    seeds = [open_model(p) for p in seed_folders]
     try:
         base_seed = seeds[base]
-        config_path = Path(seed_folders[base]) / "config.json"
+        config_path = base_seed.path / "config.json"
         if not config_path.is_file():
             raise EvomergeError(f"{seed_folders[base]}: no config.json to base the export on")
         base_config = json.loads(config_path.read_text(encoding="utf-8"))

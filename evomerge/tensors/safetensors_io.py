@@ -308,6 +308,11 @@ class SeedModel:
     def file_of(self, name: str) -> Path:
         return self.files[self._entry(name).file]
 
+    def replaced(self, name: str) -> bool:
+        """Whether :meth:`get` returns something other than the file's bytes (an adapter's
+        update, see :mod:`evomerge.tensors.adapted_model`); False for a plain model."""
+        return False
+
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Read this one tensor from disk into new memory, converted to ``dtype`` if given."""
         e = self._entry(name)

@@ -18,14 +18,13 @@ from __future__ import annotations
 import bisect
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from evomerge.core.errors import EvomergeError
+from evomerge.tensors.model_ref import open_model
 from evomerge.tensors.safetensors_format import ST_TO_TORCH
-from evomerge.tensors.safetensors_io import SeedModel
 
 
 def as_float64(block) -> np.ndarray:
@@ -80,14 +79,15 @@ class MappedSeeds:
         sizes = [math.prod(s) for _, s in self.layout]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.num_seeds, self.num_params = len(self.folders), int(self.offsets[-1])
-        self._tensors = [self._map(Path(f)) for f in self.folders]
+        self._tensors = [self._map(f) for f in self.folders]
         self._dtypes = [{t.dtype for t in col} for col in zip(*self._tensors, strict=True)]
 
     shared = True  # pages live in the page cache, shared by every process mapping the file
 
-    def _map(self, folder: Path) -> list[torch.Tensor]:
-        """Flat read-only views of ``layout``'s tensors in this folder's files."""
-        model = SeedModel(folder)
+    def _map(self, folder: str) -> list[torch.Tensor]:
+        """Flat read-only views of ``layout``'s tensors in this folder's files (a
+        ``BASE+ADAPTER`` seed holds the tensors its adapter changes in memory)."""
+        model = open_model(folder)
         try:
             maps = [
                 torch.from_file(str(f), shared=False, size=f.stat().st_size, dtype=torch.uint8)
@@ -107,6 +107,9 @@ class MappedSeeds:
                         f"{folder}: tensor '{name}' has shape {tuple(e.shape)}, the fitness "
                         f"plug-in's model expects {shape}"
                     )
+                if model.replaced(name):  # an adapter's update: computed, held in memory
+                    views.append(model.get(name).reshape(-1))
+                    continue
                 dtype = ST_TO_TORCH[e.dtype]
                 raw = maps[e.file][e.begin : e.end]
                 if e.begin % dtype.itemsize:  # unaligned in the file: copy this one tensor

@@ -1,0 +1,272 @@
+"""Adapter space: a candidate is a weighting of LoRA adapters over one base (LoraHub-style).
+
+Seeds are ``BASE+ADAPTER`` models of one base (the plug-in's ``seeds``). A candidate holds one
+coefficient per adapter, or per adapter and layer group (``seeds.options.layer_groups``); it
+is composed in factor space (:mod:`evomerge.ops.lora_compose`: ``linear``, ``cat`` or
+``svd`` to ``seeds.options.rank``) and written into LoRA factors PEFT injects once into the
+plug-in's resident model, whose base weights are loaded once. A candidate therefore moves the
+adapter's bytes, never the model's. The export is a PEFT adapter folder
+(``PeftModel.from_pretrained(base, DIR)`` loads it) with ``recipe.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from evomerge.core.errors import EvomergeError, PluginError
+from evomerge.core.files import replacing
+from evomerge.ops.lora_compose import COMBINATIONS, compose, composed_rank
+from evomerge.spaces.realised import Loaded
+from evomerge.spaces.vectors import VectorGenomes
+from evomerge.tensors.adapted_model import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    PEFT_PREFIX,
+    LoraAdapter,
+)
+from evomerge.tensors.layer_names import layer_of
+from evomerge.tensors.model_ref import open_model, resolve_model
+
+OPTIONS = ("combination", "rank", "layer_groups")
+
+
+def _options(spec: dict) -> tuple[str, int | None, int]:
+    """``seeds.options`` of an adapter search: combination, rank (svd), layer_groups."""
+    opts = dict(spec.get("options") or {})
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise PluginError(
+            f"seeds.options.{unknown[0]}: not an adapter-space option; give {', '.join(OPTIONS)}",
+            exit_code=2,
+        )
+    kind = opts.get("combination", "linear")
+    if kind not in COMBINATIONS:
+        raise PluginError(
+            f"seeds.options.combination: '{kind}' is not one of {', '.join(COMBINATIONS)}",
+            exit_code=2,
+        )
+    rank, groups = opts.get("rank"), opts.get("layer_groups", 1)
+    if not isinstance(groups, int) or groups < 1 or (rank is not None and int(rank) < 1):
+        raise PluginError("seeds.options: layer_groups and rank must be integers >= 1", exit_code=2)
+    return kind, (int(rank) if rank is not None else None), groups
+
+
+class AdapterGeneSpace(VectorGenomes):
+    """Genes: ``K x G`` coefficients (adapter-major); each adapter alone seeds the search."""
+
+    name = "adapter"
+
+    def __init__(self, adapters: int, groups: int, combination: str):
+        self.adapters, self.groups, self.combination = adapters, groups, combination
+
+    @classmethod
+    def on_driver(cls, spec: dict, evaluator) -> AdapterGeneSpace:
+        info = evaluator.info
+        return cls(info["adapters"], info["layer_groups"], info["combination"])
+
+    @classmethod
+    def on_worker(cls, spec: dict, host) -> AdapterWorker:
+        return AdapterWorker(host, spec)
+
+    def seed_genomes(self, evaluator, progress) -> torch.Tensor:
+        """Each adapter alone, at weight 1 in every group (CMA-ES starts at their mean:
+        LoraHub's uniform start)."""
+        return torch.repeat_interleave(torch.eye(self.adapters), self.groups, dim=1)
+
+    def weights(self, genes) -> list[list[float]]:
+        w = torch.as_tensor(genes, dtype=torch.float64).reshape(self.adapters, self.groups)
+        return [[round(float(x), 6) for x in row] for row in w]
+
+    def describe(self, genes) -> dict:
+        return {
+            "space": "adapter",
+            "adapter": {
+                "combination": self.combination,
+                "layer_groups": self.groups,
+                "weights": self.weights(genes),
+            },
+        }
+
+    def summary(self, genes) -> dict:
+        return {"adapter_weights": self.weights(genes)}
+
+
+class AdapterWorker:
+    """The base loaded once into the resident model, PEFT's LoRA layers injected into it, and
+    each candidate's composed factors written into them."""
+
+    def __init__(self, host, spec: dict):
+        self.host = host
+        self.kind, svd_rank, self.groups = _options(spec)
+        folders = host.call("seed_folders")
+        tensors = host.resident()
+        if not folders or tensors is None:
+            raise PluginError(
+                f"space adapter: fitness {host.name} has no resident model and seed folders; "
+                "use a causal-LM plug-in with seeds BASE+ADAPTER",
+                exit_code=2,
+            )
+        try:
+            refs = [resolve_model(f) for f in folders]
+        except EvomergeError as exc:
+            raise PluginError(str(exc), exit_code=2) from None
+        bases = {str(r.base.resolve()) for r in refs}
+        if any(r.adapter is None for r in refs) or len(bases) != 1:
+            raise PluginError(
+                "space adapter: every seed must be BASE+ADAPTER over one base (got "
+                f"{', '.join(map(str, folders))})",
+                exit_code=2,
+            )
+        self.base = refs[0].base
+        self.adapter_dirs = [r.adapter for r in refs]
+        self.factors, self.modules = self._read_adapters()
+        ranks = [self._rank(i) for i in range(len(refs))]
+        try:
+            self.rank = composed_rank(self.kind, ranks, svd_rank)
+        except ValueError as exc:
+            raise PluginError(f"seeds.options.combination: {exc}", exit_code=2) from None
+        layers = [layer_of(m) for m in self.modules]
+        top = max([x for x in layers if x is not None], default=0) + 1
+        self.group_of = [0 if x is None else x * self.groups // top for x in layers]
+        self._load_base(tensors)
+        self.targets = self._inject(host.plugin.model)
+
+    # --- set-up ------------------------------------------------------------------------------
+    def _read_adapters(self):
+        """Per module (base tensor name without ``.weight``), per adapter: ``(A, B, scale,
+        embedding)`` in float32, or None where that adapter leaves the module alone."""
+        found: dict[str, list] = {}
+        for k, folder in enumerate(self.adapter_dirs):
+            adapter = LoraAdapter(folder)
+            try:
+                if adapter.replaced or any(not f.a or f.bias for f in adapter.factors.values()):
+                    raise PluginError(
+                        f"{folder}: space adapter composes LoRA factors only; this adapter also "
+                        "saves whole modules (modules_to_save) or LoRA biases",
+                        exit_code=2,
+                    )
+                for name, f in adapter.factors.items():
+                    a = adapter.weights.get(f.a, torch.float32)
+                    b = adapter.weights.get(f.b, torch.float32)
+                    embed = "lora_embedding_" in f.a
+                    empty = [None] * len(self.adapter_dirs)
+                    row = found.setdefault(name.removesuffix(".weight"), empty)
+                    row[k] = (a, b, f.scale, embed)
+            finally:
+                adapter.close()
+        modules = sorted(found)
+        return [found[m] for m in modules], modules
+
+    def _rank(self, k: int) -> int:
+        ranks = {row[k][0].shape[0] for row in self.factors if row[k] is not None}
+        return max(ranks) if ranks else 0
+
+    def _load_base(self, tensors) -> None:
+        layout = self.host.layout()
+        with open_model(self.base) as base, torch.no_grad():
+            for (name, _), t in zip(layout, tensors, strict=True):
+                t.copy_(base.get(name).reshape(t.shape))
+
+    def _inject(self, model):
+        """PEFT's LoRA layers (rank ``self.rank``, scale 1) in the resident model; per module
+        its ``(A, B)`` parameters."""
+        try:
+            import peft
+        except ImportError:
+            raise PluginError("space adapter needs PEFT: pip install peft", exit_code=2) from None
+        config = peft.LoraConfig(
+            r=self.rank, lora_alpha=self.rank, lora_dropout=0.0, target_modules=self.modules
+        )
+        peft.inject_adapter_in_model(config, model)
+        model.eval()
+        targets = []
+        for m in self.modules:
+            module = model.get_submodule(m)
+            if "default" in getattr(module, "lora_A", {}):
+                targets.append((module.lora_A["default"].weight, module.lora_B["default"].weight))
+            else:
+                targets.append(
+                    (module.lora_embedding_A["default"], module.lora_embedding_B["default"])
+                )
+        return targets
+
+    # --- candidates --------------------------------------------------------------------------
+    def composed(self, genes):
+        """Per module, the candidate's composed ``(A, B)`` (float32)."""
+        w = np.asarray(genes, dtype=np.float64).reshape(len(self.adapter_dirs), self.groups)
+        for row, g in zip(self.factors, self.group_of, strict=True):
+            factors = [None if f is None else f[:3] for f in row]
+            yield compose(self.kind, factors, w[:, g].tolist(), self.rank)
+
+    def info(self) -> dict:
+        return {
+            "num_params": len(self.adapter_dirs) * self.groups,
+            "adapters": len(self.adapter_dirs),
+            "layer_groups": self.groups,
+            "combination": self.kind,
+            "candidate_bytes": int(sum(a.nbytes + b.nbytes for a, b in self.targets)),
+        }
+
+    def one(self, genes) -> np.ndarray:
+        return np.asarray(genes, dtype=np.float32).reshape(1, -1)
+
+    def batches(self, genomes):
+        """One candidate at a time: the resident model holds one adapter."""
+        dim = len(self.adapter_dirs) * self.groups
+        return list(np.asarray(genomes, dtype=np.float32).reshape(-1, dim))
+
+    def realise(self, genes):
+        with torch.no_grad():
+            for (a, b), (ta, tb) in zip(self.composed(genes), self.targets, strict=True):
+                ta.copy_(a)
+                tb.copy_(b)
+        return Loaded()
+
+    # --- export ------------------------------------------------------------------------------
+    def export(self, genes, out, dtype: str, doc: dict) -> dict:
+        """A PEFT adapter folder: ``adapter_config.json``, ``adapter_model.safetensors`` and
+        ``recipe.yaml`` (how it was composed)."""
+        from safetensors.torch import save_file
+
+        from evomerge.tensors.dtypes import DTYPES
+
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise EvomergeError(f"--out: {out} exists and is not empty; give a new folder")
+        tensors = {}
+        for m, (a, b), row in zip(self.modules, self.composed(genes), self.factors, strict=True):
+            embed = next(f for f in row if f is not None)[3]
+            names = ("lora_embedding_A", "lora_embedding_B")
+            if not embed:
+                names = ("lora_A.weight", "lora_B.weight")
+            tensors[f"{PEFT_PREFIX}{m}.{names[0]}"] = a.to(DTYPES[dtype]).contiguous()
+            tensors[f"{PEFT_PREFIX}{m}.{names[1]}"] = b.to(DTYPES[dtype]).contiguous()
+        config = {
+            "peft_type": "LORA",
+            "r": self.rank,
+            "lora_alpha": self.rank,
+            "use_rslora": False,
+            "target_modules": list(self.modules),
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "base_model_name_or_path": str(self.base),
+        }
+        space = AdapterGeneSpace(len(self.adapter_dirs), self.groups, self.kind)
+        description = space.describe(genes)
+        description["adapter"]["adapters"] = [str(d) for d in self.adapter_dirs]
+        description["adapter"]["base"] = str(self.base)
+        if self.kind == "svd":
+            description["adapter"]["rank"] = self.rank
+        recipe = {**doc, **description}
+        with replacing(out) as tmp:
+            tmp.mkdir()
+            save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+            (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+            (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        return {"tensors": len(tensors), "space": "adapter"}
