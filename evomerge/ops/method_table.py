@@ -12,7 +12,16 @@ from functools import partial
 from evomerge.ops.data_aware import fisher, regmean
 from evomerge.ops.della import della_magprune
 from evomerge.ops.interpolation import linear, region_crossover, slerp
-from evomerge.ops.method import BaseRole, MergeMethod, Parameters
+from evomerge.ops.method import (
+    FLAG,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    BaseRole,
+    MergeMethod,
+    Parameters,
+    Range,
+)
 from evomerge.ops.pointwise import nearswap, passthrough
 from evomerge.ops.sce import sce
 from evomerge.ops.spherical import karcher, model_stock, multislerp, nuslerp
@@ -31,8 +40,20 @@ BREADCRUMBS = "Davari & Belilovsky 2024, Model Breadcrumbs, arXiv:2312.06795"
 DELLA = "Deep et al. 2024, DELLA-Merging, arXiv:2406.11617"
 
 
+#: the task-vector family's parameters (weight and lambda: any finite number)
+TASK_VECTOR_RANGES = {
+    "density": FRACTION,
+    "gamma": FRACTION,
+    "epsilon": Range(0.0, 0.5, high_open=True),  # density +/- epsilon must stay inside (0, 1)
+    "normalize": FLAG,
+    "rescale": FLAG,
+    "int8_mask": FLAG,
+}
+
+
 def _task_vectors(name, sparsify, consensus, normalize, rescale, reference, extra=None):
     """A generalized task arithmetic method (mergekit's family of task-vector merges)."""
+    names = {"density", "normalize", "rescale", "lambda", "int8_mask", *(extra or {})}
     return MergeMethod(
         name,
         partial(generalized_task_arithmetic, sparsify=sparsify, consensus=consensus),
@@ -44,6 +65,7 @@ def _task_vectors(name, sparsify, consensus, normalize, rescale, reference, extr
         random=sparsify in (dare_drop, della_magprune),
         mergekit=name,
         reference=reference,
+        ranges={k: r for k, r in TASK_VECTOR_RANGES.items() if k in names},
     )
 
 
@@ -57,6 +79,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(defaults={"normalize": True}),
         mergekit="linear",
         reference="Wortsman et al. 2022, Model soups, arXiv:2203.05482",
+        ranges={"normalize": FLAG},
     ),
     _task_vectors("task_arithmetic", None, False, False, False, TASK_ARITHMETIC),
     _task_vectors("ties", magnitude_trim, True, True, False, TIES),
@@ -72,6 +95,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(("t",)),
         mergekit="slerp",
         reference="Shoemake 1985, Animating rotation with quaternion curves (SIGGRAPH)",
+        ranges={"t": FRACTION},
     ),
     MergeMethod(
         "region_crossover",
@@ -81,6 +105,11 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(("split", "w", "omega"), {"offset": 0}),
         reference="Abrantes et al. 2025, Competition and Attraction Improve Model Fusion "
         "(M2N2), arXiv:2508.16204",
+        ranges={
+            "split": Range(0, integer=True),
+            "offset": Range(0, integer=True),
+            "omega": Range(none=True),
+        },
     ),
     _task_vectors("della", della_magprune, True, True, True, DELLA, {"epsilon": 0.15}),
     _task_vectors("della_linear", della_magprune, False, False, True, DELLA, {"epsilon": 0.15}),
@@ -92,6 +121,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(defaults={"filter_wise": False}),
         mergekit="model_stock",
         reference="Jang et al. 2024, Model Stock, arXiv:2403.19522",
+        ranges={"filter_wise": FLAG},
     ),
     MergeMethod(
         "nuslerp",
@@ -101,6 +131,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(defaults={"nuslerp_flatten": True, "nuslerp_row_wise": False}),
         mergekit="nuslerp",
         reference=MERGEKIT,
+        ranges={"nuslerp_flatten": FLAG, "nuslerp_row_wise": FLAG},
     ),
     MergeMethod(
         "multislerp",
@@ -110,6 +141,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(defaults={"normalize_weights": True, "eps": 1e-8}),
         mergekit="multislerp",
         reference=MERGEKIT,
+        ranges={"normalize_weights": FLAG, "eps": POSITIVE},
     ),
     MergeMethod(
         "karcher",
@@ -119,6 +151,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(defaults={"max_iter": 10, "tol": 1e-5}),
         mergekit="karcher",
         reference="Karcher 1977, Riemannian center of mass and mollifier smoothing",
+        ranges={"max_iter": Range(1, integer=True), "tol": POSITIVE},
     ),
     MergeMethod(
         "sce",
@@ -128,6 +161,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(defaults={"select_topk": 1.0, "int8_mask": False}),
         mergekit="sce",
         reference="Wan et al. 2024, FuseChat (SCE merging), arXiv:2408.07990",
+        ranges={"select_topk": FRACTION, "int8_mask": FLAG},
     ),
     MergeMethod(
         "nearswap",
@@ -137,6 +171,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(("t",)),
         mergekit="nearswap",
         reference=MERGEKIT,
+        ranges={"t": NON_NEGATIVE},
     ),
     MergeMethod(
         "passthrough",
@@ -156,6 +191,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         statistics="fisher",
         reference="Matena & Raffel 2022, Merging Models with Fisher-Weighted Averaging, "
         "arXiv:2111.09832",
+        ranges={"weight": NON_NEGATIVE, "fisher_floor": POSITIVE},
     ),
     MergeMethod(
         "regmean",
@@ -166,6 +202,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         statistics="gram",
         reference="Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language "
         "Models (RegMean), arXiv:2212.09849",
+        ranges={"weight": NON_NEGATIVE, "alpha": FRACTION},
     ),
 )
 del crumbs
