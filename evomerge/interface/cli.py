@@ -291,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters and undecodable bytes of a name (surrogates) escaped,
+    so an error line is one line and can always be written."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _stop_on_sigterm(signum, frame):
     """A scheduler's stop (SIGTERM) is handled like Ctrl-C: checkpoint, then exit 130."""
     raise KeyboardInterrupt
@@ -306,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"evomerge: error: {exc}", file=sys.stderr)
+        print(f"evomerge: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("evomerge: interrupted", file=sys.stderr)
@@ -318,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         where = exc.filename if exc.filename is not None else args.command
         print(
-            f"evomerge: error: {where}: {exc.strerror or exc}; check the path, its "
-            "permissions and free disk space",
+            f"evomerge: error: {printable(str(where))}: {exc.strerror or exc}; check the path, "
+            "its permissions and free disk space",
             file=sys.stderr,
         )
         return 1
