@@ -23,7 +23,8 @@ def _hint(model: type[BaseModel] | None, loc: tuple, err: dict) -> str:
         return "required key is missing"
     if err["type"] == "union_tag_invalid":
         return f"{err['msg']}"
-    return f"{err['msg']} (got {err.get('input')!r})"
+    msg = err["msg"].removeprefix("Value error, ")  # a validator's own words, as they are
+    return f"{msg} (got {err.get('input')!r})"
 
 
 def _section_check(err: dict) -> tuple[str, str] | None:

@@ -49,7 +49,7 @@ def save(root: Path, tensors: dict[str, torch.Tensor], meta: dict, keep_last: in
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"{root}: cannot create ({exc.strerror})", exit_code=1) from None
-    if final.is_dir() and verify(final) is None:
+    if final.is_dir() and verify(final) is None and _holds(final, tensors, meta):
         _prune(root, final, keep_last)
         return final
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -71,6 +71,27 @@ def save(root: Path, tensors: dict[str, torch.Tensor], meta: dict, keep_last: in
         raise err from None
     _prune(root, final, keep_last)
     return final
+
+
+def _holds(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> bool:
+    """Whether the intact checkpoint at ``path`` holds this very state (its sums can match
+    while its contents were refused on resume: then it is replaced, not kept)."""
+    try:
+        stored = load_file(path / "state.safetensors")
+        stored_meta = json.loads((path / "state.json").read_text())
+    except (SafetensorError, OSError, ValueError, RecursionError):
+        return False
+    if stored.keys() != tensors.keys() or not all(
+        stored[k].dtype == tensors[k].dtype and torch.equal(stored[k], tensors[k].cpu())
+        for k in tensors
+    ):
+        return False
+    if not isinstance(stored_meta, dict):
+        return False
+    new = json.loads(json.dumps(meta))
+    return {k: v for k, v in stored_meta.items() if k != "wall_seconds"} == {
+        k: v for k, v in new.items() if k != "wall_seconds"
+    }
 
 
 def _write(tmp: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:

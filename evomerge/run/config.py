@@ -213,7 +213,7 @@ def _switch_kind(section: dict, name: str, source: str, item: str) -> None:
         del section[key]
     if dropped:
         print(
-            f"[evomerge] {source} '{item}': dropped {name}.{', '.join(dropped)} "
+            f"[evomerge] {source} '{item}': dropped {', '.join(f'{name}.{k}' for k in dropped)} "
             f"(the {section['kind']} kind has no such keys)",
             file=sys.stderr,
             flush=True,
