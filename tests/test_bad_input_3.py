@@ -15,7 +15,7 @@ import torch
 import yaml
 from conftest import DIGITS
 from safetensors.torch import load_file, save_file
-from test_bad_input import one_line, run_cli
+from test_bad_input import one_line, read_only, run_cli  # noqa: F401  (a fixture)
 from test_bad_input_2 import _merge_cfg, _model, small
 from test_search import assert_same_archive
 
@@ -370,17 +370,12 @@ def test_a_folder_where_a_file_is_expected(tmp_path, capsys):
     assert folder.is_dir() and not list(folder.iterdir())
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_parent(finished_run, tmp_path, write_config, capsys):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        for name, args in _commands(tmp_path, finished_run, write_config).items():
-            code, err = run_cli(args(str(ro / "x")), capsys)
-            assert code == 2 and "cannot be written (permission denied)" in one_line(err), name
-    finally:
-        ro.chmod(0o755)
+def test_read_only_parent(finished_run, tmp_path, write_config, capsys, read_only):  # noqa: F811
+    ro = read_only(tmp_path / "ro")
+    for name, args in _commands(tmp_path, finished_run, write_config).items():
+        code, err = run_cli(args(str(ro / "x")), capsys)
+        assert code == 2 and "ro/x: cannot create the" in one_line(err), (name, err)
+        assert "(Permission denied); " in one_line(err) and not os.listdir(ro), (name, err)
 
 
 # --- init --force: nothing replaced before everything can be written -------------------------

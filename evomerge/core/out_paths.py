@@ -60,12 +60,13 @@ def check_output_path(
         )
     if kind == "file" and path.is_dir():
         raise EvomergeError(f"{path}: is a folder, not a file; choose another {flag}")
-    _check_parents(path.absolute().parent, flag)
+    _check_parents(path, flag, what)
     return path
 
 
-def _check_parents(parent: Path, flag: str) -> None:
+def _check_parents(path: Path, flag: str, what: str) -> None:
     """The nearest existing folder above the output: a folder, reachable, writable."""
+    parent = path.absolute().parent
     for above in [parent, *parent.parents]:
         if above.is_symlink() and not above.exists():
             raise EvomergeError(
@@ -78,7 +79,7 @@ def _check_parents(parent: Path, flag: str) -> None:
             raise EvomergeError(f"{above}: is a file, not a folder; choose another {flag}")
         if not os.access(above, os.W_OK | os.X_OK):
             raise EvomergeError(
-                f"{above}: cannot be written (permission denied); fix its permissions or "
-                f"choose another {flag}"
+                f"{path}: cannot create the {what} (Permission denied); {above} cannot be "
+                f"written: fix its permissions or choose another {flag}"
             )
         return
