@@ -88,7 +88,7 @@ def _holds(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> bool:
         return False
     if not isinstance(stored_meta, dict):
         return False
-    new = json.loads(json.dumps(meta))
+    new = json.loads(json.dumps({"format": FORMAT, **meta}))
     return {k: v for k, v in stored_meta.items() if k != "wall_seconds"} == {
         k: v for k, v in new.items() if k != "wall_seconds"
     }
