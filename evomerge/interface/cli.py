@@ -15,6 +15,7 @@ from pathlib import Path
 
 from evomerge import __version__
 from evomerge.core.errors import EvomergeError, RunDirError
+from evomerge.core.out_paths import check_output_path
 from evomerge.interface.init_project import add_init_command
 from evomerge.interface.look_commands import add_look_commands
 from evomerge.interface.progress import Progress
@@ -101,6 +102,7 @@ def _finish(search, progress: Progress) -> int:
 def cmd_run(args) -> int:
     cfg = load_config(args.config, args.set or [], address=args.address)
     out = Path(args.out) if args.out else _default_out(args.config, cfg.name)
+    check_output_path(out, what="run directory")
     from evomerge.runtime.ray_cluster import check_job_out
 
     check_job_out(out)  # under 'ray job submit' a relative --out lands in Ray's cache
@@ -149,6 +151,7 @@ def cmd_merge(args) -> int:
     from evomerge.run.config import read_yaml
 
     path = Path(args.config)
+    check_output_path(args.out, what="merged model")
     cfg = load_merge_config(path, read_yaml(path))
     progress = Progress(quiet=args.quiet)
     progress.message(f"merge {path} ({cfg.method}) -> {args.out}")
@@ -178,6 +181,7 @@ def cmd_export(args) -> int:
     """Write one member of a run as a model folder (safetensors, index, config, recipe)."""
     from evomerge.run.export import export_member
 
+    check_output_path(args.out, what="exported model")
     progress = Progress(quiet=args.quiet)
     progress.message(f"export {args.run_dir} member {args.member} -> {args.out}")
     done = export_member(args.run_dir, args.member, args.out, dtype=args.dtype)
@@ -287,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters and undecodable bytes of a name (surrogates) escaped,
+    so an error line is one line and can always be written."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def _stop_on_sigterm(signum, frame):
     """A scheduler's stop (SIGTERM) is handled like Ctrl-C: checkpoint, then exit 130."""
     raise KeyboardInterrupt
@@ -302,11 +314,23 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"evomerge: error: {exc}", file=sys.stderr)
+        print(f"evomerge: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("evomerge: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a path or a disk no check foresaw: still one line, no traceback
+        if getattr(args, "verbose", False):
+            import traceback
+
+            traceback.print_exc()
+        where = exc.filename if exc.filename is not None else args.command
+        print(
+            f"evomerge: error: {printable(str(where))}: {exc.strerror or exc}; check the path, "
+            "its permissions and free disk space",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
 

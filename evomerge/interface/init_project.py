@@ -15,6 +15,7 @@ from pathlib import Path
 
 from evomerge.core.errors import EvomergeError
 from evomerge.core.files import publish
+from evomerge.core.out_paths import check_output_path
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 NEXT_STEPS = "next: cd {dir} && pytest && evomerge run search.yaml --out runs/first"
@@ -46,6 +47,7 @@ def init_project(directory: str | Path, template: str = "digits", force: bool = 
     target = Path(directory)
     if template not in templates():
         raise EvomergeError(f"--template: '{template}' is not one of {', '.join(templates())}")
+    check_output_path(target, flag="DIR", what="project")
     if target.exists() and not target.is_dir():
         raise EvomergeError(f"{target}: is a file; give a new folder for the project")
     if target.is_dir() and any(target.iterdir()) and not force:
@@ -70,12 +72,39 @@ def init_project(directory: str | Path, template: str = "digits", force: bool = 
         if not target.exists():
             publish(staging, target)  # one rename: the project appears whole
             return files
+        _check_writable(target, files)  # every place first: no file replaced, then a refusal
         for rel in files:  # an empty folder, or --force: file by file, each one whole
             (target / rel).parent.mkdir(parents=True, exist_ok=True)
             publish(staging / rel, target / rel)
         return files
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_writable(target: Path, files: list[Path]) -> None:
+    """Every file of the template can be put in ``target``: no folder or link where a file
+    goes, no file where a folder goes, every folder writable. Checked before the first file
+    is replaced, so a refused ``--force`` leaves the user's files as they were."""
+    for rel in files:
+        for depth in range(1, len(rel.parts)):
+            folder = target.joinpath(*rel.parts[:depth])
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                raise EvomergeError(
+                    f"{folder}: is a file (or a link) where the template has a folder; move it "
+                    "away or choose another folder (nothing was written)"
+                )
+        out = target / rel
+        if out.is_dir() and not out.is_symlink():
+            raise EvomergeError(
+                f"{out}: is a folder where the template has a file; move it away or choose "
+                "another folder (nothing was written)"
+            )
+        folder = next(p for p in [out.parent, *out.parent.parents] if p.exists())
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise EvomergeError(
+                f"{folder}: cannot be written (permission denied); fix its permissions or "
+                "choose another folder (nothing was written)"
+            )
 
 
 def cmd_init(args) -> int:

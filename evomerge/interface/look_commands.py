@@ -10,7 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from evomerge.core.errors import EvomergeError
 from evomerge.core.files import write_atomic
+from evomerge.core.out_paths import check_output_path
 from evomerge.interface.progress import Progress
 
 
@@ -69,8 +71,16 @@ def cmd_config_reference(args) -> int:
             print(f"{args.out} is out of date; run 'evomerge config-reference'", file=sys.stderr)
             return 1
         return 0
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(Path(args.out), text)
+    out = check_output_path(args.out, kind="file", what="reference")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, text)
+    except OSError as exc:
+        raise EvomergeError(
+            f"{out}: cannot write the reference ({exc.strerror or exc}); nothing was changed: "
+            "free disk space or fix permissions",
+            exit_code=1,
+        ) from None
     if not args.quiet:
         print(f"wrote {args.out}", flush=True)
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 
 from evomerge.core.errors import RunDirError
 from evomerge.core.files import publish, temp_sibling
+from evomerge.core.out_paths import check_output_path
 from evomerge.interface.report_plots import (  # noqa: F401  (mean_se, pareto_mask: part of the report's API)
     _pyplot,
     mean_se,
@@ -217,22 +219,22 @@ def make_report(run_dirs: list[str | Path], out: str | Path | None = None) -> di
     }
 
 
-REPORT_FILES = (".png", ".html")
+#: written into every report folder: the proof that a folder is an earlier report, and of
+#: which files, so rebuilding it never removes a file the report did not write
+MARKER = ".evomerge-report"
 
 
 def _report_folder(final: Path) -> Path:
     """The temporary folder the report is written in (renamed into place when complete).
 
-    ``final`` must be missing, empty or an earlier report (PNGs and HTML only): a report never
-    replaces a folder holding anything else."""
-    if final.exists() and (
-        not final.is_dir()
-        or any(not (p.is_file() and p.suffix in REPORT_FILES) for p in final.iterdir())
-    ):
-        raise RunDirError(
-            f"{final}: exists and is not a report folder (it holds other files); "
-            "choose another --out"
-        )
+    ``final`` must be missing, empty or an earlier report: a folder holding the marker file
+    (:data:`MARKER`) and only the files that marker lists. A report never replaces a folder
+    holding anything else, whatever its files look like."""
+    check_output_path(final, what="report")
+    if final.exists():
+        foreign = _not_written_by_a_report(final)
+        if foreign is not None:
+            raise RunDirError(f"{final}: {foreign}; choose another --out (nothing was changed)")
     tmp = temp_sibling(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -241,6 +243,36 @@ def _report_folder(final: Path) -> Path:
     except OSError as exc:
         raise RunDirError(f"{final}: cannot create the report folder ({exc.strerror})") from None
     return tmp
+
+
+def _not_written_by_a_report(folder: Path) -> str | None:
+    """Why ``folder`` may not be replaced by a new report, or None (empty, or our own)."""
+    if folder.is_symlink():
+        return "is a symbolic link, not a report folder"
+    if not folder.is_dir():
+        return "exists and is not a folder"
+    try:
+        entries = sorted(p.name for p in folder.iterdir())
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not entries:
+        return None
+    if MARKER not in entries:
+        return (
+            f"holds files that no evomerge report wrote (e.g. '{entries[0]}'; a report folder "
+            f"has a {MARKER} file)"
+        )
+    try:
+        listed = json.loads((folder / MARKER).read_text(encoding="utf-8"))["files"]
+        listed = {str(name) for name in listed}
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its {MARKER} is damaged, so which files the report wrote is unknown"
+    extra = [name for name in entries if name != MARKER and name not in listed]
+    if extra:
+        return f"holds '{extra[0]}', which the earlier report did not write"
+    if any(not (folder / name).is_file() or (folder / name).is_symlink() for name in entries):
+        return "holds a folder or a link the earlier report did not write"
+    return None
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -286,4 +318,7 @@ def _write_report(runs: list[RunData], out: Path, notes: list[str]) -> dict:
     )
     page = out / "index.html"
     write_html(page, runs, images, notes)
+    files = sorted(p.name for p in out.iterdir())
+    marker = {"written_by": "evomerge report", "files": files}
+    (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
     return {"html": page, "images": [p for p, _ in images], "notes": notes}

@@ -58,6 +58,13 @@ class CausalLMBase(Fitness):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.seed_paths = [Path(s) for s in seeds]
+        for i, path in enumerate(self.seed_paths):  # before transformers reads it as a hub id
+            if not path.is_dir():
+                where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
+                raise ValueError(
+                    f"seeds[{i}]: '{path}' is not a folder{where}; give a Hugging Face model "
+                    "folder on disk (config.json, tokenizer, safetensors)"
+                )
         self.batch_size = batch_size
         self.dtype = DTYPES[dtype]
 

@@ -55,7 +55,10 @@ class Override(_Strict):
     @field_validator("match")
     @classmethod
     def _regex(cls, v: str) -> str:
-        re.compile(v)
+        try:
+            re.compile(v)
+        except re.error as exc:  # not a ValueError: pydantic would let it through
+            raise ValueError(f"'{v}' is not a valid regular expression ({exc})") from None
         return v
 
 
@@ -263,6 +266,7 @@ def load_merge_config(path: Path, raw: Any) -> MergeConfig:
                 f"{source}: slices[{i}]: the base model '{cfg.base}' is not among its sources; "
                 f"{cfg.method} needs it in every slice"
             )
+    check_parameters(cfg, method, source)
     for override in cfg.overrides:
         if override.model_params is not None and len(override.model_params) != len(cfg.models):
             raise ConfigError(
@@ -270,6 +274,63 @@ def load_merge_config(path: Path, raw: Any) -> MergeConfig:
                 f"({len(cfg.models)}) expected"
             )
     return cfg
+
+
+def check_parameters(cfg: MergeConfig, method, source: str) -> None:
+    """Every parameter value of every scope, against the method's declaration (one line naming
+    the key, the value and the allowed range), so nothing out of range reaches a tensor."""
+    scopes = [("params", cfg.params)]
+    scopes += [(f"models[{i}].params", m.params) for i, m in enumerate(cfg.models)]
+    for i, entry in enumerate(cfg.slices or []):
+        scopes.append((f"slices[{i}].params", entry.params))
+        scopes += [
+            (f"slices[{i}].sources[{j}].params", s.params) for j, s in enumerate(entry.sources)
+        ]
+    for i, override in enumerate(cfg.overrides):
+        scopes.append((f"overrides[{i}].params", override.params))
+        for j, mp in enumerate(override.model_params or []):
+            scopes.append((f"overrides[{i}].model_params[{j}]", mp))
+    for where, params in scopes:
+        for name, value in params.items():
+            _check_value(method, name, value, f"{where}.{name}", source)
+
+
+def _check_value(method, name: str, value, where: str, source: str) -> None:
+    """One parameter setting: a scalar, a gradient, or ``{filter, value}`` entries."""
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        for k, entry in enumerate(value):
+            at = f"{where}[{k}]"
+            stray = [key for key in entry if key not in ("filter", "value")]
+            if stray:
+                raise ConfigError(
+                    f"{source}: {at}: unknown key '{stray[0]}'; a filter entry has 'filter' "
+                    "(a part of tensor names) and 'value'"
+                )
+            if "filter" in entry and not isinstance(entry["filter"], str):
+                raise ConfigError(
+                    f"{source}: {at}.filter: {entry['filter']!r} is not text; give a part of "
+                    "the tensor names it applies to (or '*'), quoted"
+                )
+            if "value" not in entry:
+                raise ConfigError(f"{source}: {at}: a filter entry has no 'value'; add one")
+            _check_value(method, name, entry["value"], f"{at}.value", source)
+        return
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"{source}: {where}: an empty list; give a number or a gradient")
+        if any(isinstance(v, list | dict) for v in value):
+            raise ConfigError(
+                f"{source}: {where}: a gradient is a list of numbers (or a list of "
+                "{filter, value} entries), not a mix"
+            )
+        for k, v in enumerate(value):
+            _check_value(method, name, v, f"{where}[{k}]", source)
+        return
+    problem = method.value_problem(name, value)
+    if problem is not None:
+        raise ConfigError(f"{source}: {where}: {problem}")
 
 
 def resolve_setting(value: ParamValue, name: str, t: float):

@@ -87,6 +87,27 @@ def input_axis(weight_shape, gram_shape) -> int:
     raise ValueError(f"a Gram of shape {tuple(gram_shape)} does not fit a weight {weight_shape}")
 
 
+#: RegMean refuses a system whose condition number exceeds this: its solution would be
+#: dominated by rounding (weights many times too large), not by the data
+MAX_CONDITION = 1e10
+
+
+def _check_conditioning(a: torch.Tensor, alpha: float) -> None:
+    """Refuse a near-singular RegMean system (too few examples for the layer's inputs with
+    ``alpha`` near 1), saying what to change, rather than write weights blown up by it."""
+    eig = torch.linalg.eigvalsh(a)
+    top = float(eig[-1])
+    low = float(eig[0])
+    if top > 0 and low > top / MAX_CONDITION:
+        return
+    cond = "inf" if low <= 0 else f"{top / low:.1e}"
+    raise ValueError(
+        f"regmean: the Gram system of a {a.shape[0]}-input layer is near-singular (condition "
+        f"number {cond}, over {MAX_CONDITION:.0e}): too few examples cover its inputs with "
+        f"alpha {alpha:g}; lower alpha (e.g. 0.9) or give more examples (statistics.limit)"
+    )
+
+
 def regmean(base, models, model_params, params, generator, statistics=None):
     """RegMean for a linear weight with Grams; the weighted average for every other tensor."""
     if not models:
@@ -121,6 +142,7 @@ def regmean(base, models, model_params, params, generator, statistics=None):
             b[:, dead] = avg[:, dead]
         else:
             b[dead, :] = avg[dead, :]
+    _check_conditioning(a, alpha)
     # W* A = B  <=>  A W*^T = B^T (A symmetric), for (out, in); A W* = B for (in, out)
     out = torch.linalg.solve(a, b.T).T if axis == 1 else torch.linalg.solve(a, b)
     return out.to(models[0].dtype)

@@ -9,6 +9,8 @@ recipe searches and the mergekit export all read these fields; none tests a meth
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -99,6 +101,71 @@ class Parameters:
         return filled
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values one parameter accepts, so a config is checked where it is read.
+
+    A number in ``[low, high]`` (``low_open``/``high_open``: the end itself is excluded),
+    always finite; ``integer``: a whole number; ``flag``: true or false (0 or 1);
+    ``none``: None is accepted too (region_crossover's ``omega``).
+    """
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    flag: bool = False
+    none: bool = False
+
+    def describe(self) -> str:
+        if self.flag:
+            return "true or false"
+        kind = "a whole number" if self.integer else "a finite number"
+        if self.low == -math.inf and self.high == math.inf:
+            return kind
+        if self.high == math.inf:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        if self.low == -math.inf:
+            return f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not accepted (a phrase), or None."""
+        if value is None and self.none:
+            return None
+        if self.flag:
+            ok = isinstance(value, bool) or (isinstance(value, numbers.Real) and value in (0, 1))
+            return None if ok else f"got {value!r}; it must be true or false"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return f"got {value!r}; it must be {self.describe()}"
+        number = float(value)
+        if not math.isfinite(number):
+            return f"got {value!r}; it must be {self.describe()}"
+        if self.integer and not number.is_integer():
+            return f"got {value!r}; it must be {self.describe()}"
+        if not self.holds(number, number):
+            return f"got {value!r}; it must be {self.describe()}"
+        return None
+
+    def holds(self, low: float, high: float) -> bool:
+        """Whether every value in ``[low, high]`` is accepted (a gene's range)."""
+        if not (math.isfinite(low) and math.isfinite(high)):
+            return False
+        above = low > self.low if self.low_open else low >= self.low
+        below = high < self.high if self.high_open else high <= self.high
+        return above and below
+
+
+#: an undeclared parameter: a finite number, or a switch
+ANY_FINITE = Range()
+FLAG = Range(flag=True)
+FRACTION = Range(0.0, 1.0)
+NON_NEGATIVE = Range(0.0)
+POSITIVE = Range(0.0, low_open=True)
+
+
 def _parameters(value, where: str) -> Parameters:
     if isinstance(value, Parameters):
         return value
@@ -138,7 +205,8 @@ class MergeMethod:
     model, that kind of statistic for the tensor (or None where there is none) as
     ``statistics=``. ``mergekit`` is the method's name in mergekit (None: mergekit has none,
     so a recipe using it is exported without a mergekit.yaml); ``reference`` where the
-    method comes from (a paper).
+    method comes from (a paper); ``ranges`` the values a parameter accepts (:class:`Range`;
+    an undeclared one: any finite number, or a switch).
     """
 
     name: str
@@ -150,6 +218,7 @@ class MergeMethod:
     statistics: str | None
     mergekit: str | None
     reference: str | None
+    ranges: Mapping[str, Range]
 
     def __init__(
         self,
@@ -163,6 +232,7 @@ class MergeMethod:
         statistics: str | None = None,
         mergekit: str | None = None,
         reference: str | None = None,
+        ranges: Mapping[str, Range] | None = None,
         needs_base: bool | None = None,
         optional_base: bool = False,
     ):
@@ -182,9 +252,30 @@ class MergeMethod:
             "statistics": statistics,
             "mergekit": mergekit,
             "reference": reference,
+            "ranges": MappingProxyType(dict(ranges or {})),
         }
+        stray = [n for n in values["ranges"] if n not in values["model_params"]]
+        stray = [n for n in stray if n not in values["params"]]
+        if stray:
+            raise ValueError(f"{name}: ranges names '{stray[0]}', which is not a parameter")
         for attr, value in values.items():
             object.__setattr__(self, attr, value)
+
+    def range_of(self, name: str) -> Range:
+        """The values parameter ``name`` accepts (undeclared: any finite number or a switch)."""
+        return self.ranges.get(name, ANY_FINITE)
+
+    def value_problem(self, name: str, value: Any) -> str | None:
+        """Why ``value`` is not a value of parameter ``name`` (a phrase), or None."""
+        if name not in self.model_params and name not in self.params:
+            known = ", ".join([*self.model_params.names, *self.params.names]) or "none"
+            return f"is not a parameter of {self.name} (it has: {known})"
+        declared = self.ranges.get(name)
+        if declared is None:  # undeclared: a number (finite) or a switch
+            if isinstance(value, bool) or value is None:
+                return None
+            return ANY_FINITE.problem(value)
+        return declared.problem(value)
 
     @property
     def needs_base(self) -> bool:

@@ -14,7 +14,16 @@ from evomerge.ops.consensus import consensus_ta, consensus_ties, tall_masks
 from evomerge.ops.data_aware import fisher, regmean
 from evomerge.ops.della import della_magprune
 from evomerge.ops.interpolation import linear, region_crossover, slerp
-from evomerge.ops.method import BaseRole, MergeMethod, Parameters
+from evomerge.ops.method import (
+    FLAG,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    BaseRole,
+    MergeMethod,
+    Parameters,
+    Range,
+)
 from evomerge.ops.pcb import pcb
 from evomerge.ops.pointwise import nearswap, passthrough
 from evomerge.ops.ram import ram, ramplus_tl
@@ -41,8 +50,20 @@ TALL = (
 TALL_DEFAULTS = {"tall_mask_lambda": 0.4, "lambda": 1.0}
 
 
+#: the task-vector family's parameters (weight and lambda: any finite number)
+TASK_VECTOR_RANGES = {
+    "density": FRACTION,
+    "gamma": FRACTION,
+    "epsilon": Range(0.0, 0.5, high_open=True),  # density +/- epsilon must stay inside (0, 1)
+    "normalize": FLAG,
+    "rescale": FLAG,
+    "int8_mask": FLAG,
+}
+
+
 def _task_vectors(name, sparsify, consensus, normalize, rescale, reference, extra=None):
     """A generalized task arithmetic method (mergekit's family of task-vector merges)."""
+    names = {"density", "normalize", "rescale", "lambda", "int8_mask", *(extra or {})}
     return MergeMethod(
         name,
         partial(generalized_task_arithmetic, sparsify=sparsify, consensus=consensus),
@@ -54,6 +75,7 @@ def _task_vectors(name, sparsify, consensus, normalize, rescale, reference, extr
         random=sparsify in (dare_drop, della_magprune),
         mergekit=name,
         reference=reference,
+        ranges={k: r for k, r in TASK_VECTOR_RANGES.items() if k in names},
     )
 
 
@@ -67,6 +89,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(defaults={"normalize": True}),
         mergekit="linear",
         reference="Wortsman et al. 2022, Model soups, arXiv:2203.05482",
+        ranges={"normalize": FLAG},
     ),
     _task_vectors("task_arithmetic", None, False, False, False, TASK_ARITHMETIC),
     _task_vectors("ties", magnitude_trim, True, True, False, TIES),
@@ -82,6 +105,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(("t",)),
         mergekit="slerp",
         reference="Shoemake 1985, Animating rotation with quaternion curves (SIGGRAPH)",
+        ranges={"t": FRACTION},
     ),
     MergeMethod(
         "region_crossover",
@@ -91,6 +115,11 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(("split", "w", "omega"), {"offset": 0}),
         reference="Abrantes et al. 2025, Competition and Attraction Improve Model Fusion "
         "(M2N2), arXiv:2508.16204",
+        ranges={
+            "split": Range(0, integer=True),
+            "offset": Range(0, integer=True),
+            "omega": Range(none=True),
+        },
     ),
     _task_vectors("della", della_magprune, True, True, True, DELLA, {"epsilon": 0.15}),
     _task_vectors("della_linear", della_magprune, False, False, True, DELLA, {"epsilon": 0.15}),
@@ -102,6 +131,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(defaults={"filter_wise": False}),
         mergekit="model_stock",
         reference="Jang et al. 2024, Model Stock, arXiv:2403.19522",
+        ranges={"filter_wise": FLAG},
     ),
     MergeMethod(
         "nuslerp",
@@ -111,6 +141,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(defaults={"nuslerp_flatten": True, "nuslerp_row_wise": False}),
         mergekit="nuslerp",
         reference=MERGEKIT,
+        ranges={"nuslerp_flatten": FLAG, "nuslerp_row_wise": FLAG},
     ),
     MergeMethod(
         "multislerp",
@@ -120,6 +151,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(defaults={"normalize_weights": True, "eps": 1e-8}),
         mergekit="multislerp",
         reference=MERGEKIT,
+        ranges={"normalize_weights": FLAG, "eps": POSITIVE},
     ),
     MergeMethod(
         "karcher",
@@ -129,6 +161,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(defaults={"max_iter": 10, "tol": 1e-5}),
         mergekit="karcher",
         reference="Karcher 1977, Riemannian center of mass and mollifier smoothing",
+        ranges={"max_iter": Range(1, integer=True), "tol": POSITIVE},
     ),
     MergeMethod(
         "sce",
@@ -138,6 +171,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(defaults={"select_topk": 1.0, "int8_mask": False}),
         mergekit="sce",
         reference="Wan et al. 2024, FuseChat (SCE merging), arXiv:2408.07990",
+        ranges={"select_topk": FRACTION, "int8_mask": FLAG},
     ),
     MergeMethod(
         "nearswap",
@@ -147,6 +181,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(("t",)),
         mergekit="nearswap",
         reference=MERGEKIT,
+        ranges={"t": NON_NEGATIVE},
     ),
     MergeMethod(
         "passthrough",
@@ -166,6 +201,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         statistics="fisher",
         reference="Matena & Raffel 2022, Merging Models with Fisher-Weighted Averaging, "
         "arXiv:2111.09832",
+        ranges={"weight": NON_NEGATIVE, "fisher_floor": POSITIVE},
     ),
     MergeMethod(
         "regmean",
@@ -176,6 +212,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         statistics="gram",
         reference="Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language "
         "Models (RegMean), arXiv:2212.09849",
+        ranges={"weight": NON_NEGATIVE, "alpha": FRACTION},
     ),
     MergeMethod(
         "arcee_fusion",

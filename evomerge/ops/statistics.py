@@ -25,14 +25,15 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from evomerge.core.contracts import ExampleStatistics
-from evomerge.core.errors import ConfigError
+from evomerge.core.errors import ConfigError, EvomergeError
 from evomerge.core.files import replacing
 from evomerge.core.plugin_loader import load_fitness
 from evomerge.core.plugins import resolve_spec
+from evomerge.tensors.safetensors_io import SeedModel
 
 KINDS = ("fisher", "gram")
 #: Bumped when what the files hold changes, so old caches are not reused.
@@ -183,10 +184,33 @@ def compute(plugin, kind: str, params, ids, batch_size: int) -> dict[str, torch.
 
 
 def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
-    """Safetensors at ``path``, written under a temporary name, fsynced and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    """Safetensors at ``path``, written under a temporary name, fsynced and renamed into place
+    (a full disk or a kill leaves no file at ``path``, so the next run computes it again)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(path) as tmp:
+            save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    except (OSError, SafetensorError) as exc:
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise EvomergeError(
+            f"{path}: cannot write the statistics ({why}); nothing was kept: free disk space "
+            "or set statistics.cache to another folder",
+            exit_code=1,
+        ) from None
+
+
+def damage_of(path: Path, kind: str) -> str | None:
+    """Why a cached statistics file cannot be used (truncated or not safetensors: its header
+    checked as every tensor file's is; or of another kind), or None."""
+    try:
+        SeedModel(path).close()
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (EvomergeError, OSError, SafetensorError) as exc:
+        return str(exc)
+    if meta.get("kind") != json.dumps(kind):
+        return f"it holds {meta.get('kind')} statistics, not {kind}"
+    return None
 
 
 class StatisticsFile:
@@ -280,7 +304,10 @@ def for_models(source, kind, seeds, labels, out_dir: Path, bases, progress=None)
     for i, (seed, label, group) in enumerate(zip(seeds, labels, groups, strict=True)):
         key = cache_key(source, kind, seed.files, group, source.plugin)
         path = folder / key / f"{kind}.safetensors"
-        if not path.is_file():
+        damage = damage_of(path, kind) if path.is_file() else None
+        if damage is not None and progress is not None:
+            progress(f"{path}: damaged cached statistics ({damage}); computing them again")
+        if not path.is_file() or damage is not None:
             if plugin is None:
                 spec, plugin = load_plugin(source, bases)
             ids = example_ids(plugin, group, source.limit, f"statistics.examples[{i}]")

@@ -9,6 +9,7 @@ Loading verifies the manifest and reads tensors with safetensors, which never ex
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ def save(root: Path, tensors: dict[str, torch.Tensor], meta: dict, keep_last: in
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"{root}: cannot create ({exc.strerror})", exit_code=1) from None
-    if final.is_dir() and verify(final) is None:
+    if final.is_dir() and verify(final) is None and _holds(final, tensors, meta):
         _prune(root, final, keep_last)
         return final
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -70,6 +71,27 @@ def save(root: Path, tensors: dict[str, torch.Tensor], meta: dict, keep_last: in
         raise err from None
     _prune(root, final, keep_last)
     return final
+
+
+def _holds(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> bool:
+    """Whether the intact checkpoint at ``path`` holds this very state (its sums can match
+    while its contents were refused on resume: then it is replaced, not kept)."""
+    try:
+        stored = load_file(path / "state.safetensors")
+        stored_meta = json.loads((path / "state.json").read_text())
+    except (SafetensorError, OSError, ValueError, RecursionError):
+        return False
+    if stored.keys() != tensors.keys() or not all(
+        stored[k].dtype == tensors[k].dtype and torch.equal(stored[k], tensors[k].cpu())
+        for k in tensors
+    ):
+        return False
+    if not isinstance(stored_meta, dict):
+        return False
+    new = json.loads(json.dumps({"format": FORMAT, **meta}))
+    return {k: v for k, v in stored_meta.items() if k != "wall_seconds"} == {
+        k: v for k, v in new.items() if k != "wall_seconds"
+    }
 
 
 def _write(tmp: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -152,8 +174,38 @@ def _meta_problem(meta) -> str | None:
         return "not a JSON object"
     for key, kinds in (("evaluations", int), ("wall_seconds", (int, float))):
         value = meta.get(key, 0.0 if key == "wall_seconds" else None)
-        if not isinstance(value, kinds) or isinstance(value, bool) or value < 0:
+        if not isinstance(value, kinds) or isinstance(value, bool) or not 0 <= value < INT64:
             return f"'{key}' is {value!r}, not a non-negative number"
+    for key in ("next_id", "seed"):
+        value = meta.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < INT64:
+            return f"'{key}' is {value!r}, not a count that fits 64 bits"
+    return _out_of_range(meta, "")
+
+
+#: every integer a checkpoint stores is a 64-bit one (tensors and the codec's ids)
+INT64 = 2**63
+
+
+def _out_of_range(value, where: str) -> str | None:
+    """The first number in ``value`` that no checkpoint writes: an integer beyond 64 bits, or
+    a non-finite float in the run's own counters (``NaN``/``Infinity`` parsed from JSON)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not -INT64 <= value < INT64:
+        return f"'{where}' is {value}, beyond 64 bits"
+    if isinstance(value, float) and not math.isfinite(value) and where == "wall_seconds":
+        return f"'{where}' is {value}, not a finite number"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problem = _out_of_range(v, f"{where}.{k}" if where else str(k))
+            if problem:
+                return problem
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            problem = _out_of_range(v, f"{where}[{i}]")
+            if problem:
+                return problem
     return None
 
 

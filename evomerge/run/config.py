@@ -6,6 +6,8 @@ validated by the model its ``name`` registers (see :mod:`evomerge.search.registr
 
 from __future__ import annotations
 
+import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -188,7 +190,35 @@ def apply_overrides(raw: dict, overrides: list[str], source: str = "--set") -> d
             raise ConfigError(
                 f"{source} '{item}': the value is not YAML ({exc}); quote it to pass it as text"
             ) from None
+        if len(parts) == 2 and parts[1] == "kind":
+            _switch_kind(node, parts[0], source, item)
     return raw
+
+
+def _switch_kind(section: dict, name: str, source: str, item: str) -> None:
+    """``--set evaluator.kind=local`` on a Ray config: the keys of the section that the new
+    kind does not have (``workers``, ``num_cpus``, ...) are dropped, and said so, so switching
+    a kind from the command line just works. Keys set by a later ``--set`` are still checked."""
+    field = RunConfig.model_fields.get(name)
+    kinds = {}
+    for model in typing.get_args(field.annotation) if field else ():
+        kind = getattr(model, "model_fields", {}).get("kind")
+        tag = typing.get_args(kind.annotation) if kind is not None else ()
+        if tag:
+            kinds[tag[0]] = model
+    model = kinds.get(section.get("kind"))
+    if model is None:
+        return  # not a tagged section, or an unknown kind: validation names it
+    dropped = [k for k in section if k not in model.model_fields]
+    for key in dropped:
+        del section[key]
+    if dropped:
+        print(
+            f"[evomerge] {source} '{item}': dropped {', '.join(f'{name}.{k}' for k in dropped)} "
+            f"(the {section['kind']} kind has no such keys)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _check_space(source: str, cfg: RunConfig, strategy) -> None:
@@ -299,7 +329,21 @@ def load_config(path: str | Path, overrides: list[str] = (), address: str | None
     raw = read_yaml(path)
     if isinstance(raw, dict):
         raw = join_cluster(apply_overrides(raw, list(overrides)), address)
-    return validate(raw, str(path), bases=[Path.cwd(), path.resolve().parent])
+    cfg = validate(raw, str(path), bases=[Path.cwd(), path.resolve().parent])
+    import yaml
+
+    size = len(yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    if size > MAX_CONFIG_BYTES:  # aliases repeating a large value: each copy is written out
+        raise ConfigError(
+            f"{path}: the resolved config is {size / 2**20:.1f} MiB when written to the run's "
+            f"config.yaml (more than {MAX_CONFIG_BYTES // 2**20} MiB; YAML aliases repeat their "
+            "value each time); keep large data in a file the plug-in reads, and name the file"
+        )
+    return cfg
+
+
+#: the largest resolved config a run writes as its config.yaml
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def join_cluster(raw: Any, address: str | None) -> Any:

@@ -300,16 +300,49 @@ def _once(warn):
     return once
 
 
-def _parser(strategy, cfg: RunConfig, run: RunDir):
+def _parser(strategy, cfg: RunConfig, run: RunDir, evaluator):
     def parse(ckpt):
         if ckpt.meta.get("config_sha256") != config_digest(cfg):
             raise EvomergeError(
                 f"{run.path}: config.yaml differs from the config checkpoint {ckpt.path.name} "
                 "was made with; restore it, or start a new run with the new config"
             )
-        return ckpt, strategy.state_from_tensors(ckpt.tensors, ckpt.meta)
+        state = strategy.state_from_tensors(ckpt.tensors, ckpt.meta)
+        problem = state_problem(state, evaluator.info.get("num_examples"))
+        if problem is not None:  # a ValueError: damaged, the previous checkpoint is used
+            raise ValueError(problem)
+        return ckpt, state
 
     return parse
+
+
+def state_problem(state, num_examples: int | None) -> str | None:
+    """What in a decoded state does not fit the run (rows and columns of its archive, ids and
+    counters), or None. Valid tensors of the wrong shape would otherwise fail later, mid-run."""
+    scores = getattr(state, "scores", None)
+    ids = getattr(state, "ids", None)
+    if isinstance(scores, torch.Tensor):
+        if scores.dim() != 2:
+            return f"scores has shape {list(scores.shape)}, not (members, examples)"
+        if num_examples is not None and scores.shape[1] != num_examples:
+            return f"scores has {scores.shape[1]} columns; the plug-in scores {num_examples}"
+        if ids is not None and len(ids) != scores.shape[0]:
+            return f"scores has {scores.shape[0]} rows for {len(ids)} archive ids"
+    params = getattr(state, "params", None)
+    if ids is not None and isinstance(params, tuple) and len(params) != len(ids):
+        return f"{len(params)} archive members for {len(ids)} ids"
+    if isinstance(params, tuple) and any(
+        isinstance(p, torch.Tensor) and not bool(torch.isfinite(p).all()) for p in params
+    ):
+        return "an archive member's genes hold NaN or Inf"
+    if ids is not None:
+        members = [i for i in ids if i >= 0]
+        if any(i < -1 for i in ids) or len(set(members)) != len(members):
+            return "archive ids are not distinct member ids (or -1 for an empty slot)"
+        next_id = getattr(state, "next_id", None)
+        if next_id is not None and members and max(members) >= next_id:
+            return f"archive id {max(members)} is not below next_id {next_id}"
+    return None
 
 
 def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
@@ -339,7 +372,7 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
         raise
     try:  # the newest checkpoint whose state also reads back (valid JSON of the wrong shape:
         ckpt, state = checkpoint.load_latest(  # damaged, the previous one is used)
-            run.checkpoints, warn=warn, parse=_parser(strategy, cfg, run)
+            run.checkpoints, warn=warn, parse=_parser(strategy, cfg, run, evaluator)
         )
     except BaseException:
         evaluator.close()

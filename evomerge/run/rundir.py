@@ -7,6 +7,7 @@ per line) and ``summary.json`` (written when the run ends). Everything is text o
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 from contextlib import contextmanager
@@ -23,6 +24,23 @@ RUN_LOCK = "run.lock"  # flock held by the one process writing the run (run / re
 HISTORY = "history.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+
+
+def _finite(value):
+    """``value`` with every NaN or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def strict_json(value, indent: int | None = None) -> str:
+    """Valid JSON whatever ``value`` holds: a non-finite number is written as null (the run's
+    metrics name theirs in ``nonfinite_metrics``), never as ``NaN`` or ``Infinity``."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)
 
 
 class RunDir:
@@ -155,7 +173,7 @@ class RunDir:
 
     def append_history(self, record: dict) -> None:
         try:
-            append_durably(self.path / HISTORY, json.dumps(record) + "\n")
+            append_durably(self.path / HISTORY, strict_json(record) + "\n")
         except OSError as exc:
             raise self._write_error(HISTORY, exc) from None
 
@@ -204,13 +222,13 @@ class RunDir:
         """Drop records after ``evaluations`` (they are re-made when a run resumes)."""
         kept = [r for r in self.history() if r.get("evaluations", 0) <= evaluations]
         try:
-            write_atomic(self.path / HISTORY, "".join(json.dumps(r) + "\n" for r in kept))
+            write_atomic(self.path / HISTORY, "".join(strict_json(r) + "\n" for r in kept))
         except OSError as exc:
             raise self._write_error(HISTORY, exc) from None
 
     def write_summary(self, summary: dict) -> None:
         try:
-            write_atomic(self.path / SUMMARY, json.dumps(summary, indent=2) + "\n")
+            write_atomic(self.path / SUMMARY, strict_json(summary, indent=2) + "\n")
         except OSError as exc:
             raise self._write_error(SUMMARY, exc) from None
 

@@ -53,6 +53,9 @@ class GeneRange(_Section):
 
     @model_validator(mode="after")
     def _check(self):
+        for what, v in (("low", self.low), ("high", self.high), ("init", self.init)):
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"{what} is {v}; give a finite number")
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.init is not None and not self.low <= self.init <= self.high:
@@ -123,6 +126,18 @@ class RecipeSection(_Section):
             if name not in known:
                 raise ValueError(
                     f"'{name}' is not a parameter of {self.method}; it has: {', '.join(known)}"
+                )
+        for where, values in (("params", self.params), ("model_params", self.model_params)):
+            for name, value in values.items():
+                problem = method.value_problem(name, value)
+                if problem is not None:
+                    raise ValueError(f"{where}.{name}: {problem}")
+        for name, gene in self.genes.items():
+            allowed = method.range_of(name)
+            if allowed.flag or allowed.integer or not allowed.holds(gene.low, gene.high):
+                raise ValueError(
+                    f"genes.{name}: the range [{gene.low:g}, {gene.high:g}] leaves what "
+                    f"{self.method} accepts ({allowed.describe()}); narrow low/high to it"
                 )
         if method.base is BaseRole.REQUIRED and self.base is None:
             raise ValueError(f"{self.method} merges task vectors: set recipe.base (a seed index)")

@@ -125,21 +125,40 @@ def _read_header(path: Path) -> dict[str, _TensorInfo]:
     }
 
 
+#: a header's numbers are 64-bit in the format; torch holds at most 64 dimensions
+INT64_LIMIT = 2**63
+MAX_DIMS = 64
+
+
+def _is_count(value: object) -> bool:
+    """A JSON integer that fits a signed 64-bit count (not a bool, a float or a string)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < INT64_LIMIT
+
+
 def _tensor_info(path: Path, name: str, entry: object) -> _TensorInfo:
-    """One header entry, checked: known dtype, non-negative shape, offsets matching the size."""
+    """One header entry, checked: known dtype, a shape of 64-bit counts whose element count fits
+    64 bits (zero dimensions set aside: a huge dimension beside a 0 is refused too), offsets
+    matching the size. Nothing a header claims is used before it is checked."""
     try:
         dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        shape = tuple(int(d) for d in shape)
-        begin, end = int(begin), int(end)
     except (TypeError, KeyError, ValueError):
         raise _corrupt(path, f"bad header entry for tensor '{name}'") from None
-    if dtype not in ST_TO_TORCH:
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise _corrupt(path, f"tensor '{name}' has shape {str(shape)[:80]}, not 64-bit counts")
+    if len(shape) > MAX_DIMS:
+        raise _corrupt(path, f"tensor '{name}' has {len(shape)} dimensions, more than {MAX_DIMS}")
+    if not (_is_count(begin) and _is_count(end)):
+        raise _corrupt(path, f"tensor '{name}' has data offsets {[begin, end]!s:.80}")
+    if not isinstance(dtype, str) or dtype not in ST_TO_TORCH:
         raise EvomergeError(
-            f"{path}: tensor '{name}' has dtype {dtype}, which this torch build cannot read; "
-            f"supported: {', '.join(ST_TO_TORCH)}"
+            f"{path}: tensor '{name}' has dtype {str(dtype)[:40]}, which this torch build cannot "
+            f"read; supported: {', '.join(ST_TO_TORCH)}"
         )
+    shape = tuple(shape)
+    if math.prod(d for d in shape if d) * itemsize(ST_TO_TORCH[dtype]) >= INT64_LIMIT:
+        raise _corrupt(path, f"tensor '{name}' has shape {list(shape)}, too large for 64 bits")
     nbytes = math.prod(shape) * itemsize(ST_TO_TORCH[dtype])
-    if min(shape, default=0) < 0 or begin < 0 or end - begin != nbytes:
+    if end - begin != nbytes:
         raise _corrupt(path, f"tensor '{name}' has offsets {[begin, end]} for shape {list(shape)}")
     return _TensorInfo(-1, dtype, shape, begin, end)
 
