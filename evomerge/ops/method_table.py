@@ -48,6 +48,7 @@ TALL = (
     "(TALL masks, consensus merging), arXiv:2405.07813"
 )
 TALL_DEFAULTS = {"tall_mask_lambda": 0.4, "lambda": 1.0}
+TALL_RANGES = {"tall_mask_lambda": NON_NEGATIVE, "k": Range(1.0)}
 
 
 #: the task-vector family's parameters (weight and lambda: any finite number)
@@ -230,6 +231,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(),
         Parameters(defaults={"epsilon": 1e-5}),
         mergekit="ram",
+        ranges={"epsilon": POSITIVE},
         reference=RAM,
     ),
     MergeMethod(
@@ -239,6 +241,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(),
         Parameters(defaults={"r": 0.1, "alpha": 0.2, "epsilon": 1e-5}),
         mergekit="ramplus_tl",
+        ranges={"r": FRACTION, "alpha": NON_NEGATIVE, "epsilon": POSITIVE},
         reference=RAM,
     ),
     MergeMethod(
@@ -247,6 +250,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         BaseRole.REQUIRED,
         Parameters(defaults={"weight": 1.0}),
         Parameters(defaults={"pcb_ratio": 0.1, "lambda": 1.0}),
+        ranges={"pcb_ratio": FRACTION},
         reference="Du et al. 2024, Parameter Competition Balancing for Model Merging "
         "(PCB-merging), arXiv:2410.02396",
     ),
@@ -256,6 +260,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         BaseRole.REQUIRED,
         Parameters(defaults={"weight": 1.0}),
         Parameters(defaults={"k": 2, **TALL_DEFAULTS}),
+        ranges=TALL_RANGES,
         reference=TALL,
     ),
     MergeMethod(
@@ -264,6 +269,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         BaseRole.REQUIRED,
         Parameters(defaults={"weight": 1.0, "density": 0.2}),
         Parameters(defaults={"k": 2, **TALL_DEFAULTS}),
+        ranges={**TALL_RANGES, "density": FRACTION},
         reference=TALL,
     ),
     MergeMethod(
@@ -272,6 +278,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         BaseRole.REQUIRED,
         Parameters(defaults={"weight": 1.0}),
         Parameters(("task",), TALL_DEFAULTS),
+        ranges={"tall_mask_lambda": NON_NEGATIVE},
         reference=TALL,
     ),
 )
