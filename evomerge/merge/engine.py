@@ -34,6 +34,8 @@ from evomerge.core.keys import key
 from evomerge.merge.merge_config import DTYPES, MergeConfig, parse_size, resolve_setting
 from evomerge.merge.slices import PlannedTensor, SliceRange, plan_tensors, whole_model_plan
 from evomerge.merge.tokenizer_source import is_tokenizer_file, tokenizer_files
+from evomerge.ops.alignment import weight_matching
+from evomerge.ops.data_aware import input_axis
 from evomerge.ops.operators import MergeMethod, get_merge_method
 from evomerge.ops.statistics import for_models
 from evomerge.tensors.finite import check_inputs
@@ -180,6 +182,61 @@ def _statistics(cfg, method, layout, seeds, out_dir, bases, message):
     return out
 
 
+class _Aligned:
+    """The permutations that align each input to ``align.reference`` (weight matching on the
+    tensors the spec names, read once), applied to tensors and statistics as they stream."""
+
+    def __init__(self, cfg: MergeConfig, layout: _Layout, seeds, message=None):
+        self.spec = cfg.align.spec()
+        names = list(self.spec.axes)
+        ref = cfg.align.reference + (cfg.base is not None)
+        self.perms: list[dict | None] = [None] * len(seeds)
+
+        def read(k):
+            have = set(seeds[k].names())
+            missing = next((n for n in names if n not in have), None)
+            if missing is not None:
+                raise EvomergeError(
+                    f"align.permutations: model '{layout.paths[k]}' has no tensor '{missing}'; "
+                    "name tensors of the models being merged"
+                )
+            return {n: seeds[k].get(n, dtype=torch.float32) for n in names}
+
+        reference = read(ref)
+        try:
+            self.spec.sizes({n: tuple(t.shape) for n, t in reference.items()})
+        except ValueError as exc:
+            raise EvomergeError(f"align.permutations.{exc}") from None
+        for k in range(len(seeds)):
+            if k == ref:
+                continue
+            if message is not None:
+                message(f"aligning {layout.paths[k]} to {layout.paths[ref]} (weight matching)")
+            try:
+                self.perms[k] = weight_matching(
+                    reference, read(k), self.spec, cfg.align.max_iter, cfg.align.seed
+                )
+            except ValueError as exc:
+                raise EvomergeError(f"align: model '{layout.paths[k]}': {exc}") from None
+
+    def tensor(self, seed: int, name: str, t: torch.Tensor) -> torch.Tensor:
+        perms = self.perms[seed]
+        return t if perms is None else self.spec.permute(name, t, perms)
+
+    def statistic(self, seed: int, name: str, kind: str, stat, weight_shape):
+        """A Fisher diagonal moves with its tensor; a Gram with its weight's input axis."""
+        perms = self.perms[seed]
+        if stat is None or perms is None:
+            return stat
+        if kind == "fisher":
+            return self.spec.permute(name, stat, perms)
+        perm = self.spec.axes.get(name, {}).get(input_axis(weight_shape, tuple(stat.shape)))
+        if perm is None:
+            return stat
+        p = perms[perm]
+        return stat.index_select(0, p).index_select(1, p)
+
+
 def run_merge(
     cfg: MergeConfig, out_dir: Path, bases: list[Path], progress=None, message=None
 ) -> dict:
@@ -196,6 +253,7 @@ def run_merge(
     try:
         plan = _plan(cfg, layout, seeds, layout.paths)
         stats = _statistics(cfg, method, layout, seeds, out_dir, bases, message)
+        aligned = _Aligned(cfg, layout, seeds, message) if cfg.align is not None else None
         extra = tokenizer_files(cfg.tokenizer_source, seeds, layout.paths, bases)
         first = seeds[layout.slices[0][0][0]]
 
@@ -243,12 +301,21 @@ def run_merge(
             try:
                 for i, tensor in enumerate(plan):
                     tensors = [seeds[m].get(n, dtype=compute) for m, n in tensor.sources]
+                    if aligned is not None:
+                        tensors = [
+                            aligned.tensor(m, n, t)
+                            for (m, n), t in zip(tensor.sources, tensors, strict=True)
+                        ]
                     total += sum(seeds[m].nbytes(n) for m, n in tensor.sources)
                     data = {}
                     if stats is not None:  # read here, beside the tensors, not in the pool
                         base_pos = layout.has_base[tensor.slice]
                         data["statistics"] = [
                             stats[s].get(n)
+                            if aligned is None
+                            else aligned.statistic(
+                                s, n, method.statistics, stats[s].get(n), seeds[s].shape(n)
+                            )
                             for k, (s, n) in enumerate(tensor.sources)
                             if k != base_pos
                         ]
