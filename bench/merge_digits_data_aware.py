@@ -28,7 +28,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from merge_digits import PAIRS, PLUGIN, search, seeds_of  # noqa: E402
 
 from evomerge.ops.alignment import PermutationSpec, align  # noqa: E402
-from evomerge.ops.statistics import per_seed, split  # noqa: E402
+from evomerge.ops.merged_inputs import sequential_grams  # noqa: E402
+from evomerge.ops.operators import get_merge_method  # noqa: E402
+from evomerge.ops.statistics import example_ids, per_seed, split  # noqa: E402
 from evomerge.runtime.host import FitnessHost  # noqa: E402
 from evomerge.spaces.recipe import RecipeSection, RecipeSpace  # noqa: E402
 
@@ -156,8 +158,8 @@ def aligned_seeds(digits, seeds) -> torch.Tensor:
 
 
 def four_merges(digits, seeds, own, prefix="", took=0.0) -> list[tuple[str, dict, float, int]]:
-    """Plain average, task arithmetic (best λ), Fisher and RegMean of ``seeds`` (base, 0-4,
-    5-9); ``took`` (the alignment's seconds) is added to each row's time."""
+    """Plain average, task arithmetic (best λ), Fisher, RegMean and RegMean++ of ``seeds``
+    (base, 0-4, 5-9); ``took`` (the alignment's seconds) is added to each row's time."""
     rows = []
     t0 = time.perf_counter()
     avg = merged(digits, seeds, "linear", {}, {"weight": 1.0})
@@ -176,7 +178,26 @@ def four_merges(digits, seeds, own, prefix="", took=0.0) -> list[tuple[str, dict
         m = merged(digits, seeds, method, params, {"weight": 1.0}, own)
         label = f"{prefix}{method}, {', '.join(f'{k} {v}' for k, v in params.items())}"
         rows.append((label, accuracies(digits, m), took + time.perf_counter() - t0, 0))
+    t0 = time.perf_counter()
+    m = regmean_plusplus(digits, seeds[1:], own["examples"], 0.9)
+    sec = took + time.perf_counter() - t0
+    rows.append((f"{prefix}regmean++, alpha 0.9", accuracies(digits, m), sec, 0))
     return rows
+
+
+def regmean_plusplus(digits, experts, groups, alpha: float) -> torch.Tensor:
+    """RegMean++ of the experts (weights 1): Grams through the merged earlier layers."""
+    layout = digits.param_layout()
+    parts = [split(e, layout) for e in experts]
+    ids = [example_ids(digits, g, None, "examples") for g in groups]
+    kernel = get_merge_method("regmean_plusplus")
+
+    def merge(name, grams):
+        tensors = [p[name] for p in parts]
+        return kernel(None, tensors, None, {"alpha": alpha}, None, statistics=grams)
+
+    done, _ = sequential_grams(digits, list(experts), ids, merge)
+    return torch.cat([done[n].reshape(-1) for n, _ in layout])
 
 
 def alignment(digits, seeds, own) -> list[tuple[str, dict, float, int]]:

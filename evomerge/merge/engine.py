@@ -36,8 +36,9 @@ from evomerge.merge.slices import PlannedTensor, SliceRange, plan_tensors, whole
 from evomerge.merge.tokenizer_source import is_tokenizer_file, tokenizer_files
 from evomerge.ops.alignment import weight_matching
 from evomerge.ops.data_aware import input_axis
+from evomerge.ops.merged_inputs import sequential_grams
 from evomerge.ops.operators import MergeMethod, get_merge_method
-from evomerge.ops.statistics import for_models
+from evomerge.ops.statistics import example_ids, flat_params, for_models, load_plugin
 from evomerge.tensors.finite import check_inputs
 from evomerge.tensors.layer_names import layer_of, with_num_layers
 from evomerge.tensors.parallel import one_op_thread
@@ -164,8 +165,8 @@ def _stacked_config(seed: SeedModel, plan: list[PlannedTensor]) -> str | None:
 
 def _statistics(cfg, method, layout, seeds, out_dir, bases, message):
     """Per input (None for the base), the memory-mapped statistics a data-aware method reads."""
-    if method.statistics is None:
-        return None
+    if method.statistics in (None, "merged_gram"):
+        return None  # merged_gram: computed by _merged_grams, through the merge itself
     models = [k for k, p in enumerate(layout.paths) if not layout._is_base(k)]
     files = for_models(
         cfg.statistics,
@@ -180,6 +181,67 @@ def _statistics(cfg, method, layout, seeds, out_dir, bases, message):
     for k, f in zip(models, files, strict=True):
         out[k] = f
     return out
+
+
+class _InMemory:
+    """Statistics held in memory, read as a :class:`StatisticsFile` is."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self.tensors.get(name)
+
+    def close(self) -> None:
+        self.tensors = {}
+
+
+def _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one):
+    """RegMean++: per input, its Grams through the merged earlier layers (not cached: they
+    depend on every model and parameter of this merge)."""
+    spec, plugin = load_plugin(cfg.statistics, bases)
+    src = cfg.statistics
+    models = [k for k in range(len(seeds)) if not layout._is_base(k)]
+    groups = src.examples if src.examples is not None else [None] * len(models)
+    ids = [
+        example_ids(plugin, g, src.limit, f"statistics.examples[{i}]") for i, g in enumerate(groups)
+    ]
+
+    def read(k, name):
+        t = seeds[k].get(name, dtype=torch.float32)
+        return t if aligned is None else aligned.tensor(k, name, t)
+
+    flats = []
+    for k in models:
+        seed = _AlignedSeed(seeds[k], k, read) if aligned is not None else seeds[k]
+        flats.append(flat_params(plugin, seed, layout.paths[k]))
+    index = {t.name: (i, t) for i, t in enumerate(plan)}
+
+    def merge(name, grams):
+        i, tensor = index[name]
+        tensors = [read(m, n) for m, n in tensor.sources]
+        return merge_one(i, tensor, tensors, {"statistics": grams})
+
+    if message is not None:
+        message(f"RegMean++ statistics: {len(models)} models, layer by layer through the merge")
+    try:
+        _, grams = sequential_grams(plugin, flats, ids, merge, src.batch_size)
+    except ValueError as exc:
+        raise EvomergeError(f"statistics.plugin: {exc}") from None
+    out: list = [None] * len(seeds)
+    for k, g in zip(models, grams, strict=True):
+        out[k] = _InMemory(g)
+    return out
+
+
+class _AlignedSeed:
+    """A seed's tensors as :func:`flat_params` reads them, aligned."""
+
+    def __init__(self, seed, k, read):
+        self.seed, self.k, self.read = seed, k, read
+
+    def get(self, name, dtype=None):
+        return self.read(self.k, name)
 
 
 class _Aligned:
@@ -254,6 +316,7 @@ def run_merge(
         plan = _plan(cfg, layout, seeds, layout.paths)
         stats = _statistics(cfg, method, layout, seeds, out_dir, bases, message)
         aligned = _Aligned(cfg, layout, seeds, message) if cfg.align is not None else None
+        sequential = method.statistics == "merged_gram"
         extra = tokenizer_files(cfg.tokenizer_source, seeds, layout.paths, bases)
         first = seeds[layout.slices[0][0][0]]
 
@@ -281,6 +344,9 @@ def run_merge(
                 return method(base, models, m, g, gen, **data)
             except ValueError as exc:
                 raise EvomergeError(f"{cfg.method} on tensor '{tensor.name}': {exc}") from None
+
+        if sequential:
+            stats = _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one)
 
         with (
             ShardedWriter(out_dir, shapes, max_shard_bytes=parse_size(cfg.max_shard_size)) as out,
@@ -312,7 +378,7 @@ def run_merge(
                         base_pos = layout.has_base[tensor.slice]
                         data["statistics"] = [
                             stats[s].get(n)
-                            if aligned is None
+                            if aligned is None or sequential
                             else aligned.statistic(
                                 s, n, method.statistics, stats[s].get(n), seeds[s].shape(n)
                             )
