@@ -27,7 +27,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from merge_digits import PAIRS, PLUGIN, search, seeds_of  # noqa: E402
 
-from evomerge.ops.statistics import per_seed  # noqa: E402
+from evomerge.ops.alignment import PermutationSpec, align  # noqa: E402
+from evomerge.ops.merged_inputs import sequential_grams  # noqa: E402
+from evomerge.ops.operators import get_merge_method  # noqa: E402
+from evomerge.ops.statistics import example_ids, per_seed, split  # noqa: E402
 from evomerge.runtime.host import FitnessHost  # noqa: E402
 from evomerge.spaces.recipe import RecipeSection, RecipeSpace  # noqa: E402
 
@@ -137,10 +140,95 @@ def literature(digits, seeds) -> list[tuple[str, dict, float, int]]:
     return rows
 
 
+#: the digits MLP's hidden units: W1's columns, b1's entries, W2's rows (stored x @ W)
+HIDDEN = PermutationSpec(
+    {"hidden": {"layers.0.weight": 1, "layers.0.bias": 0, "layers.1.weight": 0}}
+)
+
+
+def aligned_seeds(digits, seeds) -> torch.Tensor:
+    """The base and expert 5-9 permuted to match expert 0-4 (``align: {reference: 0}``)."""
+    layout = digits.param_layout()
+    ref = split(seeds[1], layout)
+    out = [seeds[1]] * 3
+    for i in (0, 2):
+        moved = align(ref, split(seeds[i], layout), HIDDEN)
+        out[i] = torch.cat([moved[n].reshape(-1) for n, _ in layout])
+    return torch.stack(out)
+
+
+def four_merges(digits, seeds, own, prefix="", took=0.0) -> list[tuple[str, dict, float, int]]:
+    """Plain average, task arithmetic (best λ), Fisher, RegMean and RegMean++ of ``seeds``
+    (base, 0-4, 5-9); ``took`` (the alignment's seconds) is added to each row's time."""
+    rows = []
+    t0 = time.perf_counter()
+    avg = merged(digits, seeds, "linear", {}, {"weight": 1.0})
+    sec = took + time.perf_counter() - t0
+    rows.append((f"{prefix}plain average", accuracies(digits, avg), sec, 0))
+    t0 = time.perf_counter()
+    ta = [
+        (f"λ {lam}", merged(digits, seeds, "task_arithmetic", {"lambda": lam}, {"weight": 1}))
+        for lam in lams(0.1, 1.5)
+    ]
+    acc, label = best_of(digits, ta)
+    sec = took + time.perf_counter() - t0
+    rows.append((f"{prefix}task arithmetic, best λ ({label})", acc, sec, len(ta)))
+    for method, params in (("fisher", {"fisher_floor": 1e-6}), ("regmean", {"alpha": 0.9})):
+        t0 = time.perf_counter()
+        m = merged(digits, seeds, method, params, {"weight": 1.0}, own)
+        label = f"{prefix}{method}, {', '.join(f'{k} {v}' for k, v in params.items())}"
+        rows.append((label, accuracies(digits, m), took + time.perf_counter() - t0, 0))
+    t0 = time.perf_counter()
+    m = regmean_plusplus(digits, seeds[1:], own["examples"], 0.9)
+    sec = took + time.perf_counter() - t0
+    rows.append((f"{prefix}regmean++, alpha 0.9", accuracies(digits, m), sec, 0))
+    return rows
+
+
+def regmean_plusplus(digits, experts, groups, alpha: float) -> torch.Tensor:
+    """RegMean++ of the experts (weights 1): Grams through the merged earlier layers."""
+    layout = digits.param_layout()
+    parts = [split(e, layout) for e in experts]
+    ids = [example_ids(digits, g, None, "examples") for g in groups]
+    kernel = get_merge_method("regmean_plusplus")
+
+    def merge(name, grams):
+        tensors = [p[name] for p in parts]
+        return kernel(None, tensors, None, {"alpha": alpha}, None, statistics=grams)
+
+    done, _ = sequential_grams(digits, list(experts), ids, merge)
+    return torch.cat([done[n].reshape(-1) for n, _ in layout])
+
+
+def alignment(digits, seeds, own) -> list[tuple[str, dict, float, int]]:
+    """:func:`four_merges` over the weight-matched pair (the alignment's time included)."""
+    t0 = time.perf_counter()
+    al = aligned_seeds(digits, seeds)
+    return four_merges(digits, al, own, "aligned + ", time.perf_counter() - t0)
+
+
+def same_task(digits) -> list[tuple[str, dict, float, int]]:
+    """Two models of the whole task from separate inits (30 steps): the barrier at the midpoint
+    that alignment exists to remove."""
+    seeds = digits.make_seeds(2, 0, experts=[list(range(10))] * 2, steps=30)
+    rows = [(f"model {i}", accuracies(digits, s), 0.0, 0) for i, s in enumerate(seeds)]
+    rows.append(("plain average", accuracies(digits, (seeds[0] + seeds[1]) / 2), 0.0, 0))
+    t0 = time.perf_counter()
+    layout = digits.param_layout()
+    moved = align(split(seeds[0], layout), split(seeds[1], layout), HIDDEN)
+    other = torch.cat([moved[n].reshape(-1) for n, _ in layout])
+    avg = (seeds[0] + other) / 2
+    rows.append(("aligned + plain average", accuracies(digits, avg), time.perf_counter() - t0, 0))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cmaes-evals", type=int, default=400)
     ap.add_argument("--literature-only", action="store_true", help="skip the CMA-ES rows")
+    ap.add_argument(
+        "--alignment-only", action="store_true", help="only the rows with and without alignment"
+    )
     args = ap.parse_args()
     host = FitnessHost(PLUGIN, {})
     digits = host.plugin
@@ -152,68 +240,87 @@ def main() -> None:
         rows = []
         for name, expert in (("expert 0-4", seeds[1]), ("expert 5-9", seeds[2])):
             rows.append((name, accuracies(digits, expert), 0.0, 0))
-        t0 = time.perf_counter()
-        ta = [
-            (f"λ {lam}", merged(digits, seeds, "task_arithmetic", {"lambda": lam}, {"weight": 1}))
-            for lam in [round(0.1 * i, 1) for i in range(1, 16)]
-        ]
-        acc, label = best_of(digits, ta)
-        rows.append(
-            (f"task arithmetic, best λ by train ({label})", acc, time.perf_counter() - t0, len(ta))
-        )
-        t0 = time.perf_counter()
-        ties = [
-            (
-                f"density {d:.1f}, λ {lam:.1f}",
-                merged(digits, seeds, "ties", {"lambda": lam}, {"weight": 1.0, "density": d}),
-            )
-            for d in [0.1 * i for i in range(1, 11)]
-            for lam in [0.5 + 0.1 * i for i in range(11)]
-        ]
-        acc, label = best_of(digits, ties)
-        rows.append((f"TIES, best by train ({label})", acc, time.perf_counter() - t0, len(ties)))
-        t0 = time.perf_counter()
-        avg = merged(digits, seeds, "linear", {}, {"weight": 1.0})
-        rows.append(
-            ("plain average (linear)", accuracies(digits, avg), time.perf_counter() - t0, 0)
-        )
-        for method, params in (
-            ("fisher", {"fisher_floor": 1e-6}),
-            ("regmean", {"alpha": 0.9}),
-            ("regmean", {"alpha": 1.0}),
-        ):
+        if args.alignment_only:
+            rows += four_merges(digits, seeds, own) + alignment(digits, seeds, own)
+        else:
             t0 = time.perf_counter()
-            m = merged(digits, seeds, method, params, {"weight": 1.0}, own)
-            label = f"{method}, {', '.join(f'{k} {v}' for k, v in params.items())}"
-            rows.append((label, accuracies(digits, m), time.perf_counter() - t0, 0))
-        rows += literature(digits, seeds)
-        if not args.literature_only:
-            opts = {**options, "include_base": True}
-            t0 = time.perf_counter()
-            train, test, evals = search(
-                "configs/cmaes_digits_recipe.yaml",
-                [
-                    f"budget.evaluations={args.cmaes_evals}",
-                    f"seeds.options={opts}",
-                    "recipe={method: fisher, base: 0, genes: {weight: {low: 0.0, high: 1.5}}, "
-                    "statistics: {examples: ['0-4', '5-9']}}",
-                ],
-            )
-            cma = {"train": train, "0-4": float("nan"), "5-9": float("nan"), "all": test}
+            ta = [
+                (
+                    f"λ {lam}",
+                    merged(digits, seeds, "task_arithmetic", {"lambda": lam}, {"weight": 1}),
+                )
+                for lam in [round(0.1 * i, 1) for i in range(1, 16)]
+            ]
+            acc, label = best_of(digits, ta)
             rows.append(
                 (
-                    f"CMA-ES, per-layer Fisher weights, {evals} evaluations",
-                    cma,
+                    f"task arithmetic, best λ by train ({label})",
+                    acc,
                     time.perf_counter() - t0,
-                    evals,
+                    len(ta),
                 )
             )
-        for name, a, sec, n in rows:
-            print(
-                f"| {pair} | {name} | {100 * a['train']:.1f} | {100 * a['0-4']:.1f} | "
-                f"{100 * a['5-9']:.1f} | {100 * a['all']:.1f} | {n:,} | {sec:.1f} |",
-                flush=True,
+            t0 = time.perf_counter()
+            ties = [
+                (
+                    f"density {d:.1f}, λ {lam:.1f}",
+                    merged(digits, seeds, "ties", {"lambda": lam}, {"weight": 1.0, "density": d}),
+                )
+                for d in [0.1 * i for i in range(1, 11)]
+                for lam in [0.5 + 0.1 * i for i in range(11)]
+            ]
+            acc, label = best_of(digits, ties)
+            rows.append(
+                (f"TIES, best by train ({label})", acc, time.perf_counter() - t0, len(ties))
             )
+            t0 = time.perf_counter()
+            avg = merged(digits, seeds, "linear", {}, {"weight": 1.0})
+            rows.append(
+                ("plain average (linear)", accuracies(digits, avg), time.perf_counter() - t0, 0)
+            )
+            for method, params in (
+                ("fisher", {"fisher_floor": 1e-6}),
+                ("regmean", {"alpha": 0.9}),
+                ("regmean", {"alpha": 1.0}),
+            ):
+                t0 = time.perf_counter()
+                m = merged(digits, seeds, method, params, {"weight": 1.0}, own)
+                label = f"{method}, {', '.join(f'{k} {v}' for k, v in params.items())}"
+                rows.append((label, accuracies(digits, m), time.perf_counter() - t0, 0))
+            rows += literature(digits, seeds)
+            if not args.literature_only:
+                opts = {**options, "include_base": True}
+                t0 = time.perf_counter()
+                train, test, evals = search(
+                    "configs/cmaes_digits_recipe.yaml",
+                    [
+                        f"budget.evaluations={args.cmaes_evals}",
+                        f"seeds.options={opts}",
+                        "recipe={method: fisher, base: 0, genes: {weight: {low: 0.0, high: 1.5}}, "
+                        "statistics: {examples: ['0-4', '5-9']}}",
+                    ],
+                )
+                cma = {"train": train, "0-4": float("nan"), "5-9": float("nan"), "all": test}
+                rows.append(
+                    (
+                        f"CMA-ES, per-layer Fisher weights, {evals} evaluations",
+                        cma,
+                        time.perf_counter() - t0,
+                        evals,
+                    )
+                )
+            rows += alignment(digits, seeds, own)
+        show(pair, rows)
+    show("same task, separate inits", same_task(digits))
+
+
+def show(pair: str, rows) -> None:
+    for name, a, sec, n in rows:
+        print(
+            f"| {pair} | {name} | {100 * a['train']:.1f} | {100 * a['0-4']:.1f} | "
+            f"{100 * a['5-9']:.1f} | {100 * a['all']:.1f} | {n:,} | {sec:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

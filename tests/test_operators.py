@@ -92,6 +92,7 @@ def test_every_method_declares_its_mergekit_name_and_source():
         "region_crossover",
         "fisher",
         "regmean",
+        "regmean_plusplus",
         "pcb",
         "consensus_ta",
         "consensus_ties",

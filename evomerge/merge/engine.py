@@ -34,8 +34,11 @@ from evomerge.core.keys import key
 from evomerge.merge.merge_config import DTYPES, MergeConfig, parse_size, resolve_setting
 from evomerge.merge.slices import PlannedTensor, SliceRange, plan_tensors, whole_model_plan
 from evomerge.merge.tokenizer_source import is_tokenizer_file, tokenizer_files
+from evomerge.ops.alignment import weight_matching
+from evomerge.ops.data_aware import input_axis
+from evomerge.ops.merged_inputs import sequential_grams
 from evomerge.ops.operators import MergeMethod, get_merge_method
-from evomerge.ops.statistics import for_models
+from evomerge.ops.statistics import example_ids, flat_params, for_models, load_plugin
 from evomerge.tensors.finite import check_inputs
 from evomerge.tensors.layer_names import layer_of, with_num_layers
 from evomerge.tensors.model_ref import open_model
@@ -152,8 +155,8 @@ def _stacked_config(seed: SeedModel, plan: list[PlannedTensor]) -> str | None:
 
 def _statistics(cfg, method, layout, seeds, out_dir, bases, message):
     """Per input (None for the base), the memory-mapped statistics a data-aware method reads."""
-    if method.statistics is None:
-        return None
+    if method.statistics in (None, "merged_gram"):
+        return None  # merged_gram: computed by _merged_grams, through the merge itself
     models = [k for k, p in enumerate(layout.paths) if not layout._is_base(k)]
     files = for_models(
         cfg.statistics,
@@ -168,6 +171,122 @@ def _statistics(cfg, method, layout, seeds, out_dir, bases, message):
     for k, f in zip(models, files, strict=True):
         out[k] = f
     return out
+
+
+class _InMemory:
+    """Statistics held in memory, read as a :class:`StatisticsFile` is."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self.tensors.get(name)
+
+    def close(self) -> None:
+        self.tensors = {}
+
+
+def _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one):
+    """RegMean++: per input, its Grams through the merged earlier layers (not cached: they
+    depend on every model and parameter of this merge)."""
+    spec, plugin = load_plugin(cfg.statistics, bases)
+    src = cfg.statistics
+    models = [k for k in range(len(seeds)) if not layout._is_base(k)]
+    groups = src.examples if src.examples is not None else [None] * len(models)
+    ids = [
+        example_ids(plugin, g, src.limit, f"statistics.examples[{i}]") for i, g in enumerate(groups)
+    ]
+
+    def read(k, name):
+        t = seeds[k].get(name, dtype=torch.float32)
+        return t if aligned is None else aligned.tensor(k, name, t)
+
+    flats = []
+    for k in models:
+        seed = _AlignedSeed(seeds[k], k, read) if aligned is not None else seeds[k]
+        flats.append(flat_params(plugin, seed, layout.paths[k]))
+    index = {t.name: (i, t) for i, t in enumerate(plan)}
+
+    def merge(name, grams):
+        i, tensor = index[name]
+        tensors = [read(m, n) for m, n in tensor.sources]
+        return merge_one(i, tensor, tensors, {"statistics": grams})
+
+    if message is not None:
+        message(f"RegMean++ statistics: {len(models)} models, layer by layer through the merge")
+    try:
+        _, grams = sequential_grams(plugin, flats, ids, merge, src.batch_size)
+    except ValueError as exc:
+        raise EvomergeError(f"statistics.plugin: {exc}") from None
+    out: list = [None] * len(seeds)
+    for k, g in zip(models, grams, strict=True):
+        out[k] = _InMemory(g)
+    return out
+
+
+class _AlignedSeed:
+    """A seed's tensors as :func:`flat_params` reads them, aligned."""
+
+    def __init__(self, seed, k, read):
+        self.seed, self.k, self.read = seed, k, read
+
+    def get(self, name, dtype=None):
+        return self.read(self.k, name)
+
+
+class _Aligned:
+    """The permutations that align each input to ``align.reference`` (weight matching on the
+    tensors the spec names, read once), applied to tensors and statistics as they stream."""
+
+    def __init__(self, cfg: MergeConfig, layout: _Layout, seeds, message=None):
+        self.spec = cfg.align.spec()
+        names = list(self.spec.axes)
+        ref = cfg.align.reference + (cfg.base is not None)
+        self.perms: list[dict | None] = [None] * len(seeds)
+
+        def read(k):
+            have = set(seeds[k].names())
+            missing = next((n for n in names if n not in have), None)
+            if missing is not None:
+                raise EvomergeError(
+                    f"align.permutations: model '{layout.paths[k]}' has no tensor '{missing}'; "
+                    "name tensors of the models being merged"
+                )
+            return {n: seeds[k].get(n, dtype=torch.float32) for n in names}
+
+        reference = read(ref)
+        try:
+            self.spec.sizes({n: tuple(t.shape) for n, t in reference.items()})
+        except ValueError as exc:
+            raise EvomergeError(f"align.permutations.{exc}") from None
+        for k in range(len(seeds)):
+            if k == ref:
+                continue
+            if message is not None:
+                message(f"aligning {layout.paths[k]} to {layout.paths[ref]} (weight matching)")
+            try:
+                self.perms[k] = weight_matching(
+                    reference, read(k), self.spec, cfg.align.max_iter, cfg.align.seed
+                )
+            except ValueError as exc:
+                raise EvomergeError(f"align: model '{layout.paths[k]}': {exc}") from None
+
+    def tensor(self, seed: int, name: str, t: torch.Tensor) -> torch.Tensor:
+        perms = self.perms[seed]
+        return t if perms is None else self.spec.permute(name, t, perms)
+
+    def statistic(self, seed: int, name: str, kind: str, stat, weight_shape):
+        """A Fisher diagonal moves with its tensor; a Gram with its weight's input axis."""
+        perms = self.perms[seed]
+        if stat is None or perms is None:
+            return stat
+        if kind == "fisher":
+            return self.spec.permute(name, stat, perms)
+        perm = self.spec.axes.get(name, {}).get(input_axis(weight_shape, tuple(stat.shape)))
+        if perm is None:
+            return stat
+        p = perms[perm]
+        return stat.index_select(0, p).index_select(1, p)
 
 
 def run_merge(
@@ -186,6 +305,8 @@ def run_merge(
     try:
         plan = _plan(cfg, layout, seeds, layout.paths)
         stats = _statistics(cfg, method, layout, seeds, out_dir, bases, message)
+        aligned = _Aligned(cfg, layout, seeds, message) if cfg.align is not None else None
+        sequential = method.statistics == "merged_gram"
         extra = tokenizer_files(cfg.tokenizer_source, seeds, layout.paths, bases)
         first = seeds[layout.slices[0][0][0]]
 
@@ -214,6 +335,9 @@ def run_merge(
             except ValueError as exc:
                 raise EvomergeError(f"{cfg.method} on tensor '{tensor.name}': {exc}") from None
 
+        if sequential:
+            stats = _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one)
+
         with (
             ShardedWriter(out_dir, shapes, max_shard_bytes=parse_size(cfg.max_shard_size)) as out,
             one_op_thread() as threads,
@@ -233,12 +357,21 @@ def run_merge(
             try:
                 for i, tensor in enumerate(plan):
                     tensors = [seeds[m].get(n, dtype=compute) for m, n in tensor.sources]
+                    if aligned is not None:
+                        tensors = [
+                            aligned.tensor(m, n, t)
+                            for (m, n), t in zip(tensor.sources, tensors, strict=True)
+                        ]
                     total += sum(seeds[m].nbytes(n) for m, n in tensor.sources)
                     data = {}
                     if stats is not None:  # read here, beside the tensors, not in the pool
                         base_pos = layout.has_base[tensor.slice]
                         data["statistics"] = [
                             stats[s].get(n)
+                            if aligned is None or sequential
+                            else aligned.statistic(
+                                s, n, method.statistics, stats[s].get(n), seeds[s].shape(n)
+                            )
                             for k, (s, n) in enumerate(tensor.sources)
                             if k != base_pos
                         ]

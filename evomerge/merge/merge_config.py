@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from evomerge.core import extensions
 from evomerge.core.errors import ConfigError
+from evomerge.ops.alignment import Alignment
 from evomerge.ops.operators import BaseRole, get_merge_method
 from evomerge.ops.statistics import StatisticsSource
 from evomerge.tensors.dtypes import DTYPES
@@ -93,6 +94,11 @@ class MergeConfig(_Strict):
         None,
         description="Your modules that register merge methods: .py files (relative to the "
         "config's folder or the working directory) or module names, imported first.",
+    )
+    align: Alignment | None = Field(
+        None,
+        description="Permutation alignment (weight matching) of every input to one of them, "
+        "before the method merges: for models trained from different initialisations.",
     )
 
     @field_validator("dtype", "out_dtype")
@@ -267,6 +273,14 @@ def load_merge_config(path: Path, raw: Any) -> MergeConfig:
                 f"{cfg.method} needs it in every slice"
             )
     check_parameters(cfg, method, source)
+    if cfg.align is not None:
+        if cfg.slices:
+            raise ConfigError(f"{source}: align: alignment permutes whole models; give models")
+        if cfg.align.reference >= len(cfg.models):
+            raise ConfigError(
+                f"{source}: align.reference: {cfg.align.reference} but there are "
+                f"{len(cfg.models)} models; give the index of one of them (0 is the first)"
+            )
     for override in cfg.overrides:
         if override.model_params is not None and len(override.model_params) != len(cfg.models):
             raise ConfigError(

@@ -201,7 +201,8 @@ class MergeMethod:
     ``fn(base, models, model_params, params, generator)`` receives the parameters already
     completed with their defaults; ``model_params`` has one dict per model in ``models``;
     ``base`` is the base's tensor or None (see :class:`BaseRole`). ``random`` methods draw
-    from ``generator``. ``statistics`` methods (``"fisher"``, ``"gram"``) also receive, per
+    from ``generator``. ``statistics`` methods (``"fisher"``, ``"gram"``, ``"merged_gram"``: Grams
+    through the merged earlier layers, RegMean++) also receive, per
     model, that kind of statistic for the tensor (or None where there is none) as
     ``statistics=``. ``mergekit`` is the method's name in mergekit (None: mergekit has none,
     so a recipe using it is exported without a mergekit.yaml); ``reference`` where the
@@ -240,8 +241,10 @@ class MergeMethod:
             raise ValueError(f"a merge method's name is a non-empty string, got {name!r}")
         if not callable(fn):
             raise TypeError(f"{name}: fn must be callable, got {fn!r}")
-        if statistics not in (None, "fisher", "gram"):
-            raise ValueError(f"{name}: statistics is 'fisher', 'gram' or None, not {statistics!r}")
+        if statistics not in (None, "fisher", "gram", "merged_gram"):
+            raise ValueError(
+                f"{name}: statistics is 'fisher', 'gram', 'merged_gram' or None, not {statistics!r}"
+            )
         values = {
             "name": name,
             "fn": fn,

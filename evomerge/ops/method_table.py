@@ -216,6 +216,16 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         ranges={"weight": NON_NEGATIVE, "alpha": FRACTION},
     ),
     MergeMethod(
+        "regmean_plusplus",
+        regmean,
+        BaseRole.NONE,
+        Parameters(defaults={"weight": 1.0}),
+        Parameters(defaults={"alpha": 0.9}),
+        statistics="merged_gram",
+        reference="Nguyen et al. 2025, RegMean++: Enhancing Effectiveness and Generalization of "
+        "Regression Mean for Model Merging, arXiv:2508.03121",
+    ),
+    MergeMethod(
         "arcee_fusion",
         arcee_fusion,
         BaseRole.ENDPOINT,

@@ -146,6 +146,11 @@ class RecipeSection(_Section):
                 f"{self.method} interpolates from a base to one model: set recipe.base (a seed "
                 "index) and use two seeds"
             )
+        if method.statistics == "merged_gram":
+            raise ValueError(
+                f"{self.method} takes its statistics through the merge itself, once per merge; "
+                "use it in 'evomerge merge', or use regmean in a recipe search"
+            )
         if method.statistics is not None and self.statistics is None:
             raise ValueError(
                 f"statistics: {self.method} needs data; set recipe.statistics: {{examples: "
