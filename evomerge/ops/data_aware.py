@@ -94,8 +94,13 @@ MAX_CONDITION = 1e10
 
 def _check_conditioning(a: torch.Tensor, alpha: float) -> None:
     """Refuse a near-singular RegMean system (too few examples for the layer's inputs with
-    ``alpha`` near 1), saying what to change, rather than write weights blown up by it."""
-    eig = torch.linalg.eigvalsh(a)
+    ``alpha`` near 1), saying what to change, rather than write weights blown up by it.
+
+    Judged on the system scaled to a unit diagonal (inputs of very different magnitudes are
+    not a problem for the solve, only inputs the examples leave linearly dependent are):
+    with ``alpha < 1`` its smallest eigenvalue is at least ``1 - alpha``."""
+    scale = torch.diagonal(a).clamp_min(torch.finfo(a.dtype).tiny).rsqrt()
+    eig = torch.linalg.eigvalsh(a * scale[:, None] * scale[None, :])
     top = float(eig[-1])
     low = float(eig[0])
     if top > 0 and low > top / MAX_CONDITION:
