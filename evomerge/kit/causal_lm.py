@@ -31,11 +31,31 @@ from pathlib import Path
 
 import torch
 
+from evomerge.core.errors import EvomergeError
 from evomerge.core.fitness import Fitness
 from evomerge.kit.empty_init import build_empty
 from evomerge.kit.lm_text import Example, answer_text, end_ids, special_head, stop_criteria
+from evomerge.tensors.hub_models import is_hub_id
+from evomerge.tensors.model_ref import resolve_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _check_seed(i: int, text: str, path: Path) -> None:
+    """A seed must be a folder on disk, ``BASE+ADAPTER`` of them, or a cached Hub id."""
+    if path.is_dir():
+        return
+    if "+" in text or is_hub_id(text):
+        try:
+            resolve_model(text)
+        except EvomergeError as exc:
+            raise ValueError(f"seeds[{i}]: {exc}") from None
+        return
+    where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
+    raise ValueError(
+        f"seeds[{i}]: '{path}' is not a folder{where}; give a Hugging Face model "
+        "folder on disk (config.json, tokenizer, safetensors)"
+    )
 
 
 class CausalLMBase(Fitness):
@@ -59,12 +79,7 @@ class CausalLMBase(Fitness):
             raise ValueError("batch_size must be >= 1")
         self.seed_paths = [Path(s) for s in seeds]
         for i, path in enumerate(self.seed_paths):  # before transformers reads it as a hub id
-            if not path.is_dir():
-                where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
-                raise ValueError(
-                    f"seeds[{i}]: '{path}' is not a folder{where}; give a Hugging Face model "
-                    "folder on disk (config.json, tokenizer, safetensors)"
-                )
+            _check_seed(i, str(seeds[i]), path)
         self.batch_size = batch_size
         self.dtype = DTYPES[dtype]
 
