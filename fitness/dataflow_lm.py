@@ -4,7 +4,9 @@ Each candidate is a gene vector of :class:`evomerge.spaces.dataflow.DataFlowSpac
 of a stacked model, which seed's decoder layer runs there (or none) and, optionally, a scale of
 that layer's residual updates. The seeds are model folders of one architecture (for the paper's
 combination of both spaces, one of them can be a parameter-space merge: a folder written by
-``evomerge merge`` or ``evomerge export`` of a recipe search). Embeddings, final norm and head
+``evomerge merge`` or ``evomerge export`` of a recipe search); as everywhere, a seed may also be
+a Hub id (``org/name[@revision]``, from the local cache) or ``BASE+ADAPTER`` (a LoRA adapter
+merged into its base). Embeddings, final norm and head
 come from seed ``base``. Scores are :mod:`fitness.causal_lm`'s on the same JSONL tasks::
 
     fitness:
@@ -89,13 +91,9 @@ class DataFlowLM(CausalLM):
     # --- set-up ---------------------------------------------------------------------------
 
     def setup(self, device: torch.device) -> None:
-        from transformers import AutoModelForCausalLM
-
         self.device = torch.device(device)
-        self.seed_models = []
-        for path in self.seed_paths:
-            m = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device)
-            self.seed_models.append(m.eval().requires_grad_(False))
+        # folders, Hub ids and BASE+ADAPTER seeds alike (the kit's model-folder resolution)
+        self.seed_models = [self.seed_model(k) for k in range(len(self.seed_paths))]
         decoders = [m.get_decoder() for m in self.seed_models]
         counts = {len(getattr(d, "layers", ())) for d in decoders}
         if len(counts) != 1 or 0 in counts:
@@ -113,7 +111,7 @@ class DataFlowLM(CausalLM):
             len(self.seed_models), counts.pop(), self.repeats, self.scales, self.scale_range
         )
         self.model = self._skeleton(self.seed_models[self.base])
-        self.setup_tasks(self.seed_paths[self.base])  # tokenizer, end ids, tokenised tasks
+        self.setup_tasks(self.model_folder(self.base))  # tokenizer, end ids, tokenised tasks
         self.num_params = self.flow.dim
 
     def _skeleton(self, base_model):
@@ -179,8 +177,8 @@ class DataFlowLM(CausalLM):
         return torch.stack([self.flow.seed_genome(k) for k in range(count)])
 
     def export_info(self) -> dict:
-        from evomerge.tensors.safetensors_io import SeedModel
+        from evomerge.tensors.model_ref import open_model
 
-        with SeedModel(self.seed_paths[self.base]) as first:
+        with open_model(self.seed_paths[self.base]) as first:
             dtype = str(first.dtype(first.names()[0])).removeprefix("torch.")
         return {"dtype": dtype, "seeds": [str(p) for p in self.seed_paths]}

@@ -128,6 +128,17 @@ def test_cmaes_search_over_adapters_and_its_peft_export(lora_dir, tmp_path, monk
     info = host.info()
     model_bytes = sum(t.numel() * t.element_size() for t in host.resident())
     assert info["candidate_bytes"] * 5 < model_bytes  # a candidate moves the adapter's bytes
+    # --merged: the base with that adapter merged in, a plain model folder
+    merged = tmp_path / "merged"
+    assert main(["export", str(run), "--merged", "--out", str(merged), "-q"]) == 0
+    assert not (merged / "adapter_config.json").exists()
+    recipe = yaml.safe_load((merged / "recipe.yaml").read_text())
+    assert recipe["adapter"]["weights"] == weights and recipe["adapter"]["merged"] is True
+    full = transformers.AutoModelForCausalLM.from_pretrained(merged).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(full(input_ids=ids).logits, mine, rtol=1e-5, atol=1e-5)
+        plain = transformers.AutoModelForCausalLM.from_pretrained(lora_dir / "base").eval()
+        assert not torch.allclose(plain(input_ids=ids).logits, mine, atol=1e-3)
 
 
 def test_m2n2_per_layer_cat_over_adapters(lora_dir, tmp_path, monkeypatch):

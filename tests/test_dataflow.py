@@ -86,6 +86,35 @@ def test_seed_genomes_score_as_the_seeds(lm_dir):
     assert torch.equal(dfs.make_seeds(1, 0), dfs.make_seeds(2, 0)[:1])  # count 1: the base's
 
 
+def test_hub_ids_and_adapter_seeds_load_as_everywhere(lm_dir, tmp_path, monkeypatch):
+    """Seeds given as a Hub id (from a cache laid out on disk, offline) and as BASE+ADAPTER:
+    the stacked seeds are those models (the adapter merged in as PEFT merges it), and the base
+    seed's genome scores as the causal-LM fitness scores the same seed."""
+    from tiny_lora import hub_cache, make_adapter, peft_merged
+
+    hub_cache(tmp_path / "hub", "tiny-org/reverse", lm_dir / "reverse", "c" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    adapter = make_adapter(lm_dir / "add", tmp_path / "lora", seed=3)
+    seeds = ["tiny-org/reverse", f"{lm_dir / 'add'}+{adapter}"]
+    options = {**dfs_options(lm_dir), "seeds": seeds}
+    dfs = load_object(DFS)(**options)
+    dfs.setup(torch.device("cpu"))
+    reverse = transformers.LlamaForCausalLM.from_pretrained(lm_dir / "reverse").state_dict()
+    merged = peft_merged(lm_dir / "add", adapter)
+    for mine, theirs in zip(dfs.seed_models, (reverse, merged), strict=True):
+        got = mine.state_dict()
+        assert set(got) == set(theirs)
+        for name, t in theirs.items():
+            torch.testing.assert_close(got[name], t, rtol=1e-6, atol=1e-6)
+    causal = load_object(f"{ROOT}/fitness/causal_lm.py:CausalLM")(
+        seeds=seeds, tasks=options["tasks"]
+    )
+    causal.setup(torch.device("cpu"))
+    assert torch.equal(dfs.score(dfs.make_seeds(1, 0))[0], causal.score(causal.make_seeds(2, 0))[0])
+    assert dfs.export_info()["dtype"] == "float32"
+
+
 def test_a_layer_in_two_slots_decodes_with_the_cache_as_without(lm_dir):
     """Each slot has its own KV-cache entry: a cached decoding step gives the logits of a full
     forward pass (with the seeds' own layer indices, two slots would share an entry)."""

@@ -19,7 +19,8 @@ The lowest layer: this module imports nothing from evomerge.
   stacks): how it varies, how the search's first candidates are made, how it is stored in a
   checkpoint and described in ``recipe.yaml``; its :class:`SpaceWorker` (built where the
   seeds and the plug-in live) realises a candidate as :class:`Realised` flat rows or in the
-  plug-in's resident model, and exports one as a model folder. The run's start, the workers
+  plug-in's resident model, and exports one as a model folder (or in another form it
+  declares: :func:`export_forms`). The run's start, the workers
   and ``evomerge export`` each have one path through these calls, whatever the kind.
 """
 
@@ -180,9 +181,18 @@ class SpaceWorker(Protocol):
     def realise(self, batch: Any) -> Realised: ...
 
     def export(self, genome: Any, out: Any, dtype: str, doc: dict) -> dict:
-        """Write ``genome`` as a model folder at ``out`` with ``recipe.yaml`` (``doc`` plus
-        :meth:`Space.describe`); returns what was written (``tensors``, ``space``, ...)."""
+        """Write ``genome`` in the space's own form (a model folder; an adapter folder for the
+        adapter space) at ``out`` with ``recipe.yaml`` (``doc`` plus :meth:`Space.describe`);
+        returns what was written (``tensors``, ``space``, ...). A worker that writes other
+        forms too names them in ``export_forms`` and takes ``form=NAME`` here (see
+        :func:`export_forms`)."""
         ...
+
+
+def export_forms(worker: Any) -> tuple[str, ...]:
+    """The forms a space worker exports besides its own (``evomerge export --merged`` asks
+    for ``merged``): its ``export_forms``, none when it declares none."""
+    return tuple(getattr(worker, "export_forms", ()))
 
 
 @runtime_checkable

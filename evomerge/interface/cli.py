@@ -184,7 +184,8 @@ def cmd_export(args) -> int:
     check_output_path(args.out, what="exported model")
     progress = Progress(quiet=args.quiet)
     progress.message(f"export {args.run_dir} member {args.member} -> {args.out}")
-    done = export_member(args.run_dir, args.member, args.out, dtype=args.dtype)
+    form = "merged" if args.merged else None
+    done = export_member(args.run_dir, args.member, args.out, dtype=args.dtype, form=form)
     print(f"exported member {done['member']}: {done['out_dir']}", flush=True)
     return 0
 
@@ -273,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  evomerge export populations/llm-merge --member best --out merged/best\n"
             "  evomerge export populations/llm-merge --member 1234 --out merged/m1234 "
             "--dtype bfloat16\n"
+            "  evomerge export populations/adapter-tiny --merged --out merged/adapter-tiny\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -283,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=["float32", "bfloat16", "float16"],
         help="tensor dtype (default: the seeds' dtype where the plug-in knows it, else float32)",
+    )
+    export.add_argument(
+        "--merged",
+        action="store_true",
+        help="space adapter: write the base with the member's adapter merged in (a model "
+        "folder) instead of the adapter folder",
     )
     _verbosity(export)
     export.set_defaults(func=cmd_export)

@@ -111,6 +111,33 @@ class CausalLMBase(Fitness):
 
         return resolve_model(self.seed_paths[index]).folder
 
+    def seed_model(self, index: int) -> torch.nn.Module:
+        """Seed ``index`` as a whole model in ``dtype`` on the device (after :meth:`setup`
+        set ``self.device``): a folder, a Hub id's cached snapshot, or a ``BASE+ADAPTER`` seed
+        with the adapter merged in, read tensor by tensor as every other seed is read."""
+        from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+        from evomerge.tensors.model_ref import open_model
+
+        folder = self.model_folder(index)
+        config = AutoConfig.from_pretrained(folder)
+        model = build_empty(
+            lambda: AutoModelForCausalLM.from_config(config), self.device, self.dtype
+        ).eval()
+        with open_model(self.seed_paths[index]) as seed, torch.no_grad():
+            for name, p in model.named_parameters():
+                try:
+                    t = seed.get(name)
+                except KeyError:
+                    raise ValueError(
+                        f"{self.seed_paths[index]}: no tensor '{name}', which the model built "
+                        f"from {folder}/config.json has; give a model of that architecture"
+                    ) from None
+                p.copy_(t.reshape(p.shape))
+        if (folder / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        return model.requires_grad_(False)
+
     def setup_tokenizer(self, folder: Path) -> None:
         """``folder``'s tokenizer (``self.tokenizer``), its end-of-sequence ids
         (``self.eos_ids``: ``generation_config.json``'s, then the tokenizer's), pad id

@@ -17,6 +17,7 @@ from evomerge.core import extensions, safe_yaml
 from evomerge.core.errors import ConfigError, EvomergeError
 from evomerge.core.plugins import resolve_spec
 from evomerge.core.validation import format_validation
+from evomerge.run.benchmark_guard import searched_test_split
 from evomerge.search.registry import STRATEGIES
 from evomerge.spaces import SPACES
 from evomerge.spaces.recipe import RecipeSection, sigmoid_bounds_problem
@@ -147,6 +148,11 @@ class RunConfig(_Section):
     ] = LocalEvaluatorSection()
     tracking: TrackingSection | None = Field(
         None, description="Experiment tracking (TensorBoard, MLflow); none: off."
+    )
+    allow_test_split: bool | None = Field(
+        None,
+        description="Search on a task that is a well-known benchmark's test split (an lm-eval "
+        "benchmark task, a *test* file of gsm8k, mmlu, arc, ...); none: such a task is refused.",
     )
 
     def to_dict(self) -> dict:
@@ -321,8 +327,10 @@ def read_yaml(path: Path) -> Any:
 
 
 def load_config(path: str | Path, overrides: list[str] = (), address: str | None = None):
-    """Read, override and validate a config file (or a bundled one by name, see
-    :mod:`evomerge.core.bundled`); ``address`` makes the evaluator join a cluster."""
+    """Read, override and validate a new run's config file (or a bundled one by name, see
+    :mod:`evomerge.core.bundled`); ``address`` makes the evaluator join a cluster. A task
+    that is a benchmark's test split is refused here (:mod:`evomerge.run.benchmark_guard`):
+    a run that started was allowed, so a resume does not ask again."""
     from evomerge.core.bundled import config_path
 
     path = config_path(path)
@@ -338,6 +346,12 @@ def load_config(path: str | Path, overrides: list[str] = (), address: str | None
             f"{path}: the resolved config is {size / 2**20:.1f} MiB when written to the run's "
             f"config.yaml (more than {MAX_CONFIG_BYTES // 2**20} MiB; YAML aliases repeat their "
             "value each time); keep large data in a file the plug-in reads, and name the file"
+        )
+    problem = searched_test_split(cfg.fitness.options)
+    if problem and not cfg.allow_test_split:
+        raise ConfigError(
+            f"{path}: {problem}; a search tuned on a benchmark's test set makes its score "
+            "meaningless: search on a train split, or set allow_test_split: true if intended"
         )
     return cfg
 

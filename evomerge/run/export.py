@@ -50,8 +50,15 @@ def pick_member(strategy, state, which: str) -> tuple[int, torch.Tensor, torch.T
     return wanted, state.params[row], state.scores[row]
 
 
-def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str | None = None):
-    """Write member ``which`` (``best`` or an id) of the run at ``run_dir`` to ``out``."""
+def export_member(
+    run_dir: str | Path,
+    which: str,
+    out: str | Path,
+    dtype: str | None = None,
+    form: str | None = None,
+):
+    """Write member ``which`` (``best`` or an id) of the run at ``run_dir`` to ``out``, in the
+    space's own form or in ``form`` (one the space declares: ``merged``)."""
     run = RunDir(run_dir)
     cfg = validate(run.read_config(), str(run.path / "config.yaml"))
     evaluator = LocalEvaluator(
@@ -83,5 +90,5 @@ def export_member(run_dir: str | Path, which: str, out: str | Path, dtype: str |
     out_dtype = dtype or info.get("dtype") or "float32"
     if out_dtype not in DTYPES:
         raise EvomergeError(f"--dtype: '{out_dtype}' is not one of {', '.join(DTYPES)}")
-    done = host.export(genome, out, out_dtype, doc)
+    done = host.export(genome, out, out_dtype, doc, form=form)
     return {"member": member, "out_dir": str(out), **done}

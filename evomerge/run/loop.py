@@ -45,6 +45,7 @@ def config_digest(cfg: RunConfig) -> str:
     data = cfg.to_dict()
     data.pop("budget", None)
     data.pop("tracking", None)  # where records are also sent does not change the result
+    data.pop("allow_test_split", None)  # nor a consent that only let the run start
     ev = data.pop("evaluator", None) or {}
     if ev.get("kind") == "ray":
         cuda = float(ev.get("num_gpus") or 0) > 0

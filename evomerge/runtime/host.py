@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evomerge.core.contracts import resident_tensors
+from evomerge.core.contracts import export_forms, resident_tensors
 from evomerge.core.errors import ConfigError, EvomergeError, PluginError
 from evomerge.core.extensions import load as load_extensions
 from evomerge.core.plugin_loader import describe, load_fitness
@@ -264,7 +264,18 @@ class FitnessHost:
         """The plug-in's ``export_info()``: files, default dtype and seed folders."""
         return dict(self.call("export_info") or {})
 
-    def export(self, genome, out, dtype: str, doc: dict) -> dict:
-        """Write one candidate as a model folder (the space's worker knows how)."""
+    def export(self, genome, out, dtype: str, doc: dict, form: str | None = None) -> dict:
+        """Write one candidate as a model folder (the space's worker knows how), or in the
+        ``form`` its space declares (``merged``: an adapter merged into its base)."""
+        if form is None:
+            with torch.no_grad():
+                return self.worker.export(genome, out, dtype, doc)
+        forms = export_forms(self.worker)
+        if form not in forms:
+            other = f"its other forms: {', '.join(forms)}" if forms else "it has no other form"
+            raise EvomergeError(
+                f"--{form}: space {self.space_name} exports its members in its own form only "
+                f"({other}; --merged is for space adapter); drop --{form}"
+            )
         with torch.no_grad():
-            return self.worker.export(genome, out, dtype, doc)
+            return self.worker.export(genome, out, dtype, doc, form=form)

@@ -6,7 +6,9 @@ is composed in factor space (:mod:`evomerge.ops.lora_compose`: ``linear``, ``cat
 ``svd`` to ``seeds.options.rank``) and written into LoRA factors PEFT injects once into the
 plug-in's resident model, whose base weights are loaded once. A candidate therefore moves the
 adapter's bytes, never the model's. The export is a PEFT adapter folder
-(``PeftModel.from_pretrained(base, DIR)`` loads it) with ``recipe.yaml``.
+(``PeftModel.from_pretrained(base, DIR)`` loads it) with ``recipe.yaml``; its ``merged`` form
+(``evomerge export --merged``) is the base with that adapter merged in, a model folder
+``AutoModelForCausalLM.from_pretrained`` loads.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import yaml
 from evomerge.core.errors import EvomergeError, PluginError
 from evomerge.core.files import replacing
 from evomerge.ops.lora_compose import COMBINATIONS, compose, composed_rank
+from evomerge.spaces.model_folder import write_model_folder
 from evomerge.spaces.realised import Loaded
 from evomerge.spaces.vectors import VectorGenomes
 from evomerge.tensors.adapted_model import (
@@ -228,16 +231,31 @@ class AdapterWorker:
         return Loaded()
 
     # --- export ------------------------------------------------------------------------------
-    def export(self, genes, out, dtype: str, doc: dict) -> dict:
-        """A PEFT adapter folder: ``adapter_config.json``, ``adapter_model.safetensors`` and
+    export_forms = ("merged",)
+
+    def export(self, genes, out, dtype: str, doc: dict, form: str = "adapter") -> dict:
+        """A PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``), or
+        with ``form="merged"`` the base with it merged in (a model folder); both with
         ``recipe.yaml`` (how it was composed)."""
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise EvomergeError(f"--out: {out} exists and is not empty; give a new folder")
+        space = AdapterGeneSpace(len(self.adapter_dirs), self.groups, self.kind)
+        description = space.describe(genes)
+        description["adapter"]["adapters"] = [str(d) for d in self.adapter_dirs]
+        description["adapter"]["base"] = str(self.base)
+        if self.kind == "svd":
+            description["adapter"]["rank"] = self.rank
+        if form == "merged":
+            description["adapter"]["merged"] = True
+            return self._export_merged(genes, out, dtype, {**doc, **description})
+        return self._export_adapter(genes, out, dtype, {**doc, **description})
+
+    def _export_adapter(self, genes, out: Path, dtype: str, recipe: dict) -> dict:
         from safetensors.torch import save_file
 
         from evomerge.tensors.dtypes import DTYPES
 
-        out = Path(out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise EvomergeError(f"--out: {out} exists and is not empty; give a new folder")
         tensors = {}
         for m, (a, b), row in zip(self.modules, self.composed(genes), self.factors, strict=True):
             embed = next(f for f in row if f is not None)[3]
@@ -257,16 +275,43 @@ class AdapterWorker:
             "fan_in_fan_out": False,
             "base_model_name_or_path": str(self.base),
         }
-        space = AdapterGeneSpace(len(self.adapter_dirs), self.groups, self.kind)
-        description = space.describe(genes)
-        description["adapter"]["adapters"] = [str(d) for d in self.adapter_dirs]
-        description["adapter"]["base"] = str(self.base)
-        if self.kind == "svd":
-            description["adapter"]["rank"] = self.rank
-        recipe = {**doc, **description}
         with replacing(out) as tmp:
             tmp.mkdir()
             save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
             (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         return {"tensors": len(tensors), "space": "adapter"}
+
+    def _export_merged(self, genes, out: Path, dtype: str, recipe: dict) -> dict:
+        """The base's tensors with the composed update ``B @ A`` added (transposed for
+        embeddings, as PEFT's ``merge_and_unload``), written tensor by tensor."""
+        model = self.host.plugin.model
+        tied = model.get_output_embeddings() is not None and (
+            model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        )
+        deltas = {}
+        for m, ab, row in zip(self.modules, self.composed(genes), self.factors, strict=True):
+            embed = next(f for f in row if f is not None)[3]
+            if embed and tied:
+                raise EvomergeError(
+                    f"--merged: the adapter changes '{m}', an embedding tied to the output "
+                    "head, which a merged model would change too; export the adapter "
+                    "(without --merged)"
+                )
+            deltas[f"{m}.weight"] = (*ab, embed)
+
+        def tensors():
+            with open_model(self.base) as base:
+                for name, _ in layout:
+                    t = base.get(name, torch.float32)
+                    if name in deltas:
+                        a, b, embed = deltas[name]
+                        update = b @ a
+                        t = t + (update.T if embed else update).reshape(t.shape)
+                    yield t
+
+        layout = self.host.layout()
+        files = self.host.export_info().get("files", [])
+        texts = {"recipe.yaml": yaml.safe_dump(recipe, sort_keys=False)}
+        count = write_model_folder(out, layout, tensors(), dtype, files, texts)
+        return {"tensors": count, "space": "adapter", "form": "merged"}
