@@ -20,8 +20,10 @@ from test_bad_input_2 import _merge_cfg, _model, small
 from test_search import assert_same_archive
 
 from evomerge.core.errors import ConfigError
+from evomerge.core.files import publish
 from evomerge.interface.cli import main
 from evomerge.ops.method_table import BUILT_IN
+from evomerge.ops.operators import get_merge_method
 from evomerge.run import checkpoint
 from evomerge.run.config import validate
 
@@ -50,6 +52,10 @@ BAD_PARAMS = [
     ("slerp", {}, {"t": INF}, rf"params\.t: got inf; {FINITE} in \[0, 1\]"),
     ("ties", {"weight": 1.0}, {"normalize": 0.5}, r"params\.normalize: got 0.5; .* true or false"),
     ("sce", {}, {"select_topk": 1.5}, r"params\.select_topk: got 1.5"),
+    ("della", {"weight": 1.0, "density": 0.1}, {"epsilon": 0.15},
+     r"models\[0\] \(.*\): density 0.1 with epsilon 0.15: .* keep density within \(0.15, 0.85\)"),
+    ("della", {"weight": 1.0, "density": [0.5, 0.9]}, {"epsilon": 0.15},
+     r"density \[0.5, 0.9\] with epsilon 0.15"),
 ]  # fmt: skip
 
 
@@ -110,10 +116,38 @@ BAD_RECIPES = [
         r"recipe\.genes\.max_iter: .*a whole number >= 1",
     ),
     (
+        {"method": "della", "base": 0, "genes": {"weight": {}, "density": {"low": 0.05}}},
+        r"recipe: genes/params: density \[0.05, 1\] with epsilon 0.15: .*\(0.15, 0.85\)",
+    ),
+    (
+        {"method": "della", "base": 0, "params": {"epsilon": 0.3},
+         "genes": {"density": {"low": 0.2, "high": 0.6}}},
+        r"density \[0.2, 0.6\] with epsilon 0.3",
+    ),
+    (
         {"method": "regmean", "genes": {"alpha": {"low": 0.5, "high": 1.5}}},
         r"recipe\.genes\.alpha: the range \[0.5, 1.5\]",
     ),
 ]
+
+
+def test_della_density_and_epsilon_that_fit_are_accepted():
+    della = get_merge_method("della")
+    for intervals in [
+        {"density": (0.2, 0.8), "epsilon": (0.15, 0.15)},
+        {"density": (1.0, 1.0), "epsilon": (0.4, 0.4)},  # keeps all: any epsilon
+        {"density": (0.0, 0.0), "epsilon": (0.4, 0.4)},  # drops all
+        {"density": (0.0, 1.0), "epsilon": (0.0, 0.0)},
+        {"density": (0.3, 0.3)},  # epsilon's default, 0.15
+    ]:
+        assert della.joint_problem(intervals) is None, intervals
+    assert della.joint_problem({"density": (0.1, 0.1)}) is not None
+    raw = small(
+        seeds={"kind": "plugin", "count": 3},
+        recipe={"method": "della", "base": 0, "genes": {"density": {"low": 0.2, "high": 0.8}}},
+        strategy={"name": "cmaes"},
+    )
+    validate(raw, "c.yaml")
 
 
 @pytest.mark.parametrize("recipe, message", BAD_RECIPES)
@@ -308,10 +342,33 @@ def test_sigterm_during_report(finished_run, tmp_path):
     code = proc.wait(timeout=60)
     assert code in (0, 130) and "Traceback" not in rest, rest
     after = {p.name: p.read_bytes() for p in out.iterdir()}
-    if code == 130:
-        assert after == before
-    assert set(after) == set(before)
+    assert after == before  # the old report, or the new one whole (a report is reproducible)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rep.")]
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_an_interrupt_while_publishing_waits_for_the_swap(tmp_path, monkeypatch, old):
+    final, tmp = tmp_path / "out", tmp_path / ".out.tmp"
+    if old:
+        final.mkdir()
+        (final / "a").write_text("old")
+    tmp.mkdir()
+    (tmp / "a").write_text("new")
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    real_replace = os.replace
+
+    def replace_interrupted(src, dst):  # the signal lands between the two renames
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            publish(tmp, final, aside=tmp_path / ".out.old")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (final / "a").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 # --- every writing command: output paths -----------------------------------------------------

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from evomerge.core.interrupts import deferred_interrupts
+
 
 def fsync_dir(path: Path) -> None:
     """Flush a file or a folder (after a rename, its entry) to disk."""
@@ -51,16 +53,18 @@ def publish(tmp: Path, final: Path, aside: Path | None = None, flushed: bool = F
     moved = aside is not None and (final.exists() or final.is_symlink())
     if moved:
         _remove(aside)
-        os.rename(final, aside)
-    try:
-        os.replace(tmp, final)
-    except OSError:
+    with deferred_interrupts():  # an interrupt here would leave neither the old nor the new
         if moved:
-            os.rename(aside, final)  # put the old one back: nothing changed
-        raise
-    fsync_dir(final.parent)
-    if moved:
-        _remove(aside)
+            os.rename(final, aside)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if moved:
+                os.rename(aside, final)  # put the old one back: nothing changed
+            raise
+        fsync_dir(final.parent)
+        if moved:
+            _remove(aside)
 
 
 def _remove(path: Path) -> None:

@@ -307,6 +307,26 @@ def check_parameters(cfg: MergeConfig, method, source: str) -> None:
     for where, params in scopes:
         for name, value in params.items():
             _check_value(method, name, value, f"{where}.{name}", source)
+    for i, model in enumerate(cfg.models):  # joint rules (della's density +/- epsilon)
+        given = {**cfg.params, **model.params}
+        intervals = {k: span for k, v in given.items() if (span := _span(v)) is not None}
+        problem = method.joint_problem(intervals)
+        if problem is not None:
+            raise ConfigError(f"{source}: models[{i}] ({model.path}): {problem}")
+
+
+def _span(value) -> tuple[float, float] | None:
+    """The lowest and highest number a setting can resolve to (a scalar, a gradient or filter
+    entries), or None for a switch or a setting without numbers."""
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list):
+        spans = [_span(v["value"] if isinstance(v, dict) else v) for v in value]
+        spans = [s for s in spans if s is not None]
+        return (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value), float(value)
 
 
 def _check_value(method, name: str, value, where: str, source: str) -> None:

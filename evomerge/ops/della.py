@@ -42,6 +42,23 @@ def _rows(shape) -> tuple[int, int]:
     return int(shape[0]), int(np.prod(shape[1:]))
 
 
+def density_epsilon_problem(intervals) -> str | None:
+    """DELLA's joint rule over parameter intervals (:attr:`MergeMethod.joint`): a density
+    strictly inside (0, 1) keeps entries with probabilities ``density +/- epsilon``, which must
+    stay inside (0, 1); densities of 0 (drop all) and 1 (keep all) take any epsilon."""
+    (d_lo, d_hi), (_, e_hi) = intervals["density"], intervals["epsilon"]
+    if d_lo >= 1 or d_hi <= 0 or e_hi <= 0:
+        return None
+    if max(d_lo, 0.0) - e_hi > 0 and min(d_hi, 1.0) + e_hi < 1:
+        return None
+    density = f"{d_lo:g}" if d_lo == d_hi else f"[{d_lo:g}, {d_hi:g}]"
+    return (
+        f"density {density} with epsilon {e_hi:g}: della keeps entries with probability "
+        f"density +/- epsilon, which must stay inside (0, 1); keep density within "
+        f"({e_hi:g}, {1 - e_hi:g}) or lower epsilon"
+    )
+
+
 def della_magprune(b, theta, mp, rescale, generator, work, shape=None):
     """DELLA's rank-dependent random drop of ``theta - b`` (both flat), as a :class:`_Keep`."""
     density = as_fraction(mp, "density")

@@ -41,6 +41,16 @@ class BaseRole(str, Enum):
         """Whether a named base is this method's base rather than one more input model."""
         return self is not BaseRole.NONE
 
+    def joint_problem(self, intervals: Mapping[str, tuple[float, float]]) -> str | None:
+        """Why the parameters, each anywhere in its interval, may not be combined (a phrase), or
+        None. Parameters missing from ``intervals`` take their default."""
+        if self.joint is None:
+            return None
+        defaults = {**self.model_params.defaults, **self.params.defaults}
+        full = {k: (float(v), float(v)) for k, v in defaults.items() if _is_number(v)}
+        full.update({k: (float(lo), float(hi)) for k, (lo, hi) in intervals.items()})
+        return self.joint(full)
+
     @property
     def needs_base(self) -> bool:
         """Whether the method cannot merge without a base."""
@@ -207,7 +217,10 @@ class MergeMethod:
     ``statistics=``. ``mergekit`` is the method's name in mergekit (None: mergekit has none,
     so a recipe using it is exported without a mergekit.yaml); ``reference`` where the
     method comes from (a paper); ``ranges`` the values a parameter accepts (:class:`Range`;
-    an undeclared one: any finite number, or a switch).
+    an undeclared one: any finite number, or a switch); ``joint`` a rule over several
+    parameters at once (della's ``density +/- epsilon``): given, per parameter, the interval
+    of values a merge may call the method with (a fixed value is ``(v, v)``, a gene its range),
+    why some combination in them is refused (a phrase naming the parameters), or None.
     """
 
     name: str
@@ -220,6 +233,7 @@ class MergeMethod:
     mergekit: str | None
     reference: str | None
     ranges: Mapping[str, Range]
+    joint: Callable[[Mapping[str, tuple[float, float]]], str | None] | None
 
     def __init__(
         self,
@@ -234,6 +248,7 @@ class MergeMethod:
         mergekit: str | None = None,
         reference: str | None = None,
         ranges: Mapping[str, Range] | None = None,
+        joint: Callable[[Mapping[str, tuple[float, float]]], str | None] | None = None,
         needs_base: bool | None = None,
         optional_base: bool = False,
     ):
@@ -256,6 +271,7 @@ class MergeMethod:
             "mergekit": mergekit,
             "reference": reference,
             "ranges": MappingProxyType(dict(ranges or {})),
+            "joint": joint,
         }
         stray = [n for n in values["ranges"] if n not in values["model_params"]]
         stray = [n for n in stray if n not in values["params"]]
@@ -279,6 +295,16 @@ class MergeMethod:
                 return None
             return ANY_FINITE.problem(value)
         return declared.problem(value)
+
+    def joint_problem(self, intervals: Mapping[str, tuple[float, float]]) -> str | None:
+        """Why the parameters, each anywhere in its interval, may not be combined (a phrase), or
+        None. Parameters missing from ``intervals`` take their default."""
+        if self.joint is None:
+            return None
+        defaults = {**self.model_params.defaults, **self.params.defaults}
+        full = {k: (float(v), float(v)) for k, v in defaults.items() if _is_number(v)}
+        full.update({k: (float(lo), float(hi)) for k, (lo, hi) in intervals.items()})
+        return self.joint(full)
 
     @property
     def needs_base(self) -> bool:
@@ -320,6 +346,10 @@ class MergeMethod:
         if self.statistics is None:
             return self.fn(base, models, filled, params, generator)
         return self.fn(base, models, filled, params, generator, statistics=statistics)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_shapes(base: torch.Tensor | None, models: Sequence[torch.Tensor]) -> None:

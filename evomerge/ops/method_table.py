@@ -12,7 +12,7 @@ from functools import partial
 from evomerge.ops.arcee_fusion import arcee_fusion
 from evomerge.ops.consensus import consensus_ta, consensus_ties, tall_masks
 from evomerge.ops.data_aware import fisher, regmean
-from evomerge.ops.della import della_magprune
+from evomerge.ops.della import della_magprune, density_epsilon_problem
 from evomerge.ops.interpolation import linear, region_crossover, slerp
 from evomerge.ops.method import (
     FLAG,
@@ -51,6 +51,9 @@ TALL_DEFAULTS = {"tall_mask_lambda": 0.4, "lambda": 1.0}
 TALL_RANGES = {"tall_mask_lambda": NON_NEGATIVE, "k": Range(1.0)}
 
 
+#: della's density and epsilon, checked together (density +/- epsilon inside (0, 1))
+DELLA_JOINT = density_epsilon_problem
+
 #: the task-vector family's parameters (weight and lambda: any finite number)
 TASK_VECTOR_RANGES = {
     "density": FRACTION,
@@ -62,7 +65,9 @@ TASK_VECTOR_RANGES = {
 }
 
 
-def _task_vectors(name, sparsify, consensus, normalize, rescale, reference, extra=None):
+def _task_vectors(
+    name, sparsify, consensus, normalize, rescale, reference, extra=None, joint=None
+):
     """A generalized task arithmetic method (mergekit's family of task-vector merges)."""
     names = {"density", "normalize", "rescale", "lambda", "int8_mask", *(extra or {})}
     return MergeMethod(
@@ -77,6 +82,7 @@ def _task_vectors(name, sparsify, consensus, normalize, rescale, reference, extr
         mergekit=name,
         reference=reference,
         ranges={k: r for k, r in TASK_VECTOR_RANGES.items() if k in names},
+        joint=joint,
     )
 
 
@@ -122,8 +128,12 @@ BUILT_IN: tuple[MergeMethod, ...] = (
             "omega": Range(none=True),
         },
     ),
-    _task_vectors("della", della_magprune, True, True, True, DELLA, {"epsilon": 0.15}),
-    _task_vectors("della_linear", della_magprune, False, False, True, DELLA, {"epsilon": 0.15}),
+    _task_vectors(
+        "della", della_magprune, True, True, True, DELLA, {"epsilon": 0.15}, DELLA_JOINT
+    ),
+    _task_vectors(
+        "della_linear", della_magprune, False, False, True, DELLA, {"epsilon": 0.15}, DELLA_JOINT
+    ),
     MergeMethod(
         "model_stock",
         model_stock,

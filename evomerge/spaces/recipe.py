@@ -139,6 +139,12 @@ class RecipeSection(_Section):
                     f"genes.{name}: the range [{gene.low:g}, {gene.high:g}] leaves what "
                     f"{self.method} accepts ({allowed.describe()}); narrow low/high to it"
                 )
+        fixed = {**self.params, **self.model_params}
+        intervals = {k: (float(v), float(v)) for k, v in fixed.items()}
+        intervals.update({k: (g.low, g.high) for k, g in self.genes.items()})
+        problem = method.joint_problem(intervals)
+        if problem is not None:
+            raise ValueError(f"genes/params: {problem}")
         if method.base is BaseRole.REQUIRED and self.base is None:
             raise ValueError(f"{self.method} merges task vectors: set recipe.base (a seed index)")
         if method.base is BaseRole.ENDPOINT and self.base is None:
