@@ -251,6 +251,38 @@ def test_regmean_near_singular_system_is_refused(digits_experts, tmp_path, capsy
     assert main(["merge", str(cfg), "--out", str(tmp_path / "o"), "-q"]) == 0
 
 
+def _file_size_limit(limit: int):
+    """A child process whose writes fail past ``limit`` bytes per file (EFBIG, as a full disk
+    fails them with ENOSPC): the kernel's own fault, no patched function."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_disk_that_fills_while_the_statistics_are_written(digits_experts, tmp_path):
+    cache = tmp_path / "cache"
+    stats = {"examples": ["0-4", "5-9"], "limit": 20, "cache": str(cache)}
+    cfg = _stats_cfg(digits_experts, "fisher", stats)
+    proc = subprocess.run(
+        [sys.executable, "-m", "evomerge", "merge", str(cfg), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        preexec_fn=_file_size_limit(4096),
+        timeout=300,
+    )
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot write the statistics (" in err[-1] and "File too large" in err[-1], err
+    assert "free disk space or set statistics.cache to another folder" in err[-1]
+    assert [p for p in cache.rglob("*") if p.is_file()] == []  # no partial cache file
+    _no_output(tmp_path)
+    assert main(["merge", str(cfg), "--out", str(tmp_path / "o"), "-q"]) == 0  # room again
+
+
 def test_sigterm_during_the_statistics_pass(digits_experts, tmp_path):
     cache = tmp_path / "cache"
     stats = {"examples": ["0-4", "5-9"], "cache": str(cache)}  # every example: a long pass
