@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import DIGITS
+from conftest import DIGITS, ROOT
 from safetensors.torch import load_file, save_file
 from test_bad_input import one_line, read_only, run_cli  # noqa: F401  (a fixture)
 from test_bad_input_2 import _merge_cfg, _model, small
@@ -281,6 +281,27 @@ def test_a_disk_that_fills_while_the_statistics_are_written(digits_experts, tmp_
     assert [p for p in cache.rglob("*") if p.is_file()] == []  # no partial cache file
     _no_output(tmp_path)
     assert main(["merge", str(cfg), "--out", str(tmp_path / "o"), "-q"]) == 0  # room again
+
+
+@pytest.mark.parametrize(
+    "recipe", [{"params": {"alpha": 1.0}}, {"genes": {"weight": {}, "alpha": {"low": 0.5}}}]
+)
+def test_regmean_recipe_search_refuses_a_near_singular_system_at_start(recipe, tmp_path, capsys):
+    """The same near-singular Grams in a recipe search: refused before the first candidate
+    (the highest alpha a candidate can reach is checked), naming the tensor and the fix."""
+    cfg = yaml.safe_load((ROOT / "configs/cmaes_digits_recipe.yaml").read_text())
+    cfg.update(budget={"evaluations": 4}, evaluator={"kind": "local"})
+    cfg["seeds"]["options"]["steps"] = 5
+    stats = {"examples": ["0-4", "5-9", "0-4"], "limit": 2}
+    cfg["recipe"] = {"method": "regmean", "statistics": stats, **recipe}
+    cfg["recipe"].setdefault("genes", {"weight": {}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, err = run_cli(["run", str(path), "--out", str(tmp_path / "o")], capsys)
+    line = one_line(err)
+    assert code == 2 and "regmean on layers.0.weight: the Gram system" in line, line
+    assert "with alpha 1;" in line and "lower alpha" in line
+    _no_output(tmp_path)
 
 
 def test_sigterm_during_the_statistics_pass(digits_experts, tmp_path):

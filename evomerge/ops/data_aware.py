@@ -92,9 +92,10 @@ def input_axis(weight_shape, gram_shape) -> int:
 MAX_CONDITION = 1e10
 
 
-def _check_conditioning(a: torch.Tensor, alpha: float) -> None:
-    """Refuse a near-singular RegMean system (too few examples for the layer's inputs with
-    ``alpha`` near 1), saying what to change, rather than write weights blown up by it.
+def conditioning_problem(a: torch.Tensor, alpha: float) -> str | None:
+    """Why a RegMean system is too near-singular to solve (too few examples for the layer's
+    inputs with ``alpha`` near 1), or None; the solution of such a system would be weights blown
+    up by rounding.
 
     Judged on the system scaled to a unit diagonal (inputs of very different magnitudes are
     not a problem for the solve, only inputs the examples leave linearly dependent are):
@@ -104,13 +105,50 @@ def _check_conditioning(a: torch.Tensor, alpha: float) -> None:
     top = float(eig[-1])
     low = float(eig[0])
     if top > 0 and low > top / MAX_CONDITION:
-        return
+        return None
     cond = "inf" if low <= 0 else f"{top / low:.1e}"
-    raise ValueError(
-        f"regmean: the Gram system of a {a.shape[0]}-input layer is near-singular (condition "
+    return (
+        f"the Gram system of a {a.shape[0]}-input layer is near-singular (condition "
         f"number {cond}, over {MAX_CONDITION:.0e}): too few examples cover its inputs with "
-        f"alpha {alpha:g}; lower alpha (e.g. 0.9) or give more examples (statistics.limit)"
+        f"alpha {alpha:g}"
     )
+
+
+def _check_conditioning(a: torch.Tensor, alpha: float) -> None:
+    problem = conditioning_problem(a, alpha)
+    if problem is not None:
+        raise ValueError(
+            f"regmean: {problem}; lower alpha (e.g. 0.9) or give more examples "
+            "(statistics.limit)"
+        )
+
+
+def _reduced_sum(grams, alpha: float) -> torch.Tensor:
+    """The sum of the Grams with their off-diagonals times ``alpha`` (unit weights), and the
+    inputs no example reaches decoupled, as :func:`regmean` solves it."""
+    a = None
+    for g in grams:
+        g = g.to(torch.float64)
+        diag = torch.diagonal(g).clone()
+        g = g * alpha
+        g.diagonal().copy_(diag)
+        a = g if a is None else a + g
+    dead = torch.diagonal(a) == 0
+    a[dead, dead] = 1.0
+    return a
+
+
+def regmean_statistics_problem(statistics, intervals) -> str | None:
+    """Before a search: why one tensor's Grams make RegMean's system near-singular at the
+    highest ``alpha`` the recipe can reach (weights equal), or None. A Gram sum singular at
+    that alpha stays singular for every positive weighting, so a search would fail on it."""
+    if not statistics or any(g is None or g.dim() != 2 for g in statistics):
+        return None
+    alpha = intervals["alpha"][1]
+    problem = conditioning_problem(_reduced_sum(statistics, alpha), alpha)
+    if problem is None:
+        return None
+    return f"{problem}; lower alpha (at most 0.9, say) or give more examples (statistics.limit)"
 
 
 def regmean(base, models, model_params, params, generator, statistics=None):

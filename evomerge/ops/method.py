@@ -46,10 +46,22 @@ class BaseRole(str, Enum):
         None. Parameters missing from ``intervals`` take their default."""
         if self.joint is None:
             return None
+        return self.joint(self._with_defaults(intervals))
+
+    def statistics_problem(
+        self, statistics: Sequence, intervals: Mapping[str, tuple[float, float]]
+    ) -> str | None:
+        """Why one tensor's statistics (one per model) cannot serve the parameters, each
+        anywhere in its interval (a phrase), or None."""
+        if self.statistics_check is None:
+            return None
+        return self.statistics_check(statistics, self._with_defaults(intervals))
+
+    def _with_defaults(self, intervals: Mapping[str, tuple[float, float]]) -> dict:
         defaults = {**self.model_params.defaults, **self.params.defaults}
         full = {k: (float(v), float(v)) for k, v in defaults.items() if _is_number(v)}
         full.update({k: (float(lo), float(hi)) for k, (lo, hi) in intervals.items()})
-        return self.joint(full)
+        return full
 
     @property
     def needs_base(self) -> bool:
@@ -220,7 +232,9 @@ class MergeMethod:
     an undeclared one: any finite number, or a switch); ``joint`` a rule over several
     parameters at once (della's ``density +/- epsilon``): given, per parameter, the interval
     of values a merge may call the method with (a fixed value is ``(v, v)``, a gene its range),
-    why some combination in them is refused (a phrase naming the parameters), or None.
+    why some combination in them is refused (a phrase naming the parameters), or None;
+    ``statistics_check`` the same for one tensor's statistics (one per model) before a search
+    uses them (RegMean's near-singular Gram systems).
     """
 
     name: str
@@ -234,6 +248,7 @@ class MergeMethod:
     reference: str | None
     ranges: Mapping[str, Range]
     joint: Callable[[Mapping[str, tuple[float, float]]], str | None] | None
+    statistics_check: Callable[[Sequence, Mapping[str, tuple[float, float]]], str | None] | None
 
     def __init__(
         self,
@@ -249,6 +264,7 @@ class MergeMethod:
         reference: str | None = None,
         ranges: Mapping[str, Range] | None = None,
         joint: Callable[[Mapping[str, tuple[float, float]]], str | None] | None = None,
+        statistics_check: Callable | None = None,
         needs_base: bool | None = None,
         optional_base: bool = False,
     ):
@@ -272,6 +288,7 @@ class MergeMethod:
             "reference": reference,
             "ranges": MappingProxyType(dict(ranges or {})),
             "joint": joint,
+            "statistics_check": statistics_check,
         }
         stray = [n for n in values["ranges"] if n not in values["model_params"]]
         stray = [n for n in stray if n not in values["params"]]
@@ -301,10 +318,22 @@ class MergeMethod:
         None. Parameters missing from ``intervals`` take their default."""
         if self.joint is None:
             return None
+        return self.joint(self._with_defaults(intervals))
+
+    def statistics_problem(
+        self, statistics: Sequence, intervals: Mapping[str, tuple[float, float]]
+    ) -> str | None:
+        """Why one tensor's statistics (one per model) cannot serve the parameters, each
+        anywhere in its interval (a phrase), or None."""
+        if self.statistics_check is None:
+            return None
+        return self.statistics_check(statistics, self._with_defaults(intervals))
+
+    def _with_defaults(self, intervals: Mapping[str, tuple[float, float]]) -> dict:
         defaults = {**self.model_params.defaults, **self.params.defaults}
         full = {k: (float(v), float(v)) for k, v in defaults.items() if _is_number(v)}
         full.update({k: (float(lo), float(hi)) for k, (lo, hi) in intervals.items()})
-        return self.joint(full)
+        return full
 
     @property
     def needs_base(self) -> bool:

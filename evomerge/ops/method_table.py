@@ -11,7 +11,7 @@ from functools import partial
 
 from evomerge.ops.arcee_fusion import arcee_fusion
 from evomerge.ops.consensus import consensus_ta, consensus_ties, tall_masks
-from evomerge.ops.data_aware import fisher, regmean
+from evomerge.ops.data_aware import fisher, regmean, regmean_statistics_problem
 from evomerge.ops.della import della_magprune, density_epsilon_problem
 from evomerge.ops.interpolation import linear, region_crossover, slerp
 from evomerge.ops.method import (
@@ -224,6 +224,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         reference="Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language "
         "Models (RegMean), arXiv:2212.09849",
         ranges={"weight": NON_NEGATIVE, "alpha": FRACTION},
+        statistics_check=regmean_statistics_problem,
     ),
     MergeMethod(
         "regmean_plusplus",

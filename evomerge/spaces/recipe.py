@@ -118,6 +118,13 @@ class RecipeSection(_Section):
         None, description="Data-aware methods (fisher, regmean): the examples of each seed."
     )
 
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """Per set parameter, the lowest and highest value a candidate can give it."""
+        fixed = {**self.params, **self.model_params}
+        out = {k: (float(v), float(v)) for k, v in fixed.items()}
+        out.update({k: (g.low, g.high) for k, g in self.genes.items()})
+        return out
+
     @model_validator(mode="after")
     def _check_method(self):
         method = get_merge_method(self.method)  # ValueError lists the known names
@@ -139,10 +146,7 @@ class RecipeSection(_Section):
                     f"genes.{name}: the range [{gene.low:g}, {gene.high:g}] leaves what "
                     f"{self.method} accepts ({allowed.describe()}); narrow low/high to it"
                 )
-        fixed = {**self.params, **self.model_params}
-        intervals = {k: (float(v), float(v)) for k, v in fixed.items()}
-        intervals.update({k: (g.low, g.high) for k, g in self.genes.items()})
-        problem = method.joint_problem(intervals)
+        problem = method.joint_problem(self.intervals())
         if problem is not None:
             raise ValueError(f"genes/params: {problem}")
         if method.base is BaseRole.REQUIRED and self.base is None:
@@ -199,6 +203,11 @@ class RecipeSpace:
         if len(per_model) != len(self.models):
             raise ValueError(f"statistics for {len(per_model)} models, {len(self.models)} merged")
         self.statistics = [[d.get(name) for d in per_model] for name, _ in self.layout]
+        intervals = self.section.intervals()
+        for (name, _), stats in zip(self.layout, self.statistics, strict=True):
+            problem = self.method.statistics_problem(stats, intervals)
+            if problem is not None:
+                raise ValueError(f"{self.section.method} on {name}: {problem}")
 
     def _group(self, name: str) -> str:
         spec = self.section.groups
