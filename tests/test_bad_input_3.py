@@ -320,8 +320,9 @@ def test_sigterm_during_the_statistics_pass(digits_experts, tmp_path):
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     rest = proc.stderr.read()
-    assert proc.wait(timeout=60) == 130, rest
-    assert time.monotonic() - t0 < 20 and "Traceback" not in rest
+    assert proc.wait(timeout=120) == 130, rest
+    # promptly: within one batch of the pass (45 s leaves room for a machine under load)
+    assert time.monotonic() - t0 < 45 and "Traceback" not in rest
     from evomerge.ops.statistics import damage_of
 
     left = [p for p in cache.rglob("*") if p.is_file()]  # whole files only: no temporary one
