@@ -185,6 +185,22 @@ class CausalLM(CausalLMBase):
             out.append(total)
         return torch.stack(out)
 
+    def log_probabilities(self, params: torch.Tensor, example_ids: torch.Tensor) -> torch.Tensor:
+        """``(answer tokens, vocabulary)``: the log-softmax of the model's next-token
+        distribution at every answer position of the listed examples (the answer tokens are the
+        context, never a target), differentiable: the rows AdaMerging takes the entropy of."""
+        examples = self._examples(example_ids)
+        tensors = split(params.to(self.device, self.dtype), self.layout)
+        ids, mask = self.padded([e.prefix + e.answer for e, _ in examples])
+        logits = torch.func.functional_call(
+            self.model, tensors, (), {"input_ids": ids, "attention_mask": mask}
+        ).logits
+        rows = [
+            logits[r, len(e.prefix) - 1 : len(e.prefix) + len(e.answer) - 1]
+            for r, (e, _) in enumerate(examples)
+        ]
+        return torch.log_softmax(torch.cat(rows).float(), dim=-1)
+
     @torch.no_grad()
     def linear_inputs(self, params: torch.Tensor, example_ids: torch.Tensor):
         """``{weight name: (tokens, in)}`` inputs of each linear layer on the examples."""
