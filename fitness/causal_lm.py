@@ -59,7 +59,8 @@ For the data-aware merges (fisher, regmean), :meth:`log_likelihoods` is the teac
 ``log p(answer tokens | prompt)`` of each training example (plus the end target with
 ``include_eos``), differentiable in the flat parameters, and :meth:`linear_inputs` the inputs of
 every ``nn.Linear`` whose weight is a parameter (the tied output head is not), over the
-examples' real tokens.
+examples' real tokens. For AdaMerging, :meth:`log_probabilities` is the next-token
+distribution at every answer position (labels unused).
 """
 
 from __future__ import annotations
