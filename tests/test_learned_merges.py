@@ -278,3 +278,49 @@ def test_cmaes_search_starts_from_the_adamerging_weights(tmp_path):
     assert not torch.allclose(x0, torch.full_like(x0, 0.5))
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 < summary["metrics"]["test_accuracy"] <= 1.0
+
+
+# --- the causal-LM plug-in's output distributions, and an AdaMerging of tiny Llama experts ------
+
+
+def test_causal_lm_log_probabilities_and_an_adamerging_merge(lm_dir, tmp_path):
+    plugin = f"{ROOT / 'fitness/causal_lm.py'}:CausalLM"
+    tasks = [
+        {"name": n, "train": str(lm_dir / f"{n}.jsonl"), "metric": "token_accuracy"}
+        for n in ("add", "reverse")
+    ]
+    options = {"seeds": [str(lm_dir / "add")], "tasks": tasks}
+    fit = load_object(plugin)(**options)
+    fit.setup(torch.device("cpu"))
+    params = fit.make_seeds(1, 0)[0]
+    ids = T([0, 3, 5])
+    rows = fit.log_probabilities(params, ids)
+    answers = [fit.tasks[0].train_tok[i].answer for i in ids.tolist()]
+    assert rows.shape == (sum(len(a) for a in answers), fit.model.config.vocab_size)
+    assert torch.allclose(rows.exp().sum(dim=1), torch.ones(len(rows)), atol=1e-5)
+    # the rows at the answer tokens are log p(answer token | context): log_likelihoods' terms
+    picked = rows.gather(1, torch.tensor(sum(answers, []))[:, None]).squeeze(1)
+    per_example = torch.stack([s.sum() for s in torch.split(picked, [len(a) for a in answers])])
+    assert torch.allclose(per_example, fit.log_likelihoods(params, ids), atol=1e-4)
+
+    cfg = {
+        "merge_method": "adamerging",
+        "base_model": str(lm_dir / "base"),
+        "models": [{"model": str(lm_dir / "add")}, {"model": str(lm_dir / "reverse")}],
+        "parameters": {"steps": 2, "batch": 4, "layer_wise": False},
+        "statistics": {"plugin": plugin, "options": options, "examples": ["add", "reverse"]},
+    }
+    path = tmp_path / "m.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["merge", str(path), "--out", str(tmp_path / "out"), "-q"]) == 0
+    merged = load_file(tmp_path / "out" / "model.safetensors")
+    base = load_file(lm_dir / "base" / "model.safetensors")
+    a = load_file(lm_dir / "add" / "model.safetensors")
+    r = load_file(lm_dir / "reverse" / "model.safetensors")
+    # task-wise: every tensor is base + l1 (add - base) + l2 (reverse - base), one (l1, l2)
+    q, k = "model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight"
+    taus = torch.stack([(a[q] - base[q]).reshape(-1), (r[q] - base[q]).reshape(-1)], dim=1)
+    lam = torch.linalg.lstsq(taus, (merged[q] - base[q]).reshape(-1, 1)).solution.squeeze(1)
+    assert torch.all((lam > 0.29) & (lam < 0.31))  # two Adam steps of 1e-3 from 0.3
+    expected = base[k] + lam[0] * (a[k] - base[k]) + lam[1] * (r[k] - base[k])
+    assert torch.allclose(merged[k], expected, atol=1e-5)
