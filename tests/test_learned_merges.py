@@ -249,7 +249,8 @@ def test_start_from_sets_the_weight_genes_to_the_learnt_coefficients(digits_trio
     assert torch.allclose(space.materialize(seeds, genes), pool.merged(coeffs.float()), atol=1e-5)
 
 
-def test_cmaes_search_starts_from_the_adamerging_weights(tmp_path):
+@pytest.mark.parametrize("strategy", ["cmaes", "m2n2"])
+def test_a_search_starts_from_the_adamerging_weights(tmp_path, strategy):
     cfg = yaml.safe_load((ROOT / "configs/cmaes_digits_recipe.yaml").read_text())
     cfg["budget"] = {"evaluations": 8}
     cfg["seeds"]["options"]["steps"] = 30
@@ -260,14 +261,18 @@ def test_cmaes_search_starts_from_the_adamerging_weights(tmp_path):
         "statistics": {"examples": ["0-4", "5-9"], "limit": 64},
         "start_from": {"method": "adamerging", "params": {"steps": 3, "layer_wise": False}},
     }
+    if strategy == "m2n2":
+        cfg["strategy"] = {"name": "m2n2"}
     cfg["checkpoint_every"] = 8
     cfg["history_every"] = 8
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
     assert main(["run", str(path), "--out", str(out), "-q"]) == 0
-    # CMA-ES's initial mean is the learnt start (not the genes' mid-range 0.5)
-    x0 = load_file(out / "checkpoints/0000000000/state.safetensors")["x0"]
+    # CMA-ES's initial mean, M2N2's first archive member: the learnt start (not the genes'
+    # mid-range 0.5)
+    state = load_file(out / "checkpoints/0000000000/state.safetensors")
+    x0 = state["x0"] if strategy == "cmaes" else state["params"][0].double()
     digits = load_object(DIGITS)()
     digits.setup(torch.device("cpu"))
     seeds = digits.make_seeds(3, 0, **cfg["seeds"]["options"])
