@@ -224,9 +224,10 @@ def _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one):
     return out
 
 
-def _learned(cfg, method, layout, seeds, plan, aligned, bases, message):
+def _learned(cfg, method, layout, seeds, aligned, bases, message):
     """AdaMerging, FW-Merging: coefficients learnt over the whole model through the
-    statistics plug-in, then handed to the kernel as each model's statistics."""
+    statistics plug-in, then handed to the kernel as each model's statistics. The base and
+    the models are held as flat float32 vectors while they are learnt (not streamed)."""
     from evomerge.ops.learned_coefficients import Pool
 
     spec, plugin = load_plugin(cfg.statistics, bases)
@@ -238,11 +239,12 @@ def _learned(cfg, method, layout, seeds, plan, aligned, bases, message):
         example_ids(plugin, g, src.limit, f"statistics.examples[{i}]") for i, g in enumerate(groups)
     ]
 
+    def read(m, name):
+        return aligned.tensor(m, name, seeds[m].get(name, dtype=torch.float32))
+
     def flat(k):
-        if aligned is None:
-            return flat_params(plugin, seeds[k], layout.paths[k])
-        read = lambda m, n: aligned.tensor(m, n, seeds[m].get(n, dtype=torch.float32))  # noqa: E731
-        return flat_params(plugin, _AlignedSeed(seeds[k], k, read), layout.paths[k])
+        seed = seeds[k] if aligned is None else _AlignedSeed(seeds[k], k, read)
+        return flat_params(plugin, seed, layout.paths[k])
 
     params = {n: v for n, v in cfg.params.items() if n in method.params}
     bad = next((n for n, v in params.items() if isinstance(v, (list, dict))), None)
@@ -380,7 +382,7 @@ def run_merge(
         if method.statistics == "merged_gram":
             stats = _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one)
         elif method.statistics == "coefficients":
-            stats = _learned(cfg, method, layout, seeds, plan, aligned, bases, message)
+            stats = _learned(cfg, method, layout, seeds, aligned, bases, message)
 
         with (
             ShardedWriter(out_dir, shapes, max_shard_bytes=parse_size(cfg.max_shard_size)) as out,
