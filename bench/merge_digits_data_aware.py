@@ -9,8 +9,13 @@ merging over task arithmetic and TIES) pick their coefficients by train accuracy
 grids too; TALL masks rebuild each expert from the task-arithmetic vector and its mask.
 Reported: test accuracy on each expert's classes (0-4, 5-9) and on all 360 test images, the
 evaluations (train-set passes) a grid used, and the wall time.
+The gradient-learnt merges (AdaMerging, FW-Merging; ``--learned-only``) report the gradient
+steps they took instead, beside task arithmetic and RegMean of the same run, and CMA-ES over
+per-layer task-arithmetic weights started from the middle of the weights' range and from the
+AdaMerging weights (``recipe.start_from``), at the same budget.
 
     python bench/merge_digits_data_aware.py          # about a minute on 2 cores
+    python bench/merge_digits_data_aware.py --learned-only --threads 1
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from merge_digits import PAIRS, PLUGIN, search, seeds_of  # noqa: E402
 
 from evomerge.ops.alignment import PermutationSpec, align  # noqa: E402
+from evomerge.ops.learned_coefficients import Pool  # noqa: E402
 from evomerge.ops.merged_inputs import sequential_grams  # noqa: E402
 from evomerge.ops.operators import get_merge_method  # noqa: E402
 from evomerge.ops.statistics import example_ids, per_seed, split  # noqa: E402
@@ -222,6 +228,60 @@ def same_task(digits) -> list[tuple[str, dict, float, int]]:
     return rows
 
 
+def learned(digits, seeds, own, cmaes_evals: int) -> list[tuple[str, dict, float, str]]:
+    """AdaMerging and FW-Merging (task- and layer-wise, the released code's defaults: 500 and 10
+    steps; FW also 100), each model's examples its own half; then CMA-ES from the middle and
+    from AdaMerging."""
+    layout = digits.param_layout()
+    names = [n for n, _ in layout]
+    ids = [example_ids(digits, g, None, "examples") for g in own["examples"]]
+    rows = []
+    runs = [("adamerging", "AdaMerging", 500), ("frank_wolfe", "FW-Merging", 10)]
+    runs.append(("frank_wolfe", "FW-Merging", 100))
+    for method, title, steps in runs:
+        m = get_merge_method(method)
+        for layer_wise in (False, True):
+            t0 = time.perf_counter()
+            groups = names if layer_wise else ["all"] * len(names)
+            pool = Pool(seeds[0], list(seeds[1:]), layout, groups)
+            params = m.params.fill({"layer_wise": layer_wise, "steps": steps}, method)
+            coeffs, report = m.learner(digits, pool, ids, params, 0, 256)
+            flat = pool.merged(coeffs.float())
+            sec = time.perf_counter() - t0
+            table = pool.table(coeffs)
+            shown = (
+                f"a = {table['all'][1]:.2f}, {table['all'][2]:.2f}"
+                if not layer_wise
+                else "per tensor"
+            )
+            label = f"{title}, {'layer' if layer_wise else 'task'}-wise ({shown})"
+            rows.append((label, accuracies(digits, flat), sec, f"{report['gradient_steps']} steps"))
+    ta_genes = {"weight": {"low": 0.0, "high": 1.0}}
+    for start, title in ((None, "middle (0.5)"), ("adamerging", "AdaMerging, 500 steps")):
+        recipe = {
+            "method": "task_arithmetic",
+            "base": 0,
+            "genes": ta_genes,
+            "statistics": {"examples": own["examples"]},
+        }
+        if start is not None:
+            recipe["start_from"] = {"method": start}
+        t0 = time.perf_counter()
+        train, test, evals = search(
+            "configs/cmaes_digits_recipe.yaml",
+            [
+                f"budget.evaluations={cmaes_evals}",
+                f"seeds.options={own['options']}",
+                f"recipe={recipe}",
+            ],
+        )
+        acc = {"train": train, "0-4": float("nan"), "5-9": float("nan"), "all": test}
+        used = f"{evals}" + (" + 500 steps" if start else "")
+        label = f"CMA-ES, per-layer task-arithmetic weights, from {title}"
+        rows.append((label, acc, time.perf_counter() - t0, used))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cmaes-evals", type=int, default=400)
@@ -229,8 +289,16 @@ def main() -> None:
     ap.add_argument(
         "--alignment-only", action="store_true", help="only the rows with and without alignment"
     )
+    ap.add_argument(
+        "--learned-only",
+        action="store_true",
+        help="only AdaMerging, FW-Merging and the CMA-ES rows started from them (and peers)",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
-    host = FitnessHost(PLUGIN, {})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    host = FitnessHost(PLUGIN, {}, threads=args.threads)
     digits = host.plugin
     own = {"examples": ["0-4", "5-9"]}
     print("| pair | method | train % | test 0-4 % | test 5-9 % | test all % | evals | seconds |")
@@ -242,6 +310,10 @@ def main() -> None:
             rows.append((name, accuracies(digits, expert), 0.0, 0))
         if args.alignment_only:
             rows += four_merges(digits, seeds, own) + alignment(digits, seeds, own)
+        elif args.learned_only:
+            rows += four_merges(digits, seeds, own)[1:4:2]  # task arithmetic, regmean
+            mine = {**own, "options": {**options, "include_base": True}}
+            rows += learned(digits, seeds, mine, args.cmaes_evals)
         else:
             t0 = time.perf_counter()
             ta = [
@@ -310,15 +382,19 @@ def main() -> None:
                     )
                 )
             rows += alignment(digits, seeds, own)
+            mine = {**own, "options": {**options, "include_base": True}}
+            rows += learned(digits, seeds, mine, args.cmaes_evals)
         show(pair, rows)
-    show("same task, separate inits", same_task(digits))
+    if not args.learned_only:
+        show("same task, separate inits", same_task(digits))
 
 
 def show(pair: str, rows) -> None:
     for name, a, sec, n in rows:
         print(
             f"| {pair} | {name} | {100 * a['train']:.1f} | {100 * a['0-4']:.1f} | "
-            f"{100 * a['5-9']:.1f} | {100 * a['all']:.1f} | {n:,} | {sec:.1f} |",
+            f"{100 * a['5-9']:.1f} | {100 * a['all']:.1f} | "
+            f"{n if isinstance(n, str) else f'{n:,}'} | {sec:.1f} |",
             flush=True,
         )
 

@@ -59,7 +59,8 @@ For the data-aware merges (fisher, regmean), :meth:`log_likelihoods` is the teac
 ``log p(answer tokens | prompt)`` of each training example (plus the end target with
 ``include_eos``), differentiable in the flat parameters, and :meth:`linear_inputs` the inputs of
 every ``nn.Linear`` whose weight is a parameter (the tied output head is not), over the
-examples' real tokens.
+examples' real tokens. For AdaMerging, :meth:`log_probabilities` is the next-token
+distribution at every answer position (labels unused).
 """
 
 from __future__ import annotations
@@ -184,6 +185,22 @@ class CausalLM(CausalLMBase):
                 total = total + torch.logsumexp(logp[len(e.answer), ends], dim=0)
             out.append(total)
         return torch.stack(out)
+
+    def log_probabilities(self, params: torch.Tensor, example_ids: torch.Tensor) -> torch.Tensor:
+        """``(answer tokens, vocabulary)``: the log-softmax of the model's next-token
+        distribution at every answer position of the listed examples (the answer tokens are the
+        context, never a target), differentiable: the rows AdaMerging takes the entropy of."""
+        examples = self._examples(example_ids)
+        tensors = split(params.to(self.device, self.dtype), self.layout)
+        ids, mask = self.padded([e.prefix + e.answer for e, _ in examples])
+        logits = torch.func.functional_call(
+            self.model, tensors, (), {"input_ids": ids, "attention_mask": mask}
+        ).logits
+        rows = [
+            logits[r, len(e.prefix) - 1 : len(e.prefix) + len(e.answer) - 1]
+            for r, (e, _) in enumerate(examples)
+        ]
+        return torch.log_softmax(torch.cat(rows).float(), dim=-1)
 
     @torch.no_grad()
     def linear_inputs(self, params: torch.Tensor, example_ids: torch.Tensor):

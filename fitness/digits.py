@@ -7,7 +7,8 @@ Model: an MLP 64 -> 256 (ReLU) -> 10 with 19,210 parameters, flattened as
 ``nn.Linear.weight``), so split points land where the reference puts them.
 Score: 1.0 where the candidate classifies a training example correctly, else 0.0.
 For the data-aware merges (fisher, regmean) it gives the log-probability of each training
-example's label and the inputs of its two linear layers (pixels, hidden ReLU units).
+example's label and the inputs of its two linear layers (pixels, hidden ReLU units); for
+AdaMerging the log-softmax over the ten classes of each image (:meth:`log_probabilities`).
 """
 
 from __future__ import annotations
@@ -140,6 +141,12 @@ class Digits(Fitness):
         x, y = self.x_train[example_ids], self.y_train[example_ids]
         logp = torch.log_softmax(logits(params.reshape(1, -1), x)[0], dim=-1)
         return logp.gather(1, y[:, None]).squeeze(1)
+
+    def log_probabilities(self, params: torch.Tensor, example_ids: torch.Tensor) -> torch.Tensor:
+        """``(n, 10)`` log-softmax over the classes of each listed image (labels unused),
+        differentiable in params: the predictions whose entropy AdaMerging minimises."""
+        x = self.x_train[example_ids]
+        return torch.log_softmax(logits(params.reshape(1, -1), x)[0], dim=-1)
 
     def linear_inputs(self, params: torch.Tensor, example_ids: torch.Tensor):
         """The inputs of both layers (stored ``(in, out)``): the pixels and the hidden units."""

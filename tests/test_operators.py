@@ -97,6 +97,8 @@ def test_every_method_declares_its_mergekit_name_and_source():
         "consensus_ta",
         "consensus_ties",
         "tall_masks",
+        "adamerging",
+        "frank_wolfe",
     }
     for m in BUILT_IN:  # not the methods other tests of this process registered
         name = m.name

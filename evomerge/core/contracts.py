@@ -13,6 +13,9 @@ The lowest layer: this module imports nothing from evomerge.
 * :class:`ExampleStatistics` — a plug-in whose training examples drive the data-aware merges
   (Fisher, RegMean): differentiable per-example log-likelihoods and the inputs of its linear
   layers, for any flat parameter vector.
+* :class:`OutputDistributions` — a plug-in that also gives the model's whole output
+  distribution on its examples (log-probabilities over its classes or vocabulary), labels
+  unused: AdaMerging minimises its entropy.
 * :class:`Evaluator` — what turns candidates into scores (local or Ray); the search loop calls
   nothing else. :class:`WorkerPool` adds the per-worker figures a pool of processes reports.
 * :class:`Space` — one kind of candidate (dense vectors, lineages, merge recipes, layer
@@ -108,6 +111,26 @@ class ExampleStatistics(Protocol):
     def linear_inputs(
         self, params: torch.Tensor, example_ids: torch.Tensor
     ) -> dict[str, torch.Tensor]: ...
+
+    def example_groups(self) -> dict[str, list[int]]: ...
+
+    def param_layout(self) -> Layout: ...
+
+
+@runtime_checkable
+class OutputDistributions(Protocol):
+    """A plug-in that gives the model's output distribution on its examples, labels unused.
+
+    ``log_probabilities(params, example_ids)``: a ``(rows, classes)`` tensor, each row the
+    log-softmax of one prediction the model makes on the listed training examples (one row per
+    image for a classifier; one per answer token for a language model), differentiable with
+    respect to the flat ``params`` (``param_layout()`` order). AdaMerging minimises the mean
+    entropy ``-sum_c p_c log p_c`` of these rows; it never reads the examples' labels.
+    """
+
+    def log_probabilities(
+        self, params: torch.Tensor, example_ids: torch.Tensor
+    ) -> torch.Tensor: ...
 
     def example_groups(self) -> dict[str, list[int]]: ...
 

@@ -155,8 +155,8 @@ def _stacked_config(seed: SeedModel, plan: list[PlannedTensor]) -> str | None:
 
 def _statistics(cfg, method, layout, seeds, out_dir, bases, message):
     """Per input (None for the base), the memory-mapped statistics a data-aware method reads."""
-    if method.statistics in (None, "merged_gram"):
-        return None  # merged_gram: computed by _merged_grams, through the merge itself
+    if method.statistics in (None, "merged_gram", "coefficients"):
+        return None  # computed through the merge itself: _merged_grams, _learned
     models = [k for k, p in enumerate(layout.paths) if not layout._is_base(k)]
     files = for_models(
         cfg.statistics,
@@ -221,6 +221,50 @@ def _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one):
     out: list = [None] * len(seeds)
     for k, g in zip(models, grams, strict=True):
         out[k] = _InMemory(g)
+    return out
+
+
+def _learned(cfg, method, layout, seeds, aligned, bases, message):
+    """AdaMerging, FW-Merging: coefficients learnt over the whole model through the
+    statistics plug-in, then handed to the kernel as each model's statistics. The base and
+    the models are held as flat float32 vectors while they are learnt (not streamed)."""
+    from evomerge.ops.learned_coefficients import Pool
+
+    spec, plugin = load_plugin(cfg.statistics, bases)
+    src = cfg.statistics
+    models = [k for k in range(len(seeds)) if not layout._is_base(k)]
+    base = next(k for k in range(len(seeds)) if layout._is_base(k))
+    groups = src.examples if src.examples is not None else [None] * len(models)
+    ids = [
+        example_ids(plugin, g, src.limit, f"statistics.examples[{i}]") for i, g in enumerate(groups)
+    ]
+
+    def read(m, name):
+        return aligned.tensor(m, name, seeds[m].get(name, dtype=torch.float32))
+
+    def flat(k):
+        seed = seeds[k] if aligned is None else _AlignedSeed(seeds[k], k, read)
+        return flat_params(plugin, seed, layout.paths[k])
+
+    params = {n: v for n, v in cfg.params.items() if n in method.params}
+    bad = next((n for n, v in params.items() if isinstance(v, (list, dict))), None)
+    if bad is not None:
+        raise EvomergeError(f"parameters.{bad}: {cfg.method} takes one value, not one per layer")
+    params = method.params.fill(params, cfg.method)
+    names = [n for n, _ in plugin.param_layout()]
+    group_of = names if params.get("layer_wise", True) else ["all"] * len(names)
+    try:
+        pool = Pool(flat(base), [flat(k) for k in models], plugin.param_layout(), group_of)
+        if message is not None:
+            message(f"{cfg.method}: learning coefficients over {len(models)} models")
+        coeffs, report = method.learner(plugin, pool, ids, params, cfg.seed, src.batch_size)
+    except (TypeError, ValueError) as exc:
+        raise EvomergeError(f"statistics.plugin: {exc}") from None
+    if message is not None:
+        message(f"{cfg.method}: {report['gradient_steps']} gradient steps; {pool.table(coeffs)}")
+    out: list = [None] * len(seeds)
+    for k, stats in zip(models, pool.per_model(coeffs), strict=True):
+        out[k] = _InMemory(stats)
     return out
 
 
@@ -306,7 +350,7 @@ def run_merge(
         plan = _plan(cfg, layout, seeds, layout.paths)
         stats = _statistics(cfg, method, layout, seeds, out_dir, bases, message)
         aligned = _Aligned(cfg, layout, seeds, message) if cfg.align is not None else None
-        sequential = method.statistics == "merged_gram"
+        sequential = method.statistics in ("merged_gram", "coefficients")  # already aligned
         extra = tokenizer_files(cfg.tokenizer_source, seeds, layout.paths, bases)
         first = seeds[layout.slices[0][0][0]]
 
@@ -335,8 +379,10 @@ def run_merge(
             except ValueError as exc:
                 raise EvomergeError(f"{cfg.method} on tensor '{tensor.name}': {exc}") from None
 
-        if sequential:
+        if method.statistics == "merged_gram":
             stats = _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one)
+        elif method.statistics == "coefficients":
+            stats = _learned(cfg, method, layout, seeds, aligned, bases, message)
 
         with (
             ShardedWriter(out_dir, shapes, max_shard_bytes=parse_size(cfg.max_shard_size)) as out,

@@ -224,9 +224,12 @@ class MergeMethod:
     completed with their defaults; ``model_params`` has one dict per model in ``models``;
     ``base`` is the base's tensor or None (see :class:`BaseRole`). ``random`` methods draw
     from ``generator``. ``statistics`` methods (``"fisher"``, ``"gram"``, ``"merged_gram"``: Grams
-    through the merged earlier layers, RegMean++) also receive, per
+    through the merged earlier layers, RegMean++; ``"coefficients"``: coefficients that
+    ``learner`` learns over the whole model first, AdaMerging and FW-Merging) also receive, per
     model, that kind of statistic for the tensor (or None where there is none) as
-    ``statistics=``. ``mergekit`` is the method's name in mergekit (None: mergekit has none,
+    ``statistics=``. ``learner(plugin, pool, ids, params, seed, batch_size)`` returns a
+    coefficient table and a report (:mod:`evomerge.ops.learned_coefficients`).
+    ``mergekit`` is the method's name in mergekit (None: mergekit has none,
     so a recipe using it is exported without a mergekit.yaml); ``reference`` where the
     method comes from (a paper); ``ranges`` the values a parameter accepts (:class:`Range`;
     an undeclared one: any finite number, or a switch); ``joint`` a rule over several
@@ -249,6 +252,7 @@ class MergeMethod:
     ranges: Mapping[str, Range]
     joint: Callable[[Mapping[str, tuple[float, float]]], str | None] | None
     statistics_check: Callable[[Sequence, Mapping[str, tuple[float, float]]], str | None] | None
+    learner: Callable | None
 
     def __init__(
         self,
@@ -265,6 +269,7 @@ class MergeMethod:
         ranges: Mapping[str, Range] | None = None,
         joint: Callable[[Mapping[str, tuple[float, float]]], str | None] | None = None,
         statistics_check: Callable | None = None,
+        learner: Callable | None = None,
         needs_base: bool | None = None,
         optional_base: bool = False,
     ):
@@ -272,10 +277,13 @@ class MergeMethod:
             raise ValueError(f"a merge method's name is a non-empty string, got {name!r}")
         if not callable(fn):
             raise TypeError(f"{name}: fn must be callable, got {fn!r}")
-        if statistics not in (None, "fisher", "gram", "merged_gram"):
+        if statistics not in (None, "fisher", "gram", "merged_gram", "coefficients"):
             raise ValueError(
-                f"{name}: statistics is 'fisher', 'gram', 'merged_gram' or None, not {statistics!r}"
+                f"{name}: statistics is 'fisher', 'gram', 'merged_gram', 'coefficients' or None, "
+                f"not {statistics!r}"
             )
+        if (statistics == "coefficients") != (learner is not None):
+            raise ValueError(f"{name}: a learner goes with statistics='coefficients', and only")
         values = {
             "name": name,
             "fn": fn,
@@ -289,6 +297,7 @@ class MergeMethod:
             "ranges": MappingProxyType(dict(ranges or {})),
             "joint": joint,
             "statistics_check": statistics_check,
+            "learner": learner,
         }
         stray = [n for n in values["ranges"] if n not in values["model_params"]]
         stray = [n for n in stray if n not in values["params"]]

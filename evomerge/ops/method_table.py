@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from functools import partial
 
+from evomerge.ops import adamerging, frank_wolfe
 from evomerge.ops.arcee_fusion import arcee_fusion
 from evomerge.ops.consensus import consensus_ta, consensus_ties, tall_masks
 from evomerge.ops.data_aware import fisher, regmean, regmean_statistics_problem
 from evomerge.ops.della import della_magprune, density_epsilon_problem
 from evomerge.ops.interpolation import linear, region_crossover, slerp
+from evomerge.ops.learned_coefficients import learned_combination
 from evomerge.ops.method import (
     FLAG,
     FRACTION,
@@ -301,6 +303,49 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         Parameters(("task",), TALL_DEFAULTS),
         ranges={"tall_mask_lambda": NON_NEGATIVE},
         reference=TALL,
+    ),
+    MergeMethod(
+        "adamerging",
+        learned_combination,
+        BaseRole.REQUIRED,
+        Parameters(),
+        Parameters(
+            defaults={
+                "layer_wise": True,
+                "steps": 500,
+                "lr": 1e-3,
+                "init": 0.3,
+                "batch": 32,
+            }
+        ),
+        statistics="coefficients",
+        learner=adamerging.learn,
+        ranges={
+            "layer_wise": FLAG,
+            "steps": Range(0, integer=True),
+            "lr": POSITIVE,
+            "init": FRACTION,
+            "batch": Range(1, integer=True),
+        },
+        reference="Yang et al. 2024, AdaMerging: Adaptive Model Merging for Multi-Task "
+        "Learning, arXiv:2310.02575 (as in the authors' released code)",
+    ),
+    MergeMethod(
+        "frank_wolfe",
+        learned_combination,
+        BaseRole.REQUIRED,
+        Parameters(),
+        Parameters(defaults={"layer_wise": True, "steps": 10, "step_size": 1.0, "lambda": 1.0}),
+        statistics="coefficients",
+        learner=frank_wolfe.learn,
+        ranges={
+            "layer_wise": FLAG,
+            "steps": Range(0, integer=True),
+            "step_size": Range(0.0, 1.0, low_open=True),
+            "lambda": POSITIVE,
+        },
+        reference="Chen et al. 2025, FW-Merging: Scaling Model Merging with Frank-Wolfe "
+        "Optimization, arXiv:2503.12649 (as in the authors' released code)",
     ),
 )
 del crumbs

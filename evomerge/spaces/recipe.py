@@ -102,6 +102,33 @@ class GroupSpec(_Section):
         return self
 
 
+class LearnedStart(_Section):
+    """``recipe.start_from:`` the search's first genes learnt by a gradient merge.
+
+    ``method`` is a merge method that learns its coefficients (``adamerging``,
+    ``frank_wolfe``), run once over the recipe's own layer groups (one group when its
+    ``layer_wise`` is false) on the examples of ``recipe.statistics``; each merged seed's
+    learnt coefficient in a group becomes the starting value of its ``weight`` gene there
+    (clamped into the gene's range). The other genes start at their ``init``.
+    """
+
+    method: str = Field(description="A merge method with learnt coefficients.")
+    params: dict[str, float | bool] = Field({}, description="Its parameters (steps, lr, ...).")
+
+    @model_validator(mode="after")
+    def _check(self):
+        method = get_merge_method(self.method)
+        if method.learner is None:
+            raise ValueError(
+                f"method: {self.method} learns no coefficients; use adamerging or frank_wolfe"
+            )
+        for name, value in self.params.items():
+            problem = method.value_problem(name, value)
+            if problem is not None:
+                raise ValueError(f"params.{name}: {problem}")
+        return self
+
+
 class RecipeSection(_Section):
     """``recipe:`` — the merge operator, its fixed parameters, and which parameters evolve."""
 
@@ -116,6 +143,9 @@ class RecipeSection(_Section):
     seed: int = Field(0, description="Seed of random operators (DARE) when materialising.")
     statistics: SearchStatistics | None = Field(
         None, description="Data-aware methods (fisher, regmean): the examples of each seed."
+    )
+    start_from: LearnedStart | None = Field(
+        None, description="Start the search from weights learnt by adamerging or frank_wolfe."
     )
 
     def intervals(self) -> dict[str, tuple[float, float]]:
@@ -161,6 +191,22 @@ class RecipeSection(_Section):
                 f"{self.method} takes its statistics through the merge itself, once per merge; "
                 "use it in 'evomerge merge', or use regmean in a recipe search"
             )
+        if method.statistics == "coefficients":
+            raise ValueError(
+                f"{self.method} learns its coefficients once per merge; use it in 'evomerge "
+                f"merge', or start a search from it: recipe.start_from: {{method: {self.method}}}"
+            )
+        if self.start_from is not None:
+            if self.base is None or "weight" not in self.genes:
+                raise ValueError(
+                    "start_from: a learnt start sets each merged seed's weight genes over task "
+                    "vectors; set recipe.base and evolve genes.weight"
+                )
+            if self.statistics is None:
+                raise ValueError(
+                    "start_from: the learnt start needs data; set recipe.statistics: "
+                    "{examples: [one example group per merged seed]}"
+                )
         if method.statistics is not None and self.statistics is None:
             raise ValueError(
                 f"statistics: {self.method} needs data; set recipe.statistics: {{examples: "

@@ -96,6 +96,7 @@ class RecipeWorker:
         except ValueError as exc:
             raise PluginError(f"recipe: {exc}", exit_code=2) from None
         self.space = RecipeGeneSpace(section, layout, store.num_seeds)
+        self._initial: list[float] | None = None
 
     def _statistics(self) -> None:
         """Data-aware recipes: each merged seed's statistics, computed once at set-up."""
@@ -113,11 +114,31 @@ class RecipeWorker:
         flats = [flat(m) for m in space.models]
         space.attach_statistics(per_seed(self.host.plugin, kind, space.section.statistics, flats))
 
+    def initial(self) -> list[float]:
+        """The search's first genes: the recipe's ``init`` values, or learnt
+        (``recipe.start_from``), once per worker."""
+        space = self.loader.space
+        if space.section.start_from is None:
+            return space.initial()
+        if self._initial is None:
+            from evomerge.spaces.recipe_start import learned_initial
+
+            store, bounds = self.store, self.loader.bounds
+
+            def flat(m):
+                return torch.cat([store.piece(m, a, b).float().cpu() for a, b in bounds])
+
+            try:
+                self._initial, _ = learned_initial(space, self.host.plugin, flat)
+            except (TypeError, ValueError) as exc:
+                raise PluginError(f"recipe.start_from: {exc}", exit_code=2) from None
+        return self._initial
+
     def info(self) -> dict:
         space = self.loader.space
         return {
             "num_params": space.dim,
-            "initial": space.initial(),
+            "initial": self.initial(),
             "layout": space.layout,
             "num_seeds": len(space.models) + (space.section.base is not None),
         }
