@@ -396,7 +396,10 @@ def test_sigterm_during_report(finished_run, tmp_path):
     code = proc.wait(timeout=60)
     assert code in (0, 130) and "Traceback" not in rest, rest
     after = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert after == before  # the old report, or the new one whole (a report is reproducible)
+    # the old report, or the new one whole: the same files, each listed in its marker
+    assert set(after) == set(before)
+    marker = json.loads(after[".evomerge-report"])
+    assert set(marker["files"]) == set(after) - {".evomerge-report"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rep.")]
 
 
