@@ -34,7 +34,7 @@ from evomerge.core.keys import key
 from evomerge.merge.merge_config import DTYPES, MergeConfig, parse_size, resolve_setting
 from evomerge.merge.slices import PlannedTensor, SliceRange, plan_tensors, whole_model_plan
 from evomerge.merge.tokenizer_source import is_tokenizer_file, tokenizer_files
-from evomerge.ops.alignment import weight_matching
+from evomerge.ops.alignment import axis_order, weight_matching
 from evomerge.ops.data_aware import input_axis
 from evomerge.ops.merged_inputs import sequential_grams
 from evomerge.ops.operators import MergeMethod, get_merge_method
@@ -234,14 +234,31 @@ class _AlignedSeed:
         return self.read(self.k, name)
 
 
+def _align_spec(align, seed, label):
+    """``align``'s permutation spec; for ``architecture``, built from the reference's
+    ``config.json`` and tensor names."""
+    if align.architecture is None:
+        return align.spec()
+    path = seed.path / "config.json" if seed.path.is_dir() else None
+    if path is None or not path.is_file():
+        raise EvomergeError(
+            f"align.architecture: model '{label}' has no config.json to read its layers and "
+            "heads from; list align.permutations instead"
+        )
+    try:
+        return align.spec(json.loads(path.read_text()), seed.names())
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise EvomergeError(f"align.architecture: model '{label}': {exc}") from None
+
+
 class _Aligned:
     """The permutations that align each input to ``align.reference`` (weight matching on the
     tensors the spec names, read once), applied to tensors and statistics as they stream."""
 
     def __init__(self, cfg: MergeConfig, layout: _Layout, seeds, message=None):
-        self.spec = cfg.align.spec()
-        names = list(self.spec.axes)
         ref = cfg.align.reference + (cfg.base is not None)
+        self.spec = _align_spec(cfg.align, seeds[ref], layout.paths[ref])
+        names = list(self.spec.axes)
         self.perms: list[dict | None] = [None] * len(seeds)
 
         def read(k):
@@ -285,7 +302,7 @@ class _Aligned:
         perm = self.spec.axes.get(name, {}).get(input_axis(weight_shape, tuple(stat.shape)))
         if perm is None:
             return stat
-        p = perms[perm]
+        p = axis_order(perms[perm], stat.shape[0])  # a head's block of inputs moves whole
         return stat.index_select(0, p).index_select(1, p)
 
 
