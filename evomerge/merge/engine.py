@@ -37,6 +37,7 @@ from evomerge.merge.tokenizer_source import is_tokenizer_file, tokenizer_files
 from evomerge.ops.alignment import axis_order, weight_matching
 from evomerge.ops.data_aware import input_axis
 from evomerge.ops.merged_inputs import sequential_grams
+from evomerge.ops.method import SEQUENTIAL_KINDS
 from evomerge.ops.operators import MergeMethod, get_merge_method
 from evomerge.ops.statistics import example_ids, flat_params, for_models, load_plugin
 from evomerge.tensors.finite import check_inputs
@@ -155,8 +156,8 @@ def _stacked_config(seed: SeedModel, plan: list[PlannedTensor]) -> str | None:
 
 def _statistics(cfg, method, layout, seeds, out_dir, bases, message):
     """Per input (None for the base), the memory-mapped statistics a data-aware method reads."""
-    if method.statistics in (None, "merged_gram"):
-        return None  # merged_gram: computed by _merged_grams, through the merge itself
+    if method.statistics is None or method.statistics in SEQUENTIAL_KINDS:
+        return None  # merged_*: computed by _merged_grams, through the merge itself
     models = [k for k, p in enumerate(layout.paths) if not layout._is_base(k)]
     files = for_models(
         cfg.statistics,
@@ -186,9 +187,10 @@ class _InMemory:
         self.tensors = {}
 
 
-def _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one):
-    """RegMean++: per input, its Grams through the merged earlier layers (not cached: they
-    depend on every model and parameter of this merge)."""
+def _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one, cross=False):
+    """RegMean++ and PLeaS: per input, its Grams through the merged earlier layers (PLeaS:
+    stacked with the cross Grams) (not cached: they depend on every model and parameter of
+    this merge)."""
     spec, plugin = load_plugin(cfg.statistics, bases)
     src = cfg.statistics
     models = [k for k in range(len(seeds)) if not layout._is_base(k)]
@@ -213,9 +215,10 @@ def _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one):
         return merge_one(i, tensor, tensors, {"statistics": grams})
 
     if message is not None:
-        message(f"RegMean++ statistics: {len(models)} models, layer by layer through the merge")
+        what = "PLeaS" if cross else "RegMean++"
+        message(f"{what} statistics: {len(models)} models, layer by layer through the merge")
     try:
-        _, grams = sequential_grams(plugin, flats, ids, merge, src.batch_size)
+        _, grams = sequential_grams(plugin, flats, ids, merge, src.batch_size, cross)
     except ValueError as exc:
         raise EvomergeError(f"statistics.plugin: {exc}") from None
     out: list = [None] * len(seeds)
@@ -323,7 +326,7 @@ def run_merge(
         plan = _plan(cfg, layout, seeds, layout.paths)
         stats = _statistics(cfg, method, layout, seeds, out_dir, bases, message)
         aligned = _Aligned(cfg, layout, seeds, message) if cfg.align is not None else None
-        sequential = method.statistics == "merged_gram"
+        sequential = method.statistics in SEQUENTIAL_KINDS
         extra = tokenizer_files(cfg.tokenizer_source, seeds, layout.paths, bases)
         first = seeds[layout.slices[0][0][0]]
 
@@ -353,7 +356,17 @@ def run_merge(
                 raise EvomergeError(f"{cfg.method} on tensor '{tensor.name}': {exc}") from None
 
         if sequential:
-            stats = _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one)
+            stats = _merged_grams(
+                cfg,
+                layout,
+                seeds,
+                plan,
+                aligned,
+                bases,
+                message,
+                merge_one,
+                cross=method.statistics == "merged_cross_gram",
+            )
 
         with (
             ShardedWriter(out_dir, shapes, max_shard_bytes=parse_size(cfg.max_shard_size)) as out,

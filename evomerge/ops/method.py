@@ -194,6 +194,12 @@ def _role(base, needs_base, optional_base) -> BaseRole:
         raise ValueError(f"base: '{base}' is not a base role ({roles})") from None
 
 
+#: The statistics a method may ask for; the ``merged_*`` kinds are taken through the merge
+#: itself (once per ``evomerge merge``, layer by layer), the others once per model.
+STATISTICS_KINDS = ("fisher", "gram", "merged_gram", "merged_cross_gram")
+SEQUENTIAL_KINDS = ("merged_gram", "merged_cross_gram")
+
+
 @dataclass(frozen=True, init=False)
 class MergeMethod:
     """A named per-tensor merge kernel and its declaration.
@@ -202,7 +208,8 @@ class MergeMethod:
     completed with their defaults; ``model_params`` has one dict per model in ``models``;
     ``base`` is the base's tensor or None (see :class:`BaseRole`). ``random`` methods draw
     from ``generator``. ``statistics`` methods (``"fisher"``, ``"gram"``, ``"merged_gram"``: Grams
-    through the merged earlier layers, RegMean++) also receive, per
+    through the merged earlier layers, RegMean++; ``"merged_cross_gram"``: those stacked with
+    the cross Gram of merged and own inputs, PLeaS) also receive, per
     model, that kind of statistic for the tensor (or None where there is none) as
     ``statistics=``. ``mergekit`` is the method's name in mergekit (None: mergekit has none,
     so a recipe using it is exported without a mergekit.yaml); ``reference`` where the
@@ -241,10 +248,9 @@ class MergeMethod:
             raise ValueError(f"a merge method's name is a non-empty string, got {name!r}")
         if not callable(fn):
             raise TypeError(f"{name}: fn must be callable, got {fn!r}")
-        if statistics not in (None, "fisher", "gram", "merged_gram"):
-            raise ValueError(
-                f"{name}: statistics is 'fisher', 'gram', 'merged_gram' or None, not {statistics!r}"
-            )
+        if statistics not in (None, *STATISTICS_KINDS):
+            known = ", ".join(f"'{k}'" for k in STATISTICS_KINDS)
+            raise ValueError(f"{name}: statistics is {known} or None, not {statistics!r}")
         values = {
             "name": name,
             "fn": fn,
