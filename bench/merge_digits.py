@@ -87,6 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cmaes-evals", type=int, default=400)
     ap.add_argument("--m2n2-evals", type=int, default=10_000)
+    ap.add_argument("--map-evals", type=int, default=70)
     args = ap.parse_args()
     host = FitnessHost(PLUGIN, {})
     print("| pair | method | train acc % | test acc % | evaluations |")
@@ -101,6 +102,15 @@ def main() -> None:
                 *search(
                     "configs/cmaes_digits_recipe.yaml",
                     [f"budget.evaluations={args.cmaes_evals}", f"seeds.options={opts}"],
+                ),
+            )
+        )
+        rows.append(
+            (
+                "MAP, per-layer task-arithmetic weights (quadratic surrogates + NSGA-II)",
+                *search(
+                    "configs/map_digits_recipe.yaml",
+                    [f"budget.evaluations={args.map_evals}", f"seeds.options={opts}"],
                 ),
             )
         )

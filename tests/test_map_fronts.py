@@ -143,12 +143,17 @@ def test_map_resume_is_identical():
     resumed = decode(MapState, tensors, meta, s.codec_context())
     fresh = _strategy()  # a new object, as after a restart
     a, b = _run(s, state, 2), _run(fresh, resumed, 2)
-    assert torch.equal(a.points, b.points) and torch.equal(a.objectives, b.objectives)
+    assert torch.equal(a.points, b.points) and torch.equal(a.point_objectives, b.point_objectives)
     assert a.archive.ids == b.archive.ids and a.best.id == b.best.id
-    # and the strategy's own checkpoint methods round-trip the state
+    # and the strategy's own checkpoint (with the report's views beside the state) round-trips
     t2, m2 = s.state_to_tensors(a)
+    assert "objectives" in t2  # the report's front plot
     back = s.state_from_tensors(t2, m2)
     assert torch.equal(back.points, a.points) and back.archive.ids == a.archive.ids
+    assert torch.equal(back.point_objectives, a.point_objectives)
+    assert torch.equal(back.archive.scores, a.archive.scores)
+    c, d = _run(s, a, 1), _run(fresh, back, 1)
+    assert torch.equal(c.points, d.points)
 
 
 def test_map_is_registered_and_checks_its_samples():
@@ -158,3 +163,51 @@ def test_map_is_registered_and_checks_its_samples():
     seed = torch.zeros(1, 3)
     with pytest.raises(Exception, match="set samples >= 9"):
         s.init(seed, torch.zeros(1, 2))
+
+
+def test_map_digits_config_improves_on_its_start_and_resumes_exactly(tmp_path):
+    """configs/map_digits_recipe.yaml (shortened: 30-step experts, 16 samples, 1 round of 8):
+    the reported member beats the recipe's starting genes, and a run stopped after the samples
+    and resumed ends with the same checkpoint as one run straight through."""
+    import json
+
+    import yaml
+    from conftest import ROOT
+    from safetensors.torch import load_file
+
+    from evomerge.interface.cli import main
+    from evomerge.run import checkpoint
+
+    cfg = ROOT / "configs" / "map_digits_recipe.yaml"
+    sets = [
+        "--set",
+        "seeds.options={shared_init: true, include_base: true, steps: 30, lr: 0.003}",
+        "--set",
+        "strategy.samples=16",
+        "--set",
+        "checkpoint_every=8",
+        "--set",
+        "history_every=8",
+        "-q",
+    ]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert (
+        main(["run", str(cfg), "--out", str(whole), "--set", "budget.evaluations=24", *sets]) == 0
+    )
+    assert main(["run", str(cfg), "--out", str(part), "--set", "budget.evaluations=16", *sets]) == 0
+    raw = yaml.safe_load((part / "config.yaml").read_text())
+    raw["budget"]["evaluations"] = 24
+    (part / "config.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["resume", str(part), "-q"]) == 0
+
+    def last(run):
+        return load_file(checkpoint.list_checkpoints(run / "checkpoints")[-1] / "state.safetensors")
+
+    a, b = last(whole), last(part)
+    assert a.keys() == b.keys() and len(a["points"]) == 1 + 24
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    history = [json.loads(x) for x in (whole / "history.jsonl").read_text().splitlines()]
+    start = a["point_objectives"][0].mean().item()  # the recipe's initial genes (the seed row)
+    assert history[-1]["best_train_score"] > start + 0.01
+    assert history[-1]["front_size"] >= 2

@@ -81,12 +81,13 @@ class MapConfig(BaseModel):
 
 @dataclass(frozen=True)
 class MapState:
-    """Checkpoint names: ``points``, ``objectives`` (every evaluated point and its group
-    means, seeds included), ``archive.*`` (the verified Pareto archive), ``best_*``; meta
-    ``evaluations``, ``next_id``, ``archive``."""
+    """Checkpoint names: ``points``, ``point_objectives`` (every evaluated point and its
+    group means, seeds included: the surrogates' data), ``archive.*`` (the verified Pareto
+    archive), ``best_*``; meta ``evaluations``, ``next_id``, ``archive``. (``objectives`` is
+    the report's view of the archive's members, written beside them.)"""
 
     points: torch.Tensor
-    objectives: torch.Tensor
+    point_objectives: torch.Tensor
     archive: ArchiveState = field(
         metadata=codec(Nested(ArchiveState, tensor_prefix="archive.", meta_key="archive"))
     )
@@ -129,7 +130,7 @@ class SurrogateFronts(BestSoFar):
             )
         return MapState(
             points=seed_params.to(torch.float32).clone(),
-            objectives=self.groups.scores(seed_scores).to(torch.float64),
+            point_objectives=self.groups.scores(seed_scores).to(torch.float64),
             archive=archive,
             best=self.best_of_seeds(seed_params, seed_scores),
             evaluations=0,
@@ -156,7 +157,7 @@ class SurrogateFronts(BestSoFar):
 
     def surrogate(self, state: MapState) -> torch.Tensor:
         """The quadratics fitted to every evaluated point: ``(terms, objectives)``."""
-        return fit_quadratic(state.points.double(), state.objectives)
+        return fit_quadratic(state.points.double(), state.point_objectives)
 
     def _front(self, state: MapState, n: int, dim: int) -> torch.Tensor:
         coef = self.surrogate(state)
@@ -182,7 +183,9 @@ class SurrogateFronts(BestSoFar):
         return replace(
             state,
             points=torch.cat([state.points, children.params.to(torch.float32)]),
-            objectives=torch.cat([state.objectives, self.groups.scores(scores).to(torch.float64)]),
+            point_objectives=torch.cat(
+                [state.point_objectives, self.groups.scores(scores).to(torch.float64)]
+            ),
             archive=archive,
         )
 
