@@ -149,3 +149,33 @@ def test_merge_yaml_aligns_a_permuted_llama(tmp_path):
     raw = load_file(tmp_path / "raw" / "model.safetensors")
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(raw[q], ref[q], atol=1e-3)
+
+
+def test_bad_architecture_align_is_one_line(tmp_path, capsys):
+    cfg, model = _llama(4, 2)
+    model.save_pretrained(tmp_path / "a")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    from safetensors.torch import save_file
+
+    save_file(state, tmp_path / "b.safetensors")  # a bare file: no config.json beside it
+    cases = [
+        (str(tmp_path / "b.safetensors"), {"architecture": "llama"}, "has no config.json"),
+        (str(tmp_path / "a"), {"architecture": "llama", "units": {"x": 2}}, "units"),
+        (str(tmp_path / "a"), {"permutations": {"h": {"x": 0}}, "residual": True}, "residual"),
+    ]
+    for first, align, message in cases:
+        doc = {
+            "method": "linear",
+            "models": [
+                {"path": first, "params": {"weight": 1.0}},
+                {"path": str(tmp_path / "a"), "params": {"weight": 1.0}},
+            ],
+            "align": align,
+        }
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
+        capsys.readouterr()
+        code = main(["merge", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "out"), "-q"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, err
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "out").exists()
