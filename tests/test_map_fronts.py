@@ -163,6 +163,8 @@ def test_map_is_registered_and_checks_its_samples():
     seed = torch.zeros(1, 3)
     with pytest.raises(Exception, match="set samples >= 9"):
         s.init(seed, torch.zeros(1, 2))
+    with pytest.raises(Exception, match="at most 64 genes"):
+        s.init(torch.zeros(1, 65), torch.zeros(1, 2))
 
 
 def test_map_digits_config_improves_on_its_start_and_resumes_exactly(tmp_path):

@@ -48,6 +48,9 @@ from evomerge.search.surrogate import fit_quadratic, num_terms, predict
 
 __all__ = ["MapConfig", "MapState", "SurrogateFronts"]
 
+#: more genes than this and the quadratic's terms (2,145 at 64) outgrow any evaluation budget
+MAX_GENES = 64
+
 #: keys of the NSGA-II runs are offset from the sampling keys, so they never share a stream
 NSGA_KEY_OFFSET = 1 << 40
 
@@ -117,6 +120,11 @@ class SurrogateFronts(BestSoFar):
     def init(self, seed_params: torch.Tensor, seed_scores: torch.Tensor) -> MapState:
         k, e = seed_scores.shape
         dim = seed_params.shape[1]
+        if dim > MAX_GENES:
+            raise EvomergeError(
+                f"strategy.name: map fits a quadratic over the genes ({num_terms(dim)} terms for "
+                f"{dim} genes); use it on a recipe with at most {MAX_GENES} genes (recipe.groups)"
+            )
         if k + self.samples(dim) < num_terms(dim):
             raise EvomergeError(
                 f"strategy.samples: {self.samples(dim)} samples and {k} seeds cannot fit a "
