@@ -7,8 +7,10 @@ accuracy over the same grids as ``merge_digits.py``; Fisher and RegMean have no 
 The literature's methods (mergekit's arcee_fusion, ram, ramplus_tl; PCB-merging; consensus
 merging over task arithmetic and TIES) pick their coefficients by train accuracy over small
 grids too; TALL masks rebuild each expert from the task-arithmetic vector and its mask.
-Reported: test accuracy on each expert's classes (0-4, 5-9) and on all 360 test images, the
-evaluations (train-set passes) a grid used, and the wall time.
+PLeaS's least-squares step (``pleas``) runs beside RegMean++ with and without alignment, and
+MAP (``configs/map_digits_recipe.yaml``) beside CMA-ES. Reported: test accuracy on each
+expert's classes (0-4, 5-9) and on all 360 test images, the evaluations (train-set passes) a
+grid or search used, and the wall time.
 
     python bench/merge_digits_data_aware.py          # about a minute on 2 cores
 """
