@@ -1,9 +1,11 @@
-"""Merging two digit experts: grids of classical operators, brute-force SLERP, CMA-ES, M2N2.
+"""Merging two digit experts: grids of classical operators, brute-force SLERP, CMA-ES, MAP, M2N2.
 
 Two pairs: experts trained to convergence from one shared init (digits 0-4 and 5-9; base =
 the shared init), and the reference's weak pre-trained pair (base = zeros, the centre of their
 N(0, 0.01^2) inits). Every method picks its candidate by train accuracy and reports its test
-accuracy and the evaluations (forward passes over the train set) it used.
+accuracy and the evaluations (forward passes over the train set) it used. MAP is
+``configs/map_digits_recipe.yaml`` (quadratic surrogates of each half's accuracy over per-layer
+task-arithmetic weights, NSGA-II on them, the front verified).
 
     python bench/merge_digits.py                 # about 10 minutes on 2 cores
 """
@@ -87,6 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cmaes-evals", type=int, default=400)
     ap.add_argument("--m2n2-evals", type=int, default=10_000)
+    ap.add_argument("--map-evals", type=int, default=70)
     args = ap.parse_args()
     host = FitnessHost(PLUGIN, {})
     print("| pair | method | train acc % | test acc % | evaluations |")
@@ -101,6 +104,15 @@ def main() -> None:
                 *search(
                     "configs/cmaes_digits_recipe.yaml",
                     [f"budget.evaluations={args.cmaes_evals}", f"seeds.options={opts}"],
+                ),
+            )
+        )
+        rows.append(
+            (
+                "MAP, per-layer task-arithmetic weights (quadratic surrogates + NSGA-II)",
+                *search(
+                    "configs/map_digits_recipe.yaml",
+                    [f"budget.evaluations={args.map_evals}", f"seeds.options={opts}"],
                 ),
             )
         )

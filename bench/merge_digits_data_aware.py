@@ -7,8 +7,10 @@ accuracy over the same grids as ``merge_digits.py``; Fisher and RegMean have no 
 The literature's methods (mergekit's arcee_fusion, ram, ramplus_tl; PCB-merging; consensus
 merging over task arithmetic and TIES) pick their coefficients by train accuracy over small
 grids too; TALL masks rebuild each expert from the task-arithmetic vector and its mask.
-Reported: test accuracy on each expert's classes (0-4, 5-9) and on all 360 test images, the
-evaluations (train-set passes) a grid used, and the wall time.
+PLeaS's least-squares step (``pleas``) runs beside RegMean++ with and without alignment, and
+MAP (``configs/map_digits_recipe.yaml``) beside CMA-ES. Reported: test accuracy on each
+expert's classes (0-4, 5-9) and on all 360 test images, the evaluations (train-set passes) a
+grid or search used, and the wall time.
 The gradient-learnt merges (AdaMerging, FW-Merging; ``--learned-only``) report the gradient
 steps they took instead, beside task arithmetic and RegMean of the same run, and CMA-ES over
 per-layer task-arithmetic weights started from the middle of the weights' range and from the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +40,9 @@ from evomerge.ops.learned_coefficients import Pool  # noqa: E402
 from evomerge.ops.merged_inputs import sequential_grams  # noqa: E402
 from evomerge.ops.operators import get_merge_method  # noqa: E402
 from evomerge.ops.statistics import example_ids, per_seed, split  # noqa: E402
+from evomerge.run import loop  # noqa: E402
+from evomerge.run.config import apply_overrides, read_yaml, validate  # noqa: E402
+from evomerge.run.rundir import RunDir  # noqa: E402
 from evomerge.runtime.host import FitnessHost  # noqa: E402
 from evomerge.spaces.recipe import RecipeSection, RecipeSpace  # noqa: E402
 
@@ -188,7 +194,60 @@ def four_merges(digits, seeds, own, prefix="", took=0.0) -> list[tuple[str, dict
     m = regmean_plusplus(digits, seeds[1:], own["examples"], 0.9)
     sec = took + time.perf_counter() - t0
     rows.append((f"{prefix}regmean++, alpha 0.9", accuracies(digits, m), sec, 0))
+    t0 = time.perf_counter()
+    m = pleas(digits, seeds[1:], own["examples"], PLEAS_RIDGE)
+    sec = took + time.perf_counter() - t0
+    rows.append(
+        (f"{prefix}PLeaS least squares, ridge {PLEAS_RIDGE}", accuracies(digits, m), sec, 0)
+    )
     return rows
+
+
+#: PLeaS's ridge (the merge method's default)
+PLEAS_RIDGE = 1e-4
+
+
+def pleas(digits, experts, groups, ridge: float) -> torch.Tensor:
+    """PLeaS's least-squares step over the experts (weights 1): layer by layer, inputs through
+    the merged earlier layers fitted to each expert's own layer outputs."""
+    layout = digits.param_layout()
+    parts = [split(e, layout) for e in experts]
+    ids = [example_ids(digits, g, None, "examples") for g in groups]
+    kernel = get_merge_method("pleas")
+
+    def merge(name, stats):
+        tensors = [p[name] for p in parts]
+        return kernel(None, tensors, None, {"ridge": ridge}, None, statistics=stats)
+
+    done, _ = sequential_grams(digits, list(experts), ids, merge, cross=True)
+    return torch.cat([done[n].reshape(-1) for n, _ in layout])
+
+
+def map_search(digits, seeds, options, evals: int) -> tuple[str, dict, float, int]:
+    """``configs/map_digits_recipe.yaml`` (MAP over per-layer task-arithmetic weights) on this
+    pair; the reported member (best train mean) realised for its per-half test accuracy."""
+    t0 = time.perf_counter()
+    opts = {**options, "include_base": True}
+    sets = [f"budget.evaluations={evals}", f"seeds.options={opts}"]
+    raw = read_yaml(ROOT / "configs/map_digits_recipe.yaml")
+    cfg = validate(apply_overrides(raw, sets), "configs/map_digits_recipe.yaml", bases=[ROOT])
+    with tempfile.TemporaryDirectory() as tmp:
+        s = loop.start(cfg, RunDir(Path(tmp) / "run"))
+        try:
+            summary = s.loop()
+            _, genes, _ = s.strategy.best(s.state)
+        finally:
+            s.evaluator.close()
+    space = RecipeSpace(cfg.recipe, digits.param_layout(), len(seeds))
+    params = space.materialize(seeds, genes.tolist())
+    sec = time.perf_counter() - t0
+    n = summary["evaluations"]
+    return (
+        f"MAP, per-layer task-arithmetic weights, {n} evaluations",
+        accuracies(digits, params),
+        sec,
+        n,
+    )
 
 
 def regmean_plusplus(digits, experts, groups, alpha: float) -> torch.Tensor:
@@ -224,7 +283,18 @@ def same_task(digits) -> list[tuple[str, dict, float, int]]:
     moved = align(split(seeds[0], layout), split(seeds[1], layout), HIDDEN)
     other = torch.cat([moved[n].reshape(-1) for n, _ in layout])
     avg = (seeds[0] + other) / 2
-    rows.append(("aligned + plain average", accuracies(digits, avg), time.perf_counter() - t0, 0))
+    took = time.perf_counter() - t0
+    rows.append(("aligned + plain average", accuracies(digits, avg), took, 0))
+    for prefix, pair, extra in (
+        ("", [seeds[0], seeds[1]], 0.0),
+        ("aligned + ", [seeds[0], other], took),
+    ):
+        t0 = time.perf_counter()
+        m = pleas(digits, pair, [None, None], PLEAS_RIDGE)
+        sec = extra + time.perf_counter() - t0
+        rows.append(
+            (f"{prefix}PLeaS least squares, ridge {PLEAS_RIDGE}", accuracies(digits, m), sec, 0)
+        )
     return rows
 
 
@@ -285,7 +355,8 @@ def learned(digits, seeds, own, cmaes_evals: int) -> list[tuple[str, dict, float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cmaes-evals", type=int, default=400)
-    ap.add_argument("--literature-only", action="store_true", help="skip the CMA-ES rows")
+    ap.add_argument("--map-evals", type=int, default=70)
+    ap.add_argument("--literature-only", action="store_true", help="skip the CMA-ES and MAP rows")
     ap.add_argument(
         "--alignment-only", action="store_true", help="only the rows with and without alignment"
     )
@@ -384,6 +455,8 @@ def main() -> None:
             rows += alignment(digits, seeds, own)
             mine = {**own, "options": {**options, "include_base": True}}
             rows += learned(digits, seeds, mine, args.cmaes_evals)
+            if not args.literature_only:
+                rows.append(map_search(digits, seeds, options, args.map_evals))
         show(pair, rows)
     if not args.learned_only:
         show("same task, separate inits", same_task(digits))

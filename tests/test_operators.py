@@ -93,6 +93,7 @@ def test_every_method_declares_its_mergekit_name_and_source():
         "fisher",
         "regmean",
         "regmean_plusplus",
+        "pleas",
         "pcb",
         "consensus_ta",
         "consensus_ties",

@@ -34,9 +34,10 @@ from evomerge.core.keys import key
 from evomerge.merge.merge_config import DTYPES, MergeConfig, parse_size, resolve_setting
 from evomerge.merge.slices import PlannedTensor, SliceRange, plan_tensors, whole_model_plan
 from evomerge.merge.tokenizer_source import is_tokenizer_file, tokenizer_files
-from evomerge.ops.alignment import weight_matching
+from evomerge.ops.alignment import axis_order, weight_matching
 from evomerge.ops.data_aware import input_axis
 from evomerge.ops.merged_inputs import sequential_grams
+from evomerge.ops.method import SEQUENTIAL_KINDS
 from evomerge.ops.operators import MergeMethod, get_merge_method
 from evomerge.ops.statistics import example_ids, flat_params, for_models, load_plugin
 from evomerge.tensors.finite import check_inputs
@@ -155,7 +156,7 @@ def _stacked_config(seed: SeedModel, plan: list[PlannedTensor]) -> str | None:
 
 def _statistics(cfg, method, layout, seeds, out_dir, bases, message):
     """Per input (None for the base), the memory-mapped statistics a data-aware method reads."""
-    if method.statistics in (None, "merged_gram", "coefficients"):
+    if method.statistics is None or method.statistics in (*SEQUENTIAL_KINDS, "coefficients"):
         return None  # computed through the merge itself: _merged_grams, _learned
     models = [k for k, p in enumerate(layout.paths) if not layout._is_base(k)]
     files = for_models(
@@ -186,9 +187,10 @@ class _InMemory:
         self.tensors = {}
 
 
-def _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one):
-    """RegMean++: per input, its Grams through the merged earlier layers (not cached: they
-    depend on every model and parameter of this merge)."""
+def _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one, cross=False):
+    """RegMean++ and PLeaS: per input, its Grams through the merged earlier layers (PLeaS:
+    stacked with the cross Grams) (not cached: they depend on every model and parameter of
+    this merge)."""
     spec, plugin = load_plugin(cfg.statistics, bases)
     src = cfg.statistics
     models = [k for k in range(len(seeds)) if not layout._is_base(k)]
@@ -213,9 +215,10 @@ def _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one):
         return merge_one(i, tensor, tensors, {"statistics": grams})
 
     if message is not None:
-        message(f"RegMean++ statistics: {len(models)} models, layer by layer through the merge")
+        what = "PLeaS" if cross else "RegMean++"
+        message(f"{what} statistics: {len(models)} models, layer by layer through the merge")
     try:
-        _, grams = sequential_grams(plugin, flats, ids, merge, src.batch_size)
+        _, grams = sequential_grams(plugin, flats, ids, merge, src.batch_size, cross)
     except ValueError as exc:
         raise EvomergeError(f"statistics.plugin: {exc}") from None
     out: list = [None] * len(seeds)
@@ -278,14 +281,31 @@ class _AlignedSeed:
         return self.read(self.k, name)
 
 
+def _align_spec(align, seed, label):
+    """``align``'s permutation spec; for ``architecture``, built from the reference's
+    ``config.json`` and tensor names."""
+    if align.architecture is None:
+        return align.spec()
+    path = seed.path / "config.json" if seed.path.is_dir() else None
+    if path is None or not path.is_file():
+        raise EvomergeError(
+            f"align.architecture: model '{label}' has no config.json to read its layers and "
+            "heads from; list align.permutations instead"
+        )
+    try:
+        return align.spec(json.loads(path.read_text()), seed.names())
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise EvomergeError(f"align.architecture: model '{label}': {exc}") from None
+
+
 class _Aligned:
     """The permutations that align each input to ``align.reference`` (weight matching on the
     tensors the spec names, read once), applied to tensors and statistics as they stream."""
 
     def __init__(self, cfg: MergeConfig, layout: _Layout, seeds, message=None):
-        self.spec = cfg.align.spec()
-        names = list(self.spec.axes)
         ref = cfg.align.reference + (cfg.base is not None)
+        self.spec = _align_spec(cfg.align, seeds[ref], layout.paths[ref])
+        names = list(self.spec.axes)
         self.perms: list[dict | None] = [None] * len(seeds)
 
         def read(k):
@@ -329,7 +349,7 @@ class _Aligned:
         perm = self.spec.axes.get(name, {}).get(input_axis(weight_shape, tuple(stat.shape)))
         if perm is None:
             return stat
-        p = perms[perm]
+        p = axis_order(perms[perm], stat.shape[0])  # a head's block of inputs moves whole
         return stat.index_select(0, p).index_select(1, p)
 
 
@@ -350,7 +370,7 @@ def run_merge(
         plan = _plan(cfg, layout, seeds, layout.paths)
         stats = _statistics(cfg, method, layout, seeds, out_dir, bases, message)
         aligned = _Aligned(cfg, layout, seeds, message) if cfg.align is not None else None
-        sequential = method.statistics in ("merged_gram", "coefficients")  # already aligned
+        sequential = method.statistics in (*SEQUENTIAL_KINDS, "coefficients")  # aligned
         extra = tokenizer_files(cfg.tokenizer_source, seeds, layout.paths, bases)
         first = seeds[layout.slices[0][0][0]]
 
@@ -379,8 +399,18 @@ def run_merge(
             except ValueError as exc:
                 raise EvomergeError(f"{cfg.method} on tensor '{tensor.name}': {exc}") from None
 
-        if method.statistics == "merged_gram":
-            stats = _merged_grams(cfg, layout, seeds, plan, aligned, bases, message, merge_one)
+        if method.statistics in SEQUENTIAL_KINDS:
+            stats = _merged_grams(
+                cfg,
+                layout,
+                seeds,
+                plan,
+                aligned,
+                bases,
+                message,
+                merge_one,
+                cross=method.statistics == "merged_cross_gram",
+            )
         elif method.statistics == "coefficients":
             stats = _learned(cfg, method, layout, seeds, aligned, bases, message)
 

@@ -16,15 +16,23 @@ permutation is a long tensor ``p`` with ``aligned = other.index_select(axis, p)`
 model's unit ``i`` is the other model's unit ``p[i]``, matched to the reference's unit ``i``.
 Aligning changes the model's parameters, never its function (every axis a permutation touches
 must be given, so inputs and outputs of a hidden unit move together).
+
+A permutation may move *blocks* rather than single entries (``units``: an attention head is a
+unit of ``head_dim`` rows of ``q_proj``): with ``n`` units, an axis of ``n * b`` entries is read
+as ``n`` consecutive blocks of ``b``, and each tensor of the permutation may have its own ``b``
+(grouped-query attention: a key/value head's ``head_dim`` rows of ``k_proj`` move with its
+group's ``g * head_dim`` rows of ``q_proj``). :mod:`evomerge.ops.transformer_alignment` builds
+such specs for transformer blocks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Alignment(BaseModel):
@@ -37,30 +45,67 @@ class Alignment(BaseModel):
         ge=0,
         description="Index in models of the model the others (and the base) are matched to.",
     )
-    permutations: dict[str, dict[str, int]] = Field(
+    permutations: dict[str, dict[str, int]] | None = Field(
+        None,
         description="Per permutation (a name of yours), the tensors it permutes and the axis of "
-        "each: {hidden: {layers.0.weight: 1, layers.0.bias: 0, layers.1.weight: 0}}."
+        "each: {hidden: {layers.0.weight: 1, layers.0.bias: 0, layers.1.weight: 0}}.",
+    )
+    units: dict[str, int] = Field(
+        {},
+        description="Per permutation that moves blocks (attention heads), its number of units; "
+        "each of its axes is read as that many consecutive equal blocks.",
+    )
+    architecture: Literal["llama"] | None = Field(
+        None,
+        description="Build the permutations of a transformer from the reference's config.json "
+        "instead of listing them: llama (Llama/Mistral/Qwen2-shaped: MLP hidden units and "
+        "attention heads of every block).",
+    )
+    residual: bool = Field(
+        False,
+        description="With architecture: also permute the residual stream (embeddings, every "
+        "block's inputs and outputs, the norms' weights, the output head).",
     )
     max_iter: int = Field(100, ge=1, description="Sweeps of weight matching at most.")
     seed: int = Field(0, description="Seed of the order permutations are updated in.")
 
-    @field_validator("permutations")
-    @classmethod
-    def _spec(cls, v):
-        PermutationSpec(v)  # ValueError names the problem
-        return v
+    @model_validator(mode="after")
+    def _spec(self):
+        if (self.permutations is None) == (self.architecture is None):
+            raise ValueError("give either permutations or architecture (not both)")
+        if self.residual and self.architecture is None:
+            raise ValueError("residual: true needs architecture (list its axes in permutations)")
+        if self.permutations is not None:
+            PermutationSpec(self.permutations, self.units)  # ValueError names the problem
+        elif self.units:
+            raise ValueError("units: architecture sets them itself")
+        return self
 
-    def spec(self) -> PermutationSpec:
-        return PermutationSpec(self.permutations)
+    def spec(self, config: Mapping | None = None, names=None) -> PermutationSpec:
+        """The spec: as listed, or built for ``architecture`` from the reference's
+        ``config.json`` (``config``) and its tensor names (``names``)."""
+        if self.permutations is not None:
+            return PermutationSpec(self.permutations, self.units)
+        from evomerge.ops.transformer_alignment import llama_spec
+
+        return llama_spec(config or {}, names or (), residual=self.residual)
 
 
 class PermutationSpec:
     """Which axis of which tensor each named permutation acts on."""
 
-    def __init__(self, groups: Mapping[str, Mapping[str, int]]):
+    def __init__(
+        self, groups: Mapping[str, Mapping[str, int]], units: Mapping[str, int] | None = None
+    ):
         if not groups:
             raise ValueError("no permutations given")
         self.groups = {p: dict(axes) for p, axes in groups.items()}
+        self.units = dict(units or {})
+        for perm, n in self.units.items():
+            if perm not in self.groups:
+                raise ValueError(f"units.{perm}: no permutation '{perm}'")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"units.{perm}: the number of units is an integer >= 1, not {n!r}")
         self.axes: dict[str, dict[int, str]] = {}  # tensor -> {axis: perm}
         for perm, axes in self.groups.items():
             if not axes:
@@ -85,6 +130,15 @@ class PermutationSpec:
                 shape = tuple(shapes[name])
                 if axis >= len(shape):
                     raise ValueError(f"{perm}.{name}: axis {axis} of a tensor of shape {shape}")
+                if perm in self.units:
+                    n = self.units[perm]
+                    if shape[axis] % n:
+                        raise ValueError(
+                            f"{perm}.{name}: axis {axis} has {shape[axis]} entries, not a "
+                            f"multiple of its {n} units"
+                        )
+                    out[perm] = n
+                    continue
                 size = out.setdefault(perm, shape[axis])
                 if shape[axis] != size:
                     raise ValueError(
@@ -99,8 +153,18 @@ class PermutationSpec:
         """``tensor`` (named ``name``) with every permuted axis but ``skip`` reordered."""
         for axis, perm in self.axes.get(name, {}).items():
             if axis != skip:
-                tensor = tensor.index_select(axis, perms[perm].to(tensor.device))
+                tensor = tensor.index_select(
+                    axis, axis_order(perms[perm], tensor.shape[axis]).to(tensor.device)
+                )
         return tensor
+
+
+def axis_order(p: torch.Tensor, length: int) -> torch.Tensor:
+    """A permutation of ``len(p)`` units as one of ``length`` entries (blocks kept whole)."""
+    block = length // len(p)
+    if block == 1:
+        return p
+    return (p[:, None] * block + torch.arange(block)).reshape(-1)
 
 
 def weight_matching(

@@ -12,6 +12,11 @@ first; then the Gram-bearing weights in ``param_layout()`` order, which must be 
 order (true of the digits and causal-LM plug-ins), each after a pass over every model's
 examples through the partially merged model. A weight not merged yet still holds the first
 model's values; in forward order none of them feeds the layer being measured.
+
+PLeaS's least-squares step (:mod:`evomerge.ops.least_squares`) needs one more statistic per
+layer: the cross Gram ``C_i = X*_i^T X_i`` between the merged model's inputs ``X*_i`` and model
+``i``'s own inputs ``X_i`` on the same examples (rows paired token by token); with
+``cross=True`` each model's statistic is ``stack([G*_i, C_i])``, shape ``(2, in, in)``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,27 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from evomerge.ops.statistics import gram_matrices, split
+from evomerge.ops.statistics import chunks, gram_matrices, split
+
+
+@torch.no_grad()
+def cross_grams(plugin, merged, own, ids, name, batch_size=16) -> torch.Tensor:
+    """``stack([X*^T X*, X*^T X])`` of layer ``name``'s inputs, ``X*`` under the flat
+    parameters ``merged`` and ``X`` under ``own``, over examples ``ids`` (float64 sums)."""
+    g = c = None
+    for chunk in chunks(ids, batch_size):
+        xs = plugin.linear_inputs(merged, chunk)[name]
+        xo = plugin.linear_inputs(own, chunk)[name]
+        xs = xs.reshape(-1, xs.shape[-1]).to(torch.float64)
+        xo = xo.reshape(-1, xo.shape[-1]).to(torch.float64)
+        if xs.shape != xo.shape:
+            raise ValueError(
+                f"linear_inputs: '{name}' gave {tuple(xs.shape)} rows under one model and "
+                f"{tuple(xo.shape)} under another for the same examples"
+            )
+        g = xs.T @ xs if g is None else g + xs.T @ xs
+        c = xs.T @ xo if c is None else c + xs.T @ xo
+    return torch.stack([g, c]).to(torch.float32)
 
 
 def sequential_grams(
@@ -29,12 +54,14 @@ def sequential_grams(
     ids: Sequence[torch.Tensor],
     merge: Callable[[str, list[torch.Tensor] | None], torch.Tensor],
     batch_size: int = 16,
+    cross: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
     """The merged tensors and, per model, its Grams through the merged earlier layers.
 
     ``flats``: each merged model's flat float32 parameters (``param_layout()`` order);
     ``ids``: each model's example ids; ``merge(name, grams)`` merges one tensor given each
-    model's Gram for it (None for a tensor without one) and returns it.
+    model's Gram for it (None for a tensor without one) and returns it. ``cross``: each
+    statistic is ``stack([G*, C])`` (:func:`cross_grams`) instead of ``G*``.
     """
     layout = plugin.param_layout()
     names = [n for n, _ in layout]
@@ -53,6 +80,10 @@ def sequential_grams(
             continue
         flat = torch.cat([current[n].reshape(-1).float() for n in names])
         for i, model_ids in enumerate(ids):
-            grams[i][name] = gram_matrices(plugin, flat, model_ids, batch_size)[name]
+            if cross:
+                own = flats[i].detach().float()
+                grams[i][name] = cross_grams(plugin, flat, own, model_ids, name, batch_size)
+            else:
+                grams[i][name] = gram_matrices(plugin, flat, model_ids, batch_size)[name]
         merged[name] = current[name] = merge(name, [g[name] for g in grams])
     return merged, grams

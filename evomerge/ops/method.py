@@ -216,6 +216,13 @@ def _role(base, needs_base, optional_base) -> BaseRole:
         raise ValueError(f"base: '{base}' is not a base role ({roles})") from None
 
 
+#: The statistics a method may ask for; the ``merged_*`` kinds are taken through the merge
+#: itself (once per ``evomerge merge``, layer by layer), ``coefficients`` learnt over the whole
+#: model first, the others once per model.
+STATISTICS_KINDS = ("fisher", "gram", "merged_gram", "merged_cross_gram", "coefficients")
+SEQUENTIAL_KINDS = ("merged_gram", "merged_cross_gram")
+
+
 @dataclass(frozen=True, init=False)
 class MergeMethod:
     """A named per-tensor merge kernel and its declaration.
@@ -224,7 +231,8 @@ class MergeMethod:
     completed with their defaults; ``model_params`` has one dict per model in ``models``;
     ``base`` is the base's tensor or None (see :class:`BaseRole`). ``random`` methods draw
     from ``generator``. ``statistics`` methods (``"fisher"``, ``"gram"``, ``"merged_gram"``: Grams
-    through the merged earlier layers, RegMean++; ``"coefficients"``: coefficients that
+    through the merged earlier layers, RegMean++; ``"merged_cross_gram"``: those stacked with
+    the cross Gram of merged and own inputs, PLeaS; ``"coefficients"``: coefficients that
     ``learner`` learns over the whole model first, AdaMerging and FW-Merging) also receive, per
     model, that kind of statistic for the tensor (or None where there is none) as
     ``statistics=``. ``learner(plugin, pool, ids, params, seed, batch_size)`` returns a
@@ -277,11 +285,9 @@ class MergeMethod:
             raise ValueError(f"a merge method's name is a non-empty string, got {name!r}")
         if not callable(fn):
             raise TypeError(f"{name}: fn must be callable, got {fn!r}")
-        if statistics not in (None, "fisher", "gram", "merged_gram", "coefficients"):
-            raise ValueError(
-                f"{name}: statistics is 'fisher', 'gram', 'merged_gram', 'coefficients' or None, "
-                f"not {statistics!r}"
-            )
+        if statistics not in (None, *STATISTICS_KINDS):
+            known = ", ".join(f"'{k}'" for k in STATISTICS_KINDS)
+            raise ValueError(f"{name}: statistics is {known} or None, not {statistics!r}")
         if (statistics == "coefficients") != (learner is not None):
             raise ValueError(f"{name}: a learner goes with statistics='coefficients', and only")
         values = {

@@ -16,6 +16,7 @@ from evomerge.ops.data_aware import fisher, regmean, regmean_statistics_problem
 from evomerge.ops.della import della_magprune, density_epsilon_problem
 from evomerge.ops.interpolation import linear, region_crossover, slerp
 from evomerge.ops.learned_coefficients import learned_combination
+from evomerge.ops.least_squares import pleas
 from evomerge.ops.method import (
     FLAG,
     FRACTION,
@@ -237,6 +238,16 @@ BUILT_IN: tuple[MergeMethod, ...] = (
         statistics="merged_gram",
         reference="Nguyen et al. 2025, RegMean++: Enhancing Effectiveness and Generalization of "
         "Regression Mean for Model Merging, arXiv:2508.03121",
+    ),
+    MergeMethod(
+        "pleas",
+        pleas,
+        BaseRole.NONE,
+        Parameters(defaults={"weight": 1.0}),
+        Parameters(defaults={"ridge": 1e-4}),
+        statistics="merged_cross_gram",
+        reference="Nasery et al. 2024, PLeaS: Merging Models with Permutations and Least "
+        "Squares (the least-squares step), arXiv:2407.02447",
     ),
     MergeMethod(
         "arcee_fusion",

@@ -110,7 +110,7 @@ def example_ids(plugin, group: str | None, limit: int | None, where: str) -> tor
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _chunks(ids: torch.Tensor, size: int):
+def chunks(ids: torch.Tensor, size: int):
     for i in range(0, len(ids), size):
         yield ids[i : i + size]
 
@@ -135,7 +135,7 @@ def fisher_diagonal(plugin, params: torch.Tensor, ids: torch.Tensor, batch_size:
     """The empirical diagonal Fisher of ``params`` over examples ``ids`` (flat, float32)."""
     p = params.detach().to(torch.float32).clone().requires_grad_(True)
     total = torch.zeros_like(p)
-    for chunk in _chunks(ids, batch_size):
+    for chunk in chunks(ids, batch_size):
         (grad,) = torch.autograd.grad(plugin.log_likelihoods(p, chunk).sum(), p)
         total.addcmul_(grad, grad, value=1.0 / len(chunk))
         del grad
@@ -147,7 +147,7 @@ def gram_matrices(plugin, params: torch.Tensor, ids: torch.Tensor, batch_size: i
     """``{weight name: X^T X}`` of every linear layer's inputs over examples ``ids``."""
     grams: dict[str, torch.Tensor] = {}
     p = params.detach().to(torch.float32)
-    for chunk in _chunks(ids, batch_size):
+    for chunk in chunks(ids, batch_size):
         for name, x in plugin.linear_inputs(p, chunk).items():
             x = x.reshape(-1, x.shape[-1]).to(torch.float64)
             g = x.T @ x

@@ -33,6 +33,7 @@ for _name, _target in {
     "random": "evomerge.search.random_search:RANDOM_STRATEGY",
     "map_elites": "evomerge.search.niche_archives:MAP_ELITES_STRATEGY",
     "pareto": "evomerge.search.niche_archives:PARETO_STRATEGY",
+    "map": "evomerge.search.surrogate_fronts:MAP_STRATEGY",
     "sep_cmaes": "evomerge.search.sep_cmaes:SEP_CMAES_STRATEGY",
 }.items():
     STRATEGIES.register(_name, _target)

@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evomerge.core.keys import key
+from evomerge.ops.method import SEQUENTIAL_KINDS
 from evomerge.ops.operators import BaseRole, get_merge_method
 from evomerge.ops.statistics import SearchStatistics
 from evomerge.tensors.layer_names import LAYER_PATTERN
@@ -186,7 +187,7 @@ class RecipeSection(_Section):
                 f"{self.method} interpolates from a base to one model: set recipe.base (a seed "
                 "index) and use two seeds"
             )
-        if method.statistics == "merged_gram":
+        if method.statistics in SEQUENTIAL_KINDS:
             raise ValueError(
                 f"{self.method} takes its statistics through the merge itself, once per merge; "
                 "use it in 'evomerge merge', or use regmean in a recipe search"
