@@ -192,6 +192,24 @@ def test_ray_workers_score_the_adapter_space_as_the_local_evaluator(
 
     assert rows(ray) == rows(local)
     assert rows(local)[-1]["fitness"]["min"] < rows(local)[-1]["fitness"]["max"]
+    # the export draws the same masks: PEFT loads it with the logits of the member realised here
+    out = tmp_path / "dare"
+    assert main(["export", str(ray), "--out", str(out), "-q"]) == 0
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())["adapter"]
+    assert (recipe["combination"], recipe["density"], recipe["mask_seed"]) == ("dare_ties", 0.7, 0)
+    from evomerge.runtime.host import FitnessHost
+
+    cfg = yaml.safe_load((ray / "config.yaml").read_text())
+    spec = {"name": "adapter", "options": cfg["seeds"]["options"], "count": 3, "seed": 0}
+    host = FitnessHost("evomerge.fitness.causal_lm:CausalLM", cfg["fitness"]["options"], space=spec)
+    host.worker.realise([w[0] for w in rs["adapter_weights"]])
+    assert host.plugin.score_loaded(None).mean().item() == rs["metrics"]["train_score"]
+    base = transformers.LlamaForCausalLM.from_pretrained(lora_dir / "base")
+    loaded = peft.PeftModel.from_pretrained(base, out).eval()
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
+    with torch.no_grad():
+        mine, theirs = host.plugin.model(input_ids=ids).logits, loaded(input_ids=ids).logits
+    torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_a_bfloat16_resident_model(lora_dir, tmp_path, monkeypatch):
@@ -224,6 +242,7 @@ def test_a_bfloat16_resident_model(lora_dir, tmp_path, monkeypatch):
     tol = 4 * 2**-8 * mine.abs().max().item()
     out, merged = tmp_path / "adapter", tmp_path / "merged"
     assert main(["export", str(run), "--out", str(out), "-q"]) == 0
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["adapter"]["density"] == 0.8
     assert (
         main(["export", str(run), "--merged", "--dtype", "bfloat16", "--out", str(merged), "-q"])
         == 0
