@@ -1,8 +1,8 @@
 """The adapter-space bench on SmolLM2-135M: four PEFT LoRA experts, then adapter-space CMA-ES
 and M2N2, LoraHub's recipe, and a full-weight TIES recipe search over the same experts merged.
 
-Experts (rank 8, alpha 16, on the q and v projections (LoraHub's); AdamW on the answer and end tokens of
-short prompts, float32): ``add`` and ``reverse`` (the SmolLM2 bench's tasks of
+Experts (rank 8, alpha 16, on the q and v projections as LoraHub's; AdamW on the answer and
+end tokens of short prompts, float32): ``add`` and ``reverse`` (the SmolLM2 bench's tasks of
 ``make_experts.py``) and two distractors tuned on other generated tasks (``copy``: the three
 words again; ``first``: the first word). Searches, one process, seed 0, local evaluator, fitness
 teacher-forced token accuracy (with the end target) on the first ``--limit`` train examples of
