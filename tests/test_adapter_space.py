@@ -159,3 +159,120 @@ def test_m2n2_per_layer_cat_over_adapters(lora_dir, tmp_path, monkeypatch):
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["r"] == 12  # three rank-4 adapters, concatenated
     shutil.rmtree(out)
+
+
+def test_ray_workers_score_the_adapter_space_as_the_local_evaluator(
+    lora_dir, tmp_path, monkeypatch, ray_local
+):
+    """Two real Ray workers, each with its own resident model and PEFT layers, give the scores
+    and the member the local evaluator gives, with DARE's random masks (drawn per module from
+    the run's seed, so every process composes a candidate alike)."""
+    seeds = [f"{lora_dir}/base+{lora_dir}/{n}" for n in ("reverse", "add", "noise")]
+    tasks = [
+        {"train": f"{lora_dir}/{n}.jsonl", "metric": "token_accuracy"} for n in ("reverse", "add")
+    ]
+    sets = [  # absolute paths: the session's Ray workers started in another folder
+        f"fitness.options.seeds={json.dumps(seeds)}",
+        f"fitness.options.tasks={json.dumps(tasks)}",
+        "seeds.options={combination: dare_ties, density: 0.7}",
+        "budget.evaluations=8",
+        "batch=4",
+    ]
+    local, ls = run_config(lora_dir, tmp_path / "local", monkeypatch, *sets)
+    ray, rs = run_config(
+        lora_dir, tmp_path / "ray", monkeypatch, *sets, "evaluator={kind: ray, workers: 2}"
+    )
+    assert rs["evaluator"] == "ray" and ls["evaluator"] == "local"
+    assert rs["evaluations"] == ls["evaluations"] == 8
+    assert rs["metrics"] == ls["metrics"] and rs["adapter_weights"] == ls["adapter_weights"]
+
+    def rows(run):  # what the archive held: best, min, mean and max score, without times
+        out = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in out]
+
+    assert rows(ray) == rows(local)
+    assert rows(local)[-1]["fitness"]["min"] < rows(local)[-1]["fitness"]["max"]
+    # the export draws the same masks: PEFT loads it with the logits of the member realised here
+    out = tmp_path / "dare"
+    assert main(["export", str(ray), "--out", str(out), "-q"]) == 0
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())["adapter"]
+    assert (recipe["combination"], recipe["density"], recipe["mask_seed"]) == ("dare_ties", 0.7, 0)
+    from evomerge.runtime.host import FitnessHost
+
+    cfg = yaml.safe_load((ray / "config.yaml").read_text())
+    spec = {"name": "adapter", "options": cfg["seeds"]["options"], "count": 3, "seed": 0}
+    host = FitnessHost("evomerge.fitness.causal_lm:CausalLM", cfg["fitness"]["options"], space=spec)
+    host.worker.realise([w[0] for w in rs["adapter_weights"]])
+    assert host.plugin.score_loaded(None).mean().item() == rs["metrics"]["train_score"]
+    base = transformers.LlamaForCausalLM.from_pretrained(lora_dir / "base")
+    loaded = peft.PeftModel.from_pretrained(base, out).eval()
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
+    with torch.no_grad():
+        mine, theirs = host.plugin.model(input_ids=ids).logits, loaded(input_ids=ids).logits
+    torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bfloat16_resident_model(lora_dir, tmp_path, monkeypatch):
+    """The resident model (base and PEFT's layers) in bfloat16: a member realised again scores
+    exactly as in the search, and its export, loaded by PEFT over the bf16 base (or merged),
+    gives the search's logits up to bfloat16 rounding: |diff| <= 4 bf16 steps (2^-8 relative)
+    of the largest logit, since the resident model rounds every activation and its adapter
+    branch to 8 significant bits while PEFT's loader runs the adapter branch in float32 and the
+    merged model rounds W + B A once."""
+    run, summary = run_config(
+        lora_dir,
+        tmp_path,
+        monkeypatch,
+        "fitness.options.dtype=bfloat16",
+        "seeds.options={combination: ties, density: 0.8}",
+        "budget.evaluations=8",
+    )
+    from evomerge.runtime.host import FitnessHost
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    spec = {"name": "adapter", "options": cfg["seeds"]["options"], "count": 3, "seed": 0}
+    host = FitnessHost("evomerge.fitness.causal_lm:CausalLM", cfg["fitness"]["options"], space=spec)
+    model = host.plugin.model
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    host.worker.realise([w[0] for w in summary["adapter_weights"]])
+    assert host.plugin.score_loaded(None).mean().item() == summary["metrics"]["train_score"]
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
+    with torch.no_grad():
+        mine = model(input_ids=ids).logits.float()
+    tol = 4 * 2**-8 * mine.abs().max().item()
+    out, merged = tmp_path / "adapter", tmp_path / "merged"
+    assert main(["export", str(run), "--out", str(out), "-q"]) == 0
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["adapter"]["density"] == 0.8
+    assert (
+        main(["export", str(run), "--merged", "--dtype", "bfloat16", "--out", str(merged), "-q"])
+        == 0
+    )
+    base = transformers.LlamaForCausalLM.from_pretrained(lora_dir / "base", dtype=torch.bfloat16)
+    loaded = peft.PeftModel.from_pretrained(base, out).eval()
+    full = transformers.AutoModelForCausalLM.from_pretrained(merged, dtype=torch.bfloat16).eval()
+    plain = transformers.LlamaForCausalLM.from_pretrained(lora_dir / "base").eval()
+    with torch.no_grad():
+        for other in (loaded, full):
+            torch.testing.assert_close(other(input_ids=ids).logits.float(), mine, rtol=0, atol=tol)
+        assert (plain(input_ids=ids).logits - mine).abs().max() > 10 * tol  # the adapter matters
+    from safetensors import safe_open
+
+    with safe_open(str(next(merged.glob("*.safetensors"))), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+
+
+@pytest.mark.parametrize(
+    "options,line",
+    [
+        ("{combination: ties}", "seeds.options.density: combination ties prunes"),
+        ("{combination: dare_ties, density: 1.5}", "seeds.options.density: 1.5 is not in (0, 1]"),
+        ("{combination: tie}", "unknown composition 'tie'; did you mean 'ties'?"),
+    ],
+)
+def test_composition_options_are_checked(lora_dir, tmp_path, monkeypatch, capsys, options, line):
+    monkeypatch.chdir(lora_dir.parent.parent)
+    run = tmp_path / "run"
+    args = ["run", str(ROOT / "configs" / "adapter_tiny.yaml"), "--out", str(run), "-q"]
+    assert main([*args, "--set", f"seeds.options={options}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert line in err and len(err.splitlines()) == 1 and not run.exists()

@@ -2,10 +2,14 @@
 
 Seeds are ``BASE+ADAPTER`` models of one base (the plug-in's ``seeds``). A candidate holds one
 coefficient per adapter, or per adapter and layer group (``seeds.options.layer_groups``); it
-is composed in factor space (:mod:`evomerge.ops.lora_compose`: ``linear``, ``cat`` or
-``svd`` to ``seeds.options.rank``) and written into LoRA factors PEFT injects once into the
-plug-in's resident model, whose base weights are loaded once. A candidate therefore moves the
-adapter's bytes, never the model's. The export is a PEFT adapter folder
+is composed by one of PEFT's combination types (:data:`evomerge.ops.lora_compose.COMPOSITIONS`:
+``linear``, ``cat``, ``svd`` to ``seeds.options.rank``, ``ties``, ``dare_*``,
+``magnitude_prune`` and their svd forms, with ``density`` and ``majority_sign_method``) and
+written into LoRA factors PEFT injects once into the plug-in's resident model, whose base
+weights are loaded once. DARE's random masks are drawn per module from a generator seeded by
+the run's seed and the module's index, so one candidate is always composed alike (in the
+search, on resume and in the export). A candidate therefore moves the adapter's bytes, never
+the model's. The export is a PEFT adapter folder
 (``PeftModel.from_pretrained(base, DIR)`` loads it) with ``recipe.yaml``; its ``merged`` form
 (``evomerge export --merged``) is the base with that adapter merged in, a model folder
 ``AutoModelForCausalLM.from_pretrained`` loads.
@@ -22,7 +26,8 @@ import yaml
 
 from evomerge.core.errors import EvomergeError, PluginError
 from evomerge.core.files import replacing
-from evomerge.ops.lora_compose import COMBINATIONS, compose, composed_rank
+from evomerge.ops.lora_compose import COMPOSITIONS
+from evomerge.ops.lora_mixing import SIGN_METHODS
 from evomerge.spaces.model_folder import write_model_folder
 from evomerge.spaces.realised import Loaded
 from evomerge.spaces.vectors import VectorGenomes
@@ -35,11 +40,12 @@ from evomerge.tensors.adapted_model import (
 from evomerge.tensors.layer_names import layer_of
 from evomerge.tensors.model_ref import open_model, resolve_model
 
-OPTIONS = ("combination", "rank", "layer_groups")
+OPTIONS = ("combination", "rank", "layer_groups", "density", "majority_sign_method")
 
 
-def _options(spec: dict) -> tuple[str, int | None, int]:
-    """``seeds.options`` of an adapter search: combination, rank (svd), layer_groups."""
+def _options(spec: dict) -> dict:
+    """``seeds.options`` of an adapter search: combination, rank (svd forms), layer_groups,
+    density (pruning forms), majority_sign_method (ties forms)."""
     opts = dict(spec.get("options") or {})
     unknown = sorted(set(opts) - set(OPTIONS))
     if unknown:
@@ -48,15 +54,44 @@ def _options(spec: dict) -> tuple[str, int | None, int]:
             exit_code=2,
         )
     kind = opts.get("combination", "linear")
-    if kind not in COMBINATIONS:
-        raise PluginError(
-            f"seeds.options.combination: '{kind}' is not one of {', '.join(COMBINATIONS)}",
-            exit_code=2,
-        )
+    if kind not in COMPOSITIONS:
+        raise PluginError(f"seeds.options.combination: {COMPOSITIONS.unknown(kind)}", exit_code=2)
+    composition = COMPOSITIONS.get(kind)
     rank, groups = opts.get("rank"), opts.get("layer_groups", 1)
     if not isinstance(groups, int) or groups < 1 or (rank is not None and int(rank) < 1):
         raise PluginError("seeds.options: layer_groups and rank must be integers >= 1", exit_code=2)
-    return kind, (int(rank) if rank is not None else None), groups
+    density = opts.get("density")
+    if composition.uses_density:
+        if isinstance(density, bool) or not isinstance(density, (int, float)):
+            raise PluginError(
+                f"seeds.options.density: combination {kind} prunes; give the fraction of values "
+                "kept, a number in (0, 1]",
+                exit_code=2,
+            )
+        if not 0 < density <= 1:
+            raise PluginError(
+                f"seeds.options.density: {density} is not in (0, 1]; give the fraction kept",
+                exit_code=2,
+            )
+    elif density is not None:
+        raise PluginError(
+            f"seeds.options.density: combination {kind} does not prune; drop density",
+            exit_code=2,
+        )
+    signs = opts.get("majority_sign_method", "total")
+    if signs not in SIGN_METHODS:
+        raise PluginError(
+            f"seeds.options.majority_sign_method: '{signs}' is not one of "
+            f"{', '.join(SIGN_METHODS)}",
+            exit_code=2,
+        )
+    return {
+        "kind": kind,
+        "rank": int(rank) if rank is not None else None,
+        "groups": groups,
+        "density": float(density) if density is not None else 1.0,
+        "sign_method": signs,
+    }
 
 
 class AdapterGeneSpace(VectorGenomes):
@@ -105,7 +140,11 @@ class AdapterWorker:
 
     def __init__(self, host, spec: dict):
         self.host = host
-        self.kind, svd_rank, self.groups = _options(spec)
+        opts = _options(spec)
+        self.kind, svd_rank, self.groups = opts["kind"], opts["rank"], opts["groups"]
+        self.composition = COMPOSITIONS.get(self.kind)
+        self.density, self.sign_method = opts["density"], opts["sign_method"]
+        self.mask_seed = int(spec.get("seed", 0))
         folders = host.call("seed_folders")
         tensors = host.resident()
         if not folders or tensors is None:
@@ -130,7 +169,7 @@ class AdapterWorker:
         self.factors, self.modules = self._read_adapters()
         ranks = [self._rank(i) for i in range(len(refs))]
         try:
-            self.rank = composed_rank(self.kind, ranks, svd_rank)
+            self.rank = self.composition.rank(ranks, svd_rank)
         except ValueError as exc:
             raise PluginError(f"seeds.options.combination: {exc}", exit_code=2) from None
         layers = [layer_of(m) for m in self.modules]
@@ -202,9 +241,21 @@ class AdapterWorker:
     def composed(self, genes):
         """Per module, the candidate's composed ``(A, B)`` (float32)."""
         w = np.asarray(genes, dtype=np.float64).reshape(len(self.adapter_dirs), self.groups)
-        for row, g in zip(self.factors, self.group_of, strict=True):
+        for m, (row, g) in enumerate(zip(self.factors, self.group_of, strict=True)):
             factors = [None if f is None else f[:3] for f in row]
-            yield compose(self.kind, factors, w[:, g].tolist(), self.rank)
+            embedding = next(f for f in row if f is not None)[3]
+            generator = None
+            if self.composition.random:  # the module's own masks, the same for every candidate
+                generator = torch.Generator().manual_seed(self.mask_seed * 1_000_003 + m)
+            yield self.composition.compose(
+                factors,
+                w[:, g].tolist(),
+                self.rank,
+                density=self.density,
+                sign_method=self.sign_method,
+                generator=generator,
+                embedding=embedding,
+            )
 
     def info(self) -> dict:
         return {
@@ -244,8 +295,14 @@ class AdapterWorker:
         description = space.describe(genes)
         description["adapter"]["adapters"] = [str(d) for d in self.adapter_dirs]
         description["adapter"]["base"] = str(self.base)
-        if self.kind == "svd":
+        if self.composition.form == "update":
             description["adapter"]["rank"] = self.rank
+        if self.composition.uses_density:
+            description["adapter"]["density"] = self.density
+        if self.composition.uses_signs:
+            description["adapter"]["majority_sign_method"] = self.sign_method
+        if self.composition.random:
+            description["adapter"]["mask_seed"] = self.mask_seed
         if form == "merged":
             description["adapter"]["merged"] = True
             return self._export_merged(genes, out, dtype, {**doc, **description})
