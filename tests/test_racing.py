@@ -45,8 +45,16 @@ def run_both(tmp_path, write_config, cfg: dict, name: str):
     return full, race
 
 
+def assert_same_state(full, race):
+    """Bit for bit (empty MAP-Elites cells are NaN in the report's grid)."""
+    a, b = final_state(full), final_state(race)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.allclose(a[k], b[k], 0, 0, equal_nan=True), k
+
+
 def assert_same_result_cheaper(full, race, strictly=True):
-    assert_same_archive(full, race)
+    assert_same_state(full, race)
     a, b = summary(full), summary(race)
     assert (a["member"], a["metrics"], a["evaluations"]) == (
         b["member"],
@@ -82,8 +90,8 @@ def test_m2n2_raced_is_bit_identical_and_cheaper(tmp_path, write_config, space, 
 
 def test_map_elites_raced_is_bit_identical_and_cheaper(tmp_path, write_config):
     cfg = base_config(
-        budget={"evaluations": 80},
-        checkpoint_every=40,
+        budget={"evaluations": 50},
+        checkpoint_every=25,
         strategy={"name": "map_elites", "descriptors": ["even", "odd"], "cells": 3,
                   "mutation_std": 0.01},
     )  # fmt: skip
@@ -96,7 +104,7 @@ def test_cmaes_recipe_raced_asks_the_same_generations(tmp_path, write_config):
     solutions every generation and keeps the same best; the objective it recorded for a
     stopped child is its best case (not compared)."""
     cfg = base_config(
-        budget={"evaluations": 48},
+        budget={"evaluations": 32},
         batch=8,
         checkpoint_every=16,
         seeds={"kind": "plugin", "count": 3,
@@ -111,11 +119,11 @@ def test_cmaes_recipe_raced_asks_the_same_generations(tmp_path, write_config):
     raced = write_config({**cfg, "evaluation": RACE}, "cr.yaml")
     assert main(["run", str(raced), "--out", str(race), "-q"]) == 0
     a, b = final_state(full), final_state(race)
-    for k in ("x0", "solutions", "best_genes", "best_scores", "best_id"):
+    for k in ("x0", "solutions", "best_genes", "best_scores"):
         assert a[k].equal(b[k]), k
     sa, sb = summary(full), summary(race)
     assert (sa["member"], sa["metrics"]) == (sb["member"], sb["metrics"])
-    assert sb["example_evaluations"] <= sa["example_evaluations"] == 48 * 1437
+    assert sb["example_evaluations"] <= sa["example_evaluations"] == 32 * 1437
 
 
 def test_raced_resume_is_bit_identical(tmp_path, write_config):
@@ -176,10 +184,11 @@ def test_stages_cover_every_example_once():
 # -- soundness of the answers, on random boxes -----------------------------------------------
 
 
-def random_box(gen, e):
-    """A box around a 0/1 score vector: some examples known, the rest anywhere in [0, 1]."""
-    s = (torch.rand(e, generator=gen) < 0.6).float()
-    known = torch.rand(e, generator=gen) < torch.rand(1, generator=gen)
+def random_box(gen, e, p=0.6):
+    """A box around a 0/1 score vector (each 1 with probability ``p``): most examples known,
+    the rest anywhere in [0, 1]."""
+    s = (torch.rand(e, generator=gen) < p).float()
+    known = torch.rand(e, generator=gen) < 0.6 + 0.4 * torch.rand(1, generator=gen)
     low = torch.where(known, s, torch.zeros(e))
     high = torch.where(known, s, torch.ones(e))
     return s, low, high
@@ -198,7 +207,7 @@ def test_a_child_surely_worst_is_dropped_for_any_scores_in_its_box(alpha):
     archive, sure = CompetitionArchive(6, alpha, True), 0
     for _ in range(300):
         state = filled(archive, gen, 40, 6)
-        s, low, high = random_box(gen, 40)
+        s, low, high = random_box(gen, 40, p=0.35)
         if not archive.can_matter(state, low, high):
             sure += 1
             for v in (s, high, low + (high - low) * torch.rand(40, generator=gen).round()):
