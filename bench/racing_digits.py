@@ -9,6 +9,10 @@ evaluations racing spent / full scoring spent, and of the wall time ratio (race 
 
     python bench/racing_digits.py                                  # all configs, 3 seeds
     python bench/racing_digits.py --configs m2n2_pretrained --seeds 1 --evals 500
+
+Both runs of a pair use the same number of torch threads (``--threads``, default 1): on a
+shared machine a pool of threads makes many small calls (racing's stages) far slower than
+one large one, which would measure the machine's load, not the schedule.
 """
 
 from __future__ import annotations
@@ -63,7 +67,11 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--evals", type=int, default=2000, help="evaluations per run")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads, the same for both schedules"
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs:

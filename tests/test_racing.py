@@ -237,3 +237,21 @@ def test_grid_and_pareto_answers_are_sound():
 def test_rank_isolation():
     lo, hi = torch.tensor([0.1, 0.5, 0.52]), torch.tensor([0.2, 0.6, 0.7])
     assert rank_isolated(0, lo, hi) and not rank_isolated(1, lo, hi)
+
+
+
+def test_stages_score_the_same_on_ray_workers_and_locally(ray_local):
+    """A stage (a subset of the examples) scores on the Ray pool as in one local full pass."""
+    from evomerge.runtime.local import LocalEvaluator
+    from evomerge.runtime.ray_pool import RayEvaluator
+
+    params = torch.randn(5, 19_210, generator=torch.Generator().manual_seed(3)) * 0.05
+    ids = torch.randperm(1437, generator=torch.Generator().manual_seed(4))[:90]
+    local = LocalEvaluator(DIGITS, {})
+    pool = RayEvaluator(DIGITS, {}, workers=2, num_cpus=1)
+    try:
+        full = local.score(params)
+        assert torch.equal(local.score(params, example_ids=ids), full[:, ids])
+        assert torch.equal(pool.score(params, example_ids=ids), full[:, ids])
+    finally:
+        pool.close()
