@@ -255,3 +255,21 @@ def test_stages_score_the_same_on_ray_workers_and_locally(ray_local):
         assert torch.equal(pool.score(params, example_ids=ids), full[:, ids])
     finally:
         pool.close()
+
+
+def test_the_progress_line_counts_example_evaluations():
+    import io
+
+    from evomerge.interface.progress import Progress
+
+    out = io.StringIO()
+    progress = Progress(stream=out, interval=0)
+    progress.start(10, 0, "local evaluator")
+    progress.update(10, 0.5, examples=14370)
+    assert "10/10 evaluations (100%)" in out.getvalue()
+    assert "14370 examples scored" in out.getvalue()
+    only = io.StringIO()
+    progress = Progress(stream=only, interval=0)
+    progress.start(1000, 0, "local evaluator", unit="example evaluations")
+    progress.update(1000, 0.5, examples=1000)
+    assert "1000/1000 example evaluations (100%)" in only.getvalue()
