@@ -273,3 +273,19 @@ def test_the_progress_line_counts_example_evaluations():
     progress.start(1000, 0, "local evaluator", unit="example evaluations")
     progress.update(1000, 0.5, examples=1000)
     assert "1000/1000 example evaluations (100%)" in only.getvalue()
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {"name": "ga", "archive_size": 4},
+        {"name": "pareto", "objectives": ["0-4", "5-9"], "archive_size": 4},
+    ],
+    ids=["ga", "pareto"],
+)
+def test_ga_and_pareto_raced_are_bit_identical(tmp_path, write_config, strategy):
+    cfg = base_config(
+        budget={"evaluations": 60}, checkpoint_every=30, seeds=PRETRAINED, strategy=strategy
+    )
+    full, race = run_both(tmp_path, write_config, cfg, strategy["name"])
+    assert_same_result_cheaper(full, race)
