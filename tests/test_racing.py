@@ -145,6 +145,9 @@ def test_raced_resume_is_bit_identical(tmp_path, write_config):
     a, b = summary(whole), summary(cut)
     assert a["example_evaluations"] == b["example_evaluations"] < 50 * 1437
     assert a["member"] == b["member"]
+    from evomerge.interface.report import load_run, summary_rows
+
+    assert summary_rows([load_run(cut)])[0]["example_evaluations"] == b["example_evaluations"]
 
 
 def test_example_budget_stops_the_run(tmp_path, write_config, capsys):
