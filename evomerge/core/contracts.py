@@ -149,7 +149,10 @@ class Evaluator(Protocol):
     info: dict
     workers: int
 
-    def score(self, params: Any) -> torch.Tensor: ...
+    def score(self, params: Any, example_ids: Any = None) -> torch.Tensor:
+        """``(B, E)`` scores; with ``example_ids`` (an evaluation schedule scoring in stages)
+        ``(B, len(example_ids))`` on those training examples only."""
+        ...
 
     def metrics(self, params: Any) -> dict[str, float]: ...
 

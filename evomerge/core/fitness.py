@@ -29,6 +29,10 @@ class Fitness(ABC):
     score_name: str = "score"
     #: True when every score is >= 0 (required by resource competition).
     nonnegative: bool = True
+    #: ``(low, high)`` that every per-example score lies in, or None when scores are unbounded
+    #: (log-likelihoods). Racing (``evaluation.schedule: race``) bounds a candidate's unscored
+    #: examples by it, and refuses a plug-in without one.
+    score_range: tuple[float, float] | None = (0.0, 1.0)
     #: The space this plug-in's candidates belong to when the config names none (a ``recipe:``
     #: section or ``strategy.space`` does): None for the plug-in's flat parameters (``dense``);
     #: a plug-in that scores another kind of candidate names its space (``"dataflow"``).

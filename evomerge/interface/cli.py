@@ -89,7 +89,8 @@ def _finish(search, progress: Progress) -> int:
         for k, v in summary["metrics"].items()
     )
     progress.message(
-        f"done: {summary['evaluations']} evaluations in {summary['wall_seconds']:.1f} s "
+        f"done: {summary['evaluations']} evaluations ({summary['example_evaluations']} "
+        f"example evaluations) in {summary['wall_seconds']:.1f} s "
         f"({summary['evaluations_per_second']:.0f}/s); member {summary['member']}: {metrics}"
     )
     try:

@@ -30,9 +30,11 @@ def _fmt_eta(seconds: float) -> str:
 
 
 class Progress:
-    """Evaluations done, evaluations/s, best train score and ETA.
+    """Evaluations done, evaluations/s, best train score and ETA, and the example evaluations
+    (one training example scored once) spent so far.
 
-    ``best`` is passed as a callable so it is computed only when a line is drawn.
+    ``best`` is passed as a callable so it is computed only when a line is drawn. ``unit``:
+    what ``done`` and ``total`` count (``example evaluations`` when that is the only budget).
     """
 
     def __init__(self, stream=None, quiet: bool = False, interval: float | None = None):
@@ -42,29 +44,33 @@ class Progress:
         self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
         self._bar = None
 
-    def start(self, total: int, done: int, label: str) -> None:
+    def start(self, total: int, done: int, label: str, unit: str = "evaluations") -> None:
         self.total, self.done0, self.t0, self.last = total, done, time.perf_counter(), 0.0
+        self.unit = unit
         if self.quiet:
             return
-        self.message(f"{label}; {done}/{total} evaluations done")
+        self.message(f"{label}; {done}/{total} {unit} done")
         if self.tty:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._bar = Progress(
-                TextColumn("[bold]evaluations"),
+                TextColumn(f"[bold]{unit}"),
                 BarColumn(),
                 TextColumn("{task.completed}/{task.total}"),
                 TextColumn("{task.fields[rate]}/s  best {task.fields[best]:.4f}"),
+                TextColumn("{task.fields[examples]}"),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 console=Console(file=self.stream, no_color=not colour_enabled(self.stream)),
                 transient=True,
             )
-            self._task = self._bar.add_task("run", total=total, completed=done, rate="0", best=0.0)
+            self._task = self._bar.add_task(
+                "run", total=total, completed=done, rate="0", best=0.0, examples=""
+            )
             self._bar.start()
 
-    def update(self, done: int, best) -> None:
+    def update(self, done: int, best, examples: int | None = None) -> None:
         if self.quiet:
             return
         now = time.perf_counter()
@@ -73,17 +79,25 @@ class Progress:
         self.last = now
         rate = (done - self.done0) / max(now - self.t0, 1e-9)
         best_value = best() if callable(best) else best
+        spent = "" if examples is None or self.unit != "evaluations" else f"{examples} examples"
         if self._bar is not None:
             try:
-                self._bar.update(self._task, completed=done, rate=_fmt_rate(rate), best=best_value)
+                self._bar.update(
+                    self._task,
+                    completed=done,
+                    rate=_fmt_rate(rate),
+                    best=best_value,
+                    examples=spent,
+                )
             except BrokenPipeError:
                 self._reader_gone()
         else:
             eta = (self.total - done) / rate if rate > 0 else 0.0
             pct = 100.0 * done / self.total
             self.message(
-                f"{done}/{self.total} evaluations ({pct:.0f}%)  {_fmt_rate(rate)}/s  "
+                f"{done}/{self.total} {self.unit} ({pct:.0f}%)  {_fmt_rate(rate)}/s  "
                 f"best train {best_value:.4f}  ETA {_fmt_eta(eta)}"
+                + (f"  {spent} scored" if spent else "")
             )
 
     def message(self, text: str) -> None:

@@ -120,6 +120,10 @@ def summary_rows(runs: list[RunData]) -> list[dict]:
                 "strategy": run.strategy,
                 "seed": run.config.get("seed"),
                 "evaluations": summary.get("evaluations", last.get("evaluations")),
+                # one example scored once; None ("–") for a run made before they were counted
+                "example_evaluations": summary.get(
+                    "example_evaluations", last.get("example_evaluations")
+                ),
                 "member": summary.get("member", last.get("member")),
                 **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                 "wall_seconds": summary.get("wall_seconds", last.get("wall_seconds")),

@@ -93,11 +93,8 @@ def _run_status(path: str | Path) -> dict:
     except RunDirError as exc:
         summary = None
         damaged.append(str(exc).replace(f"{run.path}/", "", 1))
-    try:
-        budget = int((config.get("budget") or {}).get("evaluations", 0))
-    except (TypeError, ValueError, AttributeError):
-        budget = 0
-        damaged.append("config.yaml: budget.evaluations is not a number")
+    budget = _budget(config, "evaluations", damaged)
+    example_budget = _budget(config, "example_evaluations", damaged)
     ckpts = ckpt_mod.list_checkpoints(run.checkpoints)
     last_ckpt = None
     if ckpts:
@@ -115,6 +112,7 @@ def _run_status(path: str | Path) -> dict:
     )
     if summary:
         done = int(summary.get("evaluations", done))
+    examples = _examples_done(summary, live, last)
     rate = None
     if live and live.get("evaluations_per_second"):
         rate = float(live["evaluations_per_second"])
@@ -132,7 +130,9 @@ def _run_status(path: str | Path) -> dict:
         "strategy": (config.get("strategy") or {}).get("name"),
         "evaluations": done,
         "budget": budget,
-        "progress": done / budget if budget else None,
+        "example_evaluations": examples,
+        "example_budget": example_budget,
+        "progress": _progress(done, budget, examples, example_budget),
         "best_train_score": last.get("best_train_score"),
         "member": (summary or {}).get("member", last.get("member")),
         "metrics": (summary or {}).get("metrics", last.get("metrics") or {}),
@@ -155,6 +155,35 @@ def _run_status(path: str | Path) -> dict:
     return out
 
 
+def _budget(config: dict, key: str, damaged: list[str]) -> int:
+    """``budget.<key>`` of a run's config (0: not given)."""
+    try:
+        return int((config.get("budget") or {}).get(key) or 0)
+    except (TypeError, ValueError, AttributeError):
+        damaged.append(f"config.yaml: budget.{key} is not a number")
+        return 0
+
+
+def _examples_done(summary, live, last) -> int | None:
+    """Example evaluations so far, from the newest record that has them (None: a run made
+    before they were counted)."""
+    for source in (summary, live, last):
+        value = (source or {}).get("example_evaluations")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _progress(done, budget, examples, example_budget) -> float | None:
+    """The larger fraction of the budgets spent (the run stops at the first one reached)."""
+    parts = []
+    if budget:
+        parts.append(done / budget)
+    if example_budget and examples is not None:
+        parts.append(examples / example_budget)
+    return max(parts) if parts else None
+
+
 def format_status(info: dict, paint=None) -> str:
     paint = paint or (lambda text, style="": text)
     colours = {"running": "green", "finished": "blue", "stopped": "yellow", "damaged": "red"}
@@ -164,8 +193,17 @@ def format_status(info: dict, paint=None) -> str:
         f"state        {paint(info['state'], colours.get(info['state'], ''))}"
         + (f" (pid {info['pid']} on {info['host']})" if info.get("pid") else ""),
         f"strategy     {info.get('strategy') or '–'}",
-        f"progress     {info['evaluations']}/{info['budget']} evaluations{pct}",
+        f"progress     {info['evaluations']}"
+        + (f"/{info['budget']}" if info.get("budget") else "")
+        + f" evaluations{pct}",
     ]
+    if info.get("example_evaluations") is not None or info.get("example_budget"):
+        spent = info.get("example_evaluations")
+        lines.append(
+            f"examples     {'–' if spent is None else spent}"
+            + (f"/{info['example_budget']}" if info.get("example_budget") else "")
+            + " example evaluations (one example scored once)"
+        )
     best = info.get("best_train_score")
     best = best if isinstance(best, (int, float)) else None
     metrics = ", ".join(

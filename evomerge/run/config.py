@@ -1,6 +1,7 @@
 """The run configuration: YAML validated by pydantic, with one-line errors that name the field.
 
-Every config has a top-level ``seed`` and ``budget.evaluations``; the ``strategy`` section is
+Every config has a top-level ``seed`` and a budget (``budget.evaluations`` and/or
+``budget.example_evaluations``); the ``strategy`` section is
 validated by the model its ``name`` registers (see :mod:`evomerge.search.registry`).
 """
 
@@ -11,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.core import extensions, safe_yaml
 from evomerge.core.errors import ConfigError, EvomergeError
@@ -19,6 +20,7 @@ from evomerge.core.plugins import resolve_spec
 from evomerge.core.validation import format_validation
 from evomerge.run.benchmark_guard import searched_test_split
 from evomerge.search.registry import STRATEGIES
+from evomerge.search.schedules import EvaluationSection
 from evomerge.spaces import SPACES
 from evomerge.spaces.recipe import RecipeSection, sigmoid_bounds_problem
 from evomerge.tensors.model_ref import pin_model
@@ -29,7 +31,22 @@ class _Section(BaseModel):
 
 
 class Budget(_Section):
-    evaluations: int = Field(gt=0, description="Children to evaluate (one forward pass each).")
+    evaluations: int | None = Field(
+        None, gt=0, description="Children to evaluate (one forward pass each)."
+    )
+    example_evaluations: int | None = Field(
+        None,
+        gt=0,
+        description="Training examples to score (one example scored once for one child; seeds "
+        "not counted): the true cost, which racing lowers. The run stops at the first budget "
+        "reached (this one after the batch that crosses it).",
+    )
+
+    @model_validator(mode="after")
+    def one_budget(self):
+        if self.evaluations is None and self.example_evaluations is None:
+            raise ValueError("give evaluations, example_evaluations or both")
+        return self
 
 
 class FitnessSection(_Section):
@@ -146,6 +163,11 @@ class RunConfig(_Section):
     evaluator: Annotated[
         LocalEvaluatorSection | RayEvaluatorSection, Field(discriminator="kind")
     ] = LocalEvaluatorSection()
+    evaluation: EvaluationSection | None = Field(
+        None,
+        description="How candidates are scored (schedule: full or race); none: every "
+        "candidate on every training example.",
+    )
     tracking: TrackingSection | None = Field(
         None, description="Experiment tracking (TensorBoard, MLflow); none: off."
     )

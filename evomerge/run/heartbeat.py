@@ -51,6 +51,8 @@ class RunLock:
             "updated": now,
             "evaluations": done,
             "budget": search.cfg.budget.evaluations,
+            "example_evaluations": int(search.example_evaluations),
+            "example_budget": search.cfg.budget.example_evaluations,
             "evaluations_per_second": self._rate,
             "evaluator": getattr(evaluator, "kind", None),
             "workers": getattr(evaluator, "workers", 1),

@@ -25,12 +25,13 @@ from evomerge.run.tracking import Trackers
 from evomerge.runtime import make_evaluator
 from evomerge.search.base import needs_nonnegative_scores, use_space
 from evomerge.search.registry import make_strategy
+from evomerge.search.schedules import make_schedule
 from evomerge.spaces import SPACES
 
 
 class NullProgress:
-    def start(self, total: int, done: int, label: str) -> None: ...
-    def update(self, done: int, best) -> None: ...
+    def start(self, total: int, done: int, label: str, unit: str = "evaluations") -> None: ...
+    def update(self, done: int, best, examples: int | None = None) -> None: ...
     def message(self, text: str) -> None: ...
     def close(self) -> None: ...
 
@@ -68,12 +69,20 @@ class Search:
     progress: object
     space: object = None  # the run's Space (evomerge.core.contracts.Space)
     trackers: object = None  # evomerge.run.tracking.Trackers, opened at the first record
+    schedule: object = None  # evomerge.search.schedules.Schedule: how children are scored
+    example_evaluations: int = 0  # training examples scored for children so far
 
     # -- scoring -----------------------------------------------------------------------------
-    def score(self, params: torch.Tensor) -> torch.Tensor:
-        scores = self.evaluator.score(params)
+    def score(self, params, example_ids=None) -> torch.Tensor:
+        """Scores of candidates on every example, or on ``example_ids`` (a schedule's stage)."""
+        if example_ids is None:
+            scores = self.evaluator.score(params)
+        else:
+            scores = self.evaluator.score(params, example_ids=example_ids)
         if needs_nonnegative_scores(self.strategy) and bool((scores < 0).any()):
             row, col = np.argwhere(scores.numpy() < 0)[0]
+            if example_ids is not None:
+                col = int(example_ids[col])
             raise PluginError(
                 f"fitness: score {scores[row, col].item()} for candidate {row}, example {col} is "
                 "negative; resource competition (alpha > 0) needs scores >= 0"
@@ -106,6 +115,7 @@ class Search:
         stats = self.strategy.stats(self.state)
         rec = {
             "evaluations": self.state.evaluations,
+            "example_evaluations": self.example_evaluations,
             "wall_seconds": round(self.wall(), 3),
             "best_train_score": stats["train_score"]["max"],
             "member": member,
@@ -124,6 +134,7 @@ class Search:
         meta = {
             **meta,
             "wall_seconds": self.wall(),
+            "example_evaluations": self.example_evaluations,
             "seed": self.cfg.seed,
             "strategy": self.cfg.strategy.name,
             "config_sha256": config_digest(self.cfg),
@@ -131,23 +142,46 @@ class Search:
         checkpoint.save(self.run.checkpoints, tensors, meta, self.cfg.keep_last)
 
     # -- the loop ----------------------------------------------------------------------------
+    def more(self) -> bool:
+        """Whether neither budget is spent (candidate or example evaluations)."""
+        budget = self.cfg.budget
+        if budget.evaluations is not None and self.state.evaluations >= budget.evaluations:
+            return False
+        limit = budget.example_evaluations
+        return limit is None or self.example_evaluations < limit
+
+    def progress_point(self) -> tuple[int, int, str]:
+        """(done, total, unit) of the budget the progress line follows: candidate
+        evaluations, or example evaluations when that is the only budget."""
+        budget = self.cfg.budget
+        if budget.evaluations is not None:
+            return self.state.evaluations, budget.evaluations, "evaluations"
+        return self.example_evaluations, budget.example_evaluations, "example evaluations"
+
     def loop(self) -> dict:
-        cfg, budget = self.cfg, self.cfg.budget.evaluations
-        self.progress.start(budget, self.state.evaluations, self.evaluator.describe())
+        cfg = self.cfg
+        done, total, unit = self.progress_point()
+        self.progress.start(total, done, self.evaluator.describe(), unit=unit)
         try:
-            while self.state.evaluations < budget:
-                children = self.strategy.ask(
-                    self.state, min(cfg.batch, budget - self.state.evaluations)
-                )
-                n = len(children.params)  # generational strategies ask whole generations
-                scores = self.score(children.params)
+            while self.more():
+                n = cfg.batch
+                if cfg.budget.evaluations is not None:
+                    n = min(n, cfg.budget.evaluations - self.state.evaluations)
+                children = self.strategy.ask(self.state, n)
+                n = len(children.ids)  # generational strategies ask whole generations
+                scores, spent = self.schedule.evaluate(self.state, children, self.score)
                 self.state = self.strategy.tell(self.state, children, scores)
+                self.example_evaluations += spent
                 done = self.state.evaluations
-                if done // cfg.history_every > (done - n) // cfg.history_every or done == budget:
+                if done // cfg.history_every > (done - n) // cfg.history_every or not self.more():
                     self.record()
                 if done // cfg.checkpoint_every > (done - n) // cfg.checkpoint_every:
                     self.save()
-                self.progress.update(done, lambda: self.strategy.best(self.state)[2].mean().item())
+                self.progress.update(
+                    self.progress_point()[0],
+                    lambda: self.strategy.best(self.state)[2].mean().item(),
+                    examples=self.example_evaluations,
+                )
         except EvomergeError as exc:
             if "evomerge resume" in str(exc):
                 raise
@@ -173,6 +207,7 @@ class Search:
         wall = self.wall()
         summary = {
             "evaluations": self.state.evaluations,
+            "example_evaluations": self.example_evaluations,
             "member": member,
             "metrics": metrics,
             "wall_seconds": round(wall, 3),
@@ -242,6 +277,11 @@ def open_space(cfg: RunConfig, evaluator, strategy):
     return space
 
 
+def run_schedule(cfg: RunConfig, strategy, evaluator):
+    """How the run scores its children (:mod:`evomerge.search.schedules`)."""
+    return make_schedule(cfg.evaluation, strategy, evaluator.info, cfg.seed)
+
+
 def prepared_strategy(cfg: RunConfig, evaluator):
     """The configured strategy, given the plug-in's example groups (niches may be built on
     them; ``{}`` when the plug-in names none)."""
@@ -262,6 +302,7 @@ def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Sea
         space = open_space(cfg, evaluator, strategy)
         params = space.seed_genomes(evaluator, progress)
         search = Search(cfg, run, strategy, evaluator, None, 0.0, progress, space)
+        search.schedule = run_schedule(cfg, strategy, evaluator)
         search._t0 = t0
         search.state = strategy.init(params, search.score(params))
         if fresh:
@@ -368,6 +409,7 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
     try:
         strategy = prepared_strategy(cfg, evaluator)
         space = open_space(cfg, evaluator, strategy)
+        schedule = run_schedule(cfg, strategy, evaluator)
     except BaseException:
         evaluator.close()
         raise
@@ -382,6 +424,16 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
     run.truncate_history(state.evaluations)
     run.clear_summary()
     wall = float(meta["wall_seconds"])
-    search = Search(cfg, run, strategy, evaluator, state, wall, progress, space)
+    search = Search(cfg, run, strategy, evaluator, state, wall, progress, space, schedule=schedule)
+    search.example_evaluations = resumed_example_evaluations(meta, state, evaluator.info)
     search.start_clock()
     return search
+
+
+def resumed_example_evaluations(meta: dict, state, info: dict) -> int:
+    """Example evaluations a checkpoint records; one written before they were counted was
+    made by full scoring: every child on every example."""
+    value = meta.get("example_evaluations")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return int(state.evaluations) * int(info.get("num_examples") or 0)

@@ -53,6 +53,22 @@ def aligned_rows(params: np.ndarray) -> torch.Tensor:
     return buf[:, :n]
 
 
+def score_range(plugin, name: str) -> list[float] | None:
+    """The plug-in's declared ``score_range`` as ``[low, high]`` (None: unbounded)."""
+    declared = getattr(plugin, "score_range", None)
+    if declared is None:
+        return None
+    try:
+        low, high = (float(v) for v in declared)
+    except (TypeError, ValueError):
+        raise PluginError(
+            f"fitness {name}: score_range must be (low, high) numbers or None, got {declared!r}"
+        ) from None
+    if not low < high:
+        raise PluginError(f"fitness {name}: score_range ({low}, {high}) needs low < high")
+    return [low, high]
+
+
 class FitnessHost:
     """Loads the plug-in named by ``spec``, calls ``setup(device)``, and checks every result.
 
@@ -153,6 +169,7 @@ class FitnessHost:
             "num_examples": int(f.num_examples),
             "score_name": str(f.score_name),
             "nonnegative": bool(f.nonnegative),
+            "score_range": score_range(f, self.name),
             "groups": self._groups(),
             "space": self.space_name,
             **self.worker.info(),

@@ -37,8 +37,9 @@ class LocalEvaluator:
         self.info = self.host.info()
         self.workers = 1
 
-    def score(self, params) -> torch.Tensor:
-        return torch.from_numpy(self.host.score(transportable(params)))
+    def score(self, params, example_ids=None) -> torch.Tensor:
+        """``(B, E)`` scores, or ``(B, len(example_ids))`` on those training examples only."""
+        return torch.from_numpy(self.host.score(transportable(params), example_ids))
 
     def metrics(self, params) -> dict[str, float]:
         return self.host.metrics(transportable(params))

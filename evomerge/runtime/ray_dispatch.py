@@ -34,8 +34,9 @@ def warn(text: str) -> None:
 class Batch:
     """One call of ``score``: the chunks, who holds which, and the deadlines."""
 
-    def __init__(self, pool, rows):
+    def __init__(self, pool, rows, example_ids=None):
         self.pool = pool
+        self.example_ids = example_ids  # None: every training example
         self.ray = pool._ray
         size = pool.chunk_size or math.ceil(len(rows) / pool.workers)
         self.chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
@@ -78,7 +79,7 @@ class Batch:
         pool = self.pool
         while self.waiting and self.free:
             slot, c = self.free.pop(0), self.waiting.pop(0)
-            ref = pool.actors[slot].score.remote(self.chunks[c])
+            ref = pool.actors[slot].score.remote(self.chunks[c], self.example_ids)
             self.running[ref] = (slot, c)
             if pool.timeout_s:
                 self.deadline[ref] = time.monotonic() + pool.timeout_s * len(self.chunks[c])

@@ -68,10 +68,10 @@ class _Worker:
             raise self.error
         return self.host.info()
 
-    def score(self, params):
+    def score(self, params, example_ids=None):
         t0 = time.perf_counter()
         try:
-            return self.host.score(params)
+            return self.host.score(params, example_ids)
         finally:
             self.busy += time.perf_counter() - t0
 
@@ -216,10 +216,12 @@ class RayEvaluator:
             msg = first[0] if first else type(exc).__name__
             raise PluginError(f"ray worker failed: {msg}") from None
 
-    def score(self, params) -> torch.Tensor:
+    def score(self, params, example_ids=None) -> torch.Tensor:
+        """``(B, E)`` scores, or ``(B, len(example_ids))`` on those training examples only."""
         t0 = time.perf_counter()
+        ids = None if example_ids is None else np.asarray(example_ids, dtype=np.int64)
         try:
-            return Batch(self, transportable(params)).run()
+            return Batch(self, transportable(params), ids).run()
         finally:
             self.scoring_seconds += time.perf_counter() - t0
 

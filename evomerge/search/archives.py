@@ -109,6 +109,12 @@ class Archive:
         """Rows of parents A and B from two uniform numbers in [0, 1)."""
         raise NotImplementedError
 
+    def can_matter(self, state: ArchiveState, low: torch.Tensor, high: torch.Tensor) -> bool:
+        """Racing (:mod:`~evomerge.search.racing`): False only when a child whose scores lie
+        between ``low`` and ``high`` (per example) surely stays out *and* leaves the archive
+        unchanged, whatever its scores in that box. The default never knows."""
+        return True
+
     def fitness(self, scores: torch.Tensor) -> torch.Tensor:
         """Each row's fitness as the archive ranks it (history statistics)."""
         return scores.mean(dim=1)
@@ -157,6 +163,10 @@ class CompetitionArchive(Archive):
     def fitness(self, scores):
         return competition.fitness(scores, self.alpha)
 
+    def can_matter(self, state, low, high):
+        """Unless even its best case is the least fit of the P+1 rows."""
+        return not competition.surely_worst(state.scores, high, self.alpha)
+
 
 class ExampleGroups:
     """The example groups a niche archive is built on: ``field`` names them in the config
@@ -195,12 +205,31 @@ class GridArchive(Archive):
 
     def cell(self, scores: torch.Tensor) -> int:
         """The grid cell (row-major over the descriptors) of one member's scores."""
-        low, high = self.bounds
         index = 0
+        for k in self._coords(scores):
+            index = index * self.cells + k
+        return index
+
+    def _coords(self, scores: torch.Tensor) -> list[int]:
+        """The cell's coordinate along each descriptor (monotone in the group scores)."""
+        low, high = self.bounds
+        out = []
         for d in self.groups.scores(scores).tolist():
             k = int((d - low) / (high - low) * self.cells)
-            index = index * self.cells + min(max(k, 0), self.cells - 1)
-        return index
+            out.append(min(max(k, 0), self.cells - 1))
+        return out
+
+    def can_matter(self, state, low, high):
+        """Unless every cell its box can land in holds an elite at least as good as its best
+        mean (the occupant stays on ties)."""
+        best = high.double().mean()
+        cells = [0]
+        for a, b in zip(self._coords(low), self._coords(high), strict=True):
+            cells = [c * self.cells + k for c in cells for k in range(a, b + 1)]
+        for c in cells:
+            if state.ids[c] < 0 or bool(best > state.scores[c].double().mean()):
+                return True
+        return False
 
     def add(self, state, cid, params, scores, buf=None):
         slot = self.cell(scores)
@@ -283,6 +312,15 @@ class ParetoArchive(Archive):
 
     def sample_parents(self, state, u_a, u_b):
         return uniform_pair(state, u_a, u_b)
+
+    def can_matter(self, state, low, high):
+        """Unless a member dominates its best case (then it dominates the child: dropped
+        before it evicts anyone)."""
+        filled = state.filled
+        if not filled:
+            return True
+        objs = self.groups.scores(state.scores[filled])
+        return not bool(dominates(objs, self.groups.scores(high)).any())
 
     def stats(self, state, filled):
         return {"front_size": int(filled.sum())}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 from pydantic import BaseModel
 
-from evomerge.search import codec
+from evomerge.search import codec, racing
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,15 @@ class BestSoFar(Strategy):
 
     def best(self, state) -> tuple[int, torch.Tensor, torch.Tensor]:
         return state.best.id, state.best.genes, state.best.scores
+
+    def race(self, state, children: Children, low, high, done) -> list[bool]:
+        """Racing's question (:mod:`~evomerge.search.racing`): a child that cannot become
+        the best so far stops (a strategy whose ``_tell`` uses the scores says more)."""
+        lo, hi = low.double().mean(dim=1), high.double().mean(dim=1)
+        return [
+            done[i] or not racing.cannot_be_best(i, lo, hi, state.best.mean)
+            for i in range(len(children.ids))
+        ]
 
     @staticmethod
     def best_of_seeds(seed_params: torch.Tensor, seed_scores: torch.Tensor) -> Best:

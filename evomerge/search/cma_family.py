@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from evomerge.search import racing
 from evomerge.search.base import BestSoFar, Children, Proposal, score_stats
 
 
@@ -48,6 +49,25 @@ class CMAFamily(BestSoFar):
 
     def variant_stats(self, state) -> dict:
         return {}
+
+    def rank_settled(self, i: int, lo: torch.Tensor, hi: torch.Tensor) -> bool:
+        """Whether child i's place in the generation's ranking is settled for every mean score
+        in ``[lo_i, hi_i]`` as far as the update cares: by default (pycma, whose active
+        update weighs every rank) its interval overlaps no other child's."""
+        return racing.rank_isolated(i, lo, hi)
+
+    def race(self, state, children: Children, low, high, done) -> list[bool]:
+        """Racing's question: a child stops when its rank is settled and it cannot become the
+        best so far; it is then told at its best case, which ranks it the same."""
+        lo, hi = low.double().mean(dim=1), high.double().mean(dim=1)
+        return [
+            done[i]
+            or not (
+                self.rank_settled(i, lo, hi)
+                and racing.cannot_be_best(i, lo, hi, state.best.mean)
+            )
+            for i in range(len(children.ids))
+        ]
 
     # -- shared ------------------------------------------------------------------------------
     def init(self, seed_params: torch.Tensor, seed_scores: torch.Tensor):

@@ -56,3 +56,25 @@ def worst_index(scores: torch.Tensor, child: torch.Tensor, alpha: float) -> int:
     f = (scores @ zinv).tolist()
     f.append(float(child @ zinv))
     return min(range(len(f)), key=f.__getitem__)
+
+
+def surely_worst(scores: torch.Tensor, high: torch.Tensor, alpha: float) -> bool:
+    """Whether a child is the least fit of the P+1 rows (:func:`worst_index` drops it) for
+    *every* score vector ``s`` with ``0 <= s <= high``.
+
+    For ``0 <= alpha <= 1`` the child's fitness ``sum_j s_j / (a_j + s_j) ** alpha`` grows
+    with each ``s_j`` and every member's ``sum_j S_ij / (a_j + s_j) ** alpha`` shrinks, so
+    ``s = high`` is the child's best case against every member at once: if it is strictly the
+    least fit there, it is for every ``s``. Computed in float64 with a margin that covers the
+    float32 rounding of :func:`worst_index` over ``E`` examples. ``alpha > 1`` has no such
+    corner: never sure.
+    """
+    if alpha > 1.0:
+        return False
+    s = scores.double()
+    u = high.double()
+    zinv = inverse_z(s.sum(dim=0) + u, alpha)
+    f_members = s @ zinv
+    f_child = float(u @ zinv)
+    margin = 2.0 * (u.numel() + 32) * 2.0**-24  # float32 rounding of E-term sums, twice over
+    return f_child * (1.0 + margin) < float(f_members.min()) * (1.0 - margin)

@@ -33,6 +33,7 @@ import torch
 from pydantic import Field
 
 from evomerge.core.keys import child_generator
+from evomerge.search import racing
 from evomerge.search.base import BEST_CODEC, Best, StrategyEntry
 from evomerge.search.cma_family import CMAFamily, CMAFamilyConfig
 
@@ -167,6 +168,12 @@ class SepCMAES(CMAFamily):
         return replace(
             state, mean=mean, sigma=sigma, diag=diag, path_c=path_c, path_s=path_s, generation=g
         )
+
+    def rank_settled(self, i: int, lo: torch.Tensor, hi: torch.Tensor) -> bool:
+        """Only the best ``mu`` are ranked (a stable sort): settled when its interval overlaps
+        no other's, or ``mu`` others are surely better."""
+        mu = len(lo) // 2  # len(_Rates.weights): lambda // 2
+        return racing.rank_isolated(i, lo, hi) or racing.surely_better(i, lo, hi) >= mu
 
     def variant_stats(self, state: SepState) -> dict:
         return {"sep_cmaes": {"sigma": state.sigma, "diag_mean": state.diag.mean().item()}}

@@ -136,6 +136,21 @@ class VariationSearch(Strategy):
                 state = replace(state, mutation=mutation)
         return replace(state, scores=buf)
 
+    def race(self, state: ArchiveState, children: Children, low, high, done) -> list[bool]:
+        """Racing's question (:mod:`~evomerge.search.racing`): children are told in order, so
+        child i is judged against the archive the children before it leave; a child the
+        archive surely turns away (and stays unchanged by) stops. The first child that may
+        still matter ends the walk: those after it wait for it."""
+        verdict = [True] * len(children.ids)
+        for i, cid in enumerate(children.ids):
+            if done[i]:
+                state, _ = self.archive.add(state, cid, None, high[i])
+            elif self.archive.can_matter(state, low[i], high[i]):
+                break
+            else:
+                verdict[i] = False
+        return verdict
+
     # -- views -------------------------------------------------------------------------------
     def best(self, state: ArchiveState) -> tuple[int, torch.Tensor, torch.Tensor]:
         """The member with the best raw mean score (first on ties): (id, params, scores)."""

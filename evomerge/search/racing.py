@@ -1,0 +1,155 @@
+"""Exact racing over examples: score candidates in stages and stop each one as soon as it
+provably cannot matter to the search.
+
+Scores are per example and bounded (the plug-in's ``score_range``, default ``[0, 1]``), so
+after any stage a candidate's unscored examples lie between ``low`` and ``high`` of that range:
+the candidate's score vector lies in a known box. The schedule asks the strategy, after each
+stage, which candidates can still matter; the others stop.
+
+The contract a strategy answers (``race``)::
+
+    strategy.race(state, children, low, high, done) -> list[bool]
+
+``low`` / ``high`` are ``(B, E)``: the known scores, and the range's ends where unscored;
+``done[i]`` says child i is fully scored (``low[i] == high[i]``). ``False`` for child i is a
+promise: *for every score vector in child i's box*, telling it leaves the search exactly where
+its real scores would -- and in particular telling ``high[i]`` does, which the schedule then
+does. So the archive, the best member, every later child and the resume are bit-identical to
+full scoring, at fewer example evaluations. How each strategy keeps the promise:
+
+* archives (m2n2, ga, map_elites, pareto; :meth:`~evomerge.search.archives.Archive.can_matter`):
+  the child provably stays out and leaves the archive unchanged (M2N2/GA: even with its
+  best-case scores it is the least fit of the P+1 rows, see :func:`~evomerge.search.
+  competition.surely_worst`; MAP-Elites: every cell it can land in holds a member at least as
+  good as its best case; Pareto: a member dominates its best case). Children of one batch are
+  told in order, so child i is judged once the children before it are settled.
+* best-so-far strategies (random): the child cannot become the best so far.
+* CMA-ES (cmaes, sep_cmaes): the update needs the ranking of the generation, so a child stops
+  only when its rank is settled (:func:`rank_isolated`: its interval of mean score overlaps no
+  other child's, so any value in it gives the same order; sep_cmaes only ranks its best
+  ``mu``, so a child with ``mu`` others surely better stops too) and it cannot become the best
+  so far. Its recorded objective is then its best case, not its value: the ES (and every
+  generation it asks) is the same, its history statistics of that generation use the bound.
+
+Stages: the examples in one shuffled order (drawn from the run's seed, so every stage samples
+every class or task), ``first_stage`` examples, then ``growth`` times more each stage, at most
+``max_stage`` (a sixteenth of them by default: in a strong archive most children are settled
+only near the end, so late decisions must come often). Every
+candidate still running is scored on the same stage's examples in one evaluator call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from evomerge.core.errors import ConfigError, PluginError
+from evomerge.core.keys import key
+from evomerge.search.schedules import Schedule, ScoreFn
+
+ORDER_STREAM = 1 << 60  # key index of the shuffled example order
+
+
+def stage_sizes(num_examples: int, first: int, growth: float, most: int | None) -> list[int]:
+    """Examples per stage: ``first``, then ``growth`` times more each stage but at most
+    ``most`` (None: a sixteenth of the examples), to the end."""
+    most = most or -(-num_examples // 16)
+    sizes, size, left = [], float(first), num_examples
+    while left > 0:
+        n = min(left, most, max(1, int(size)))
+        sizes.append(n)
+        left -= n
+        size *= growth
+    return sizes
+
+
+def rank_isolated(i: int, lo: torch.Tensor, hi: torch.Tensor) -> bool:
+    """Child i's interval ``[lo_i, hi_i]`` of mean score lies strictly above or below every
+    other child's: any value in it keeps the generation's order (ties included) unchanged."""
+    others = torch.ones(len(lo), dtype=torch.bool)
+    others[i] = False
+    below = hi[i] < lo[others]
+    above = lo[i] > hi[others]
+    return bool((below | above).all())
+
+
+def surely_better(i: int, lo: torch.Tensor, hi: torch.Tensor) -> int:
+    """How many other children are surely (strictly) better than child i."""
+    return int((lo > hi[i]).sum())
+
+
+def cannot_be_best(i: int, lo: torch.Tensor, hi: torch.Tensor, best_mean: float) -> bool:
+    """Child i, told at its best case, does not replace the best so far (``best_of``: the
+    batch's first highest mean, kept only when strictly above ``best_mean``)."""
+    return bool(hi[i] <= best_mean) or surely_better(i, lo, hi) > 0
+
+
+class RaceSchedule(Schedule):
+    """Examples in growing stages; the strategy's ``race`` says who goes on."""
+
+    name = "race"
+
+    def __init__(self, strategy, num_examples: int, score_range, section, seed: int):
+        self.strategy = strategy
+        self.num_examples = num_examples
+        self.low, self.high = (float(v) for v in score_range)
+        gen = torch.Generator().manual_seed(key(seed, ORDER_STREAM))
+        order = torch.randperm(num_examples, generator=gen)
+        sizes = stage_sizes(num_examples, section.first_stage, section.growth, section.max_stage)
+        bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
+        self.stages = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def _take(self, params, rows: list[int]):
+        """The children in ``rows`` (a dense tensor, or the space's own batch)."""
+        if isinstance(params, torch.Tensor):
+            return params[torch.tensor(rows)]
+        return self.strategy.space.pack([params[r] for r in rows])
+
+    def _check(self, part: torch.Tensor) -> None:
+        outside = (part < self.low) | (part > self.high)
+        if bool(outside.any()):
+            value = part[outside][0].item()
+            raise PluginError(
+                f"fitness: score {value} lies outside the score range [{self.low:g}, "
+                f"{self.high:g}] racing bounds unscored examples by; declare the plug-in's "
+                "score_range (or set evaluation.score_range), or use evaluation.schedule: full"
+            )
+
+    def evaluate(self, state, children, score: ScoreFn) -> tuple[torch.Tensor, int]:
+        b, e = len(children.ids), self.num_examples
+        low = torch.full((b, e), self.low, dtype=torch.float32)
+        high = torch.full((b, e), self.high, dtype=torch.float32)
+        running = list(range(b))
+        spent = 0
+        for n, ids in enumerate(self.stages):
+            params = children.params if len(running) == b else self._take(children.params, running)
+            part = torch.as_tensor(score(params, ids)).to(torch.float32)
+            self._check(part)
+            rows = torch.tensor(running)[:, None]
+            low[rows, ids] = part
+            high[rows, ids] = part
+            spent += len(running) * len(ids)
+            if n == len(self.stages) - 1:
+                break
+            done = [False] * b
+            verdict = self.strategy.race(state, children, low, high, done)
+            running = [i for i in running if verdict[i]]
+            if not running:
+                break
+        return high, spent
+
+
+def build_race(section, strategy, info: dict, seed: int) -> RaceSchedule:
+    """The exact racing schedule; refused in one line where it cannot be exact."""
+    if not callable(getattr(strategy, "race", None)):
+        name = getattr(strategy.config, "name", type(strategy).__name__)
+        raise ConfigError(
+            f"evaluation.schedule: race: strategy {name} does not say when a candidate can "
+            "no longer matter (no race() method); use evaluation.schedule: full"
+        )
+    score_range = section.score_range or info.get("score_range")
+    if score_range is None:
+        raise ConfigError(
+            "evaluation.schedule: race needs bounded scores, and the fitness plug-in declares "
+            "no score_range; set evaluation.score_range: [low, high], or use schedule: full"
+        )
+    return RaceSchedule(strategy, int(info["num_examples"]), score_range, section, seed)

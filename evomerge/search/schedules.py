@@ -1,0 +1,109 @@
+"""Evaluation schedules: how the examples of a batch of candidates are scored.
+
+The run loop hands a schedule the state the children were asked from, the children and a
+``score(params, example_ids)`` function (the evaluator, local or Ray); the schedule returns
+the ``(B, E)`` scores the strategy is told and the *example evaluations* it spent (one
+training example scored once for one candidate: the true cost of a search).
+
+* ``full`` (the default): every candidate on every example, in one call.
+* ``race`` (:mod:`~evomerge.search.racing`): examples in stages; a candidate that can no
+  longer matter to the strategy stops early, the result unchanged.
+
+Schedules are a registry (``evaluation.schedule`` in configs), lazy ``"module:attr"`` entries
+naming a builder ``build(section, strategy, info, seed) -> Schedule``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from evomerge.core.registry import Registry
+
+SCHEDULES: Registry = Registry("evaluation schedule", "evaluation.schedule")
+SCHEDULES.register("full", "evomerge.search.schedules:build_full")
+SCHEDULES.register("race", "evomerge.search.racing:build_race")
+
+#: ``score(params, example_ids)`` -> ``(B, len(example_ids))`` (all examples for None)
+ScoreFn = Callable[[Any, Any], torch.Tensor]
+
+
+class EvaluationSection(BaseModel):
+    """``evaluation:`` section: the schedule and its settings (absent: full scoring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schedule: str = Field(
+        "full",
+        description="full: every candidate on every training example; race: examples in "
+        "stages, a candidate stopped as soon as it provably cannot matter (same result).",
+    )
+    mode: Literal["exact"] = Field(
+        "exact",
+        description="race: exact (the archive and final member are those of full scoring).",
+    )
+    first_stage: int = Field(
+        64, ge=1, description="race: examples in the first stage (a seeded shuffle of them)."
+    )
+    growth: float = Field(
+        2.0, ge=1.0, description="race: each stage this many times the examples of the last."
+    )
+    max_stage: int | None = Field(
+        None,
+        ge=1,
+        description="race: most examples in one stage (none: a sixteenth of them), so late "
+        "decisions, where most are made, come often.",
+    )
+    score_range: tuple[float, float] | None = Field(
+        None,
+        description="race: [low, high] every per-example score lies in; none: the fitness "
+        "plug-in's score_range (default [0, 1]).",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def known_schedule(cls, value: str) -> str:
+        if value not in SCHEDULES:
+            raise ValueError(SCHEDULES.unknown(value))
+        return value
+
+    @field_validator("score_range")
+    @classmethod
+    def ordered_range(cls, value):
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"[{value[0]}, {value[1]}] needs low < high")
+        return value
+
+
+class Schedule:
+    """The contract: ``evaluate(state, children, score) -> (scores, example_evaluations)``."""
+
+    name: str
+
+    def evaluate(self, state, children, score: ScoreFn) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+
+class FullSchedule(Schedule):
+    """Every candidate on every example, in one call to the evaluator."""
+
+    name = "full"
+
+    def __init__(self, num_examples: int):
+        self.num_examples = num_examples
+
+    def evaluate(self, state, children, score: ScoreFn) -> tuple[torch.Tensor, int]:
+        scores = score(children.params, None)
+        return scores, int(scores.shape[0]) * self.num_examples
+
+
+def build_full(section, strategy, info: dict, seed: int) -> FullSchedule:
+    return FullSchedule(int(info["num_examples"]))
+
+
+def make_schedule(section: EvaluationSection | None, strategy, info: dict, seed: int):
+    """The schedule a config's ``evaluation`` section names (None: full scoring)."""
+    section = section or EvaluationSection()
+    return SCHEDULES.get(section.schedule)(section, strategy, info, seed)
