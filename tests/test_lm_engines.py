@@ -11,7 +11,8 @@ import torch
 from test_resident_lineage import PLUGIN, child, options
 from test_resident_recipe import SECTIONS, genes_for
 
-from evomerge.core.errors import ConfigError
+from evomerge.core.errors import EvomergeError
+from evomerge.core.plugins import load_object
 from evomerge.kit import ENGINES
 from evomerge.kit.hf_engine import TransformersEngine
 from evomerge.kit.vllm_engine import HEADROOM, memory_utilization
@@ -57,7 +58,10 @@ def test_import_evomerge_leaves_engine_libraries_unimported():
 
 
 def test_an_unknown_engine_is_one_line_naming_the_field_and_the_closest_name(lm_dir):
-    with pytest.raises(ConfigError, match=r"fitness\.options\.engine: .*'vlm'.*vllm"):
+    with pytest.raises(
+        EvomergeError,
+        match=r"fitness\.options\.engine: unknown engine 'vlm'; did you mean 'vllm'\?",
+    ):
         FitnessHost(PLUGIN, {**options(lm_dir), "engine": "vlm"})
 
 
@@ -113,3 +117,14 @@ def test_recipes_streamed_into_an_engine_score_as_the_resident_model(lm_dir, str
     got = host.score(rows, ids)
     np.testing.assert_array_equal(got, resident.score(rows, ids))
     assert torch.as_tensor(got).std() > 0  # two different merges, scores that can differ
+
+
+def test_flat_candidates_stream_into_an_engine_as_named_tensors(lm_dir, streamed):
+    from test_resident_lineage import fitness
+
+    resident = fitness(lm_dir)
+    fit = load_object(PLUGIN)(**{**options(lm_dir), "engine": "streamed-test"})
+    fit.setup(torch.device("cpu"))
+    assert fit.resident_tensors() is None
+    rows = resident.make_seeds(3, 0)[1:]
+    np.testing.assert_array_equal(fit.score(rows), resident.score(rows))

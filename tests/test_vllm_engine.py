@@ -58,7 +58,7 @@ def options(root, engine: str) -> dict:
         "engine": engine,
     }
     if engine == "vllm":
-        out["engine_args"] = {"max_model_len": 64, "enforce_eager": True}
+        out["engine_args"] = {"max_model_len": 32, "enforce_eager": True}
     return out
 
 
@@ -66,7 +66,7 @@ def options(root, engine: str) -> dict:
 def pair(tmp_path_factory):
     """One vLLM engine (in a lineage-space host: candidates stream in) and the transformers
     plug-in over the same seeds."""
-    root = make_lm_dir(tmp_path_factory.mktemp("lm64"), hidden=128, heads=2, steps=(60, 80))
+    root = make_lm_dir(tmp_path_factory.mktemp("lm64"), hidden=128, heads=2, steps=(40, 60))
     spec = {"name": "lineage", "count": len(SEEDS), "seed": 0, "options": {}}
     host = FitnessHost(PLUGIN, options(root, "vllm"), space=spec)
     hf = load_object(PLUGIN)(**options(root, "transformers"))
@@ -94,7 +94,7 @@ def test_vllm_scores_equal_transformers_scores_candidate_by_candidate(pair):
     assert vllm_fit.params is None and getattr(vllm_fit, "model", None) is None  # one model
     seeds = hf.make_seeds(len(SEEDS), 0)
     candidates = [seeds[1], seeds[2], 0.5 * seeds[1] + 0.5 * seeds[2], seeds[1]]
-    exact = []
+    exact, accuracy = [], []
     for vector in candidates:  # seeds[1] twice: a stale prefix cache would show
         hf.load_candidate(vector)
         vllm_fit.load_candidate(vector)
@@ -104,9 +104,12 @@ def test_vllm_scores_equal_transformers_scores_candidate_by_candidate(pair):
                 torch.testing.assert_close(got[key], want[key], atol=LIKELIHOOD_ATOL, rtol=0)
             else:
                 assert torch.equal(got[key], want[key]), key
-        exact.append(want["reverse", "exact_match"].mean().item())
-    # the comparison has teeth: the experts differ and exact match is neither all 0 nor all 1
-    assert exact[0] > exact[1] and 0 < sum(exact) < len(exact)
+        exact.append(want["reverse", "exact_match"])
+        accuracy.append(want["add", "token_accuracy", False])
+    # the comparison has teeth: exact match is neither all 0 nor all 1, and the candidates'
+    # token accuracies differ
+    assert 0 < torch.cat(exact).mean() < 1
+    assert len({tuple(a.tolist()) for a in accuracy}) >= 3
 
 
 def test_lineage_candidates_stream_into_the_engine_as_the_flat_path_scores(pair):

@@ -203,7 +203,7 @@ class CausalLMBase(Fitness):
             with torch.no_grad():
                 torch.nn.utils.vector_to_parameters(vector.to(self.device, self.dtype), self.params)
             return
-        self.load_tensors(zip([n for n, _ in self.layout], split(vector, self.layout), strict=True))
+        self.load_tensors(split(vector.to(self.device), self.layout).items())
 
     def load_tensors(self, tensors) -> None:
         """Stream one candidate, ``(name, tensor)`` in ``param_layout()`` order, into the

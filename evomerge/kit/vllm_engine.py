@@ -101,6 +101,8 @@ class VLLMEngine(LMEngine):
             ) from None
         self.sampling = SamplingParams
         self.llm = LLM(model=str(folder), **args)
+        # candidates arrive in the engine's dtype (a cast per tensor, never of the whole model)
+        self.weight_dtype = self.llm.llm_engine.model_config.dtype
         return layout
 
     def resident_tensors(self) -> None:
@@ -108,7 +110,9 @@ class VLLMEngine(LMEngine):
 
     @torch.no_grad()
     def load(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(tensors)})
+        dtype = self.weight_dtype
+        stream = ((name, t.to(dtype)) for name, t in tensors)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream})
         self.llm.reset_prefix_cache()
 
     def _run(self, prompts: list[list[int]], params) -> list:
