@@ -69,7 +69,7 @@ def lm_dir(tmp_path_factory):
     return make_lm_dir(tmp_path_factory.mktemp("lm"))
 
 
-def make_lm_dir(root, hidden=32, heads=4, steps=(40, 60)):
+def make_lm_dir(root, hidden=32, heads=4, steps=(40, 60), tie=False):
     """Write the base, the two experts (with the tokenizer) and their tasks under ``root``
     (``hidden`` / ``heads``: vLLM on the CPU wants a head size of 64 or more)."""
     import transformers
@@ -86,7 +86,7 @@ def make_lm_dir(root, hidden=32, heads=4, steps=(40, 60)):
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
     torch.manual_seed(0)
     base = transformers.LlamaForCausalLM(cfg)

@@ -124,6 +124,7 @@ def main() -> None:
         "dtype": args.dtype,
         "candidates": len(candidates),
         "threads": torch.get_num_threads(),
+        "load_average_at_end": os.getloadavg()[0],
         "start_s": {"transformers": hf_start, "vllm": vl_start, "vllm_first_requests": warm},
         "evals_per_s": {
             engine: {task: 1 / m["eval_s"][task] for task in ("add", "reverse")}

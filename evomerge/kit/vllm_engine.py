@@ -17,6 +17,11 @@ log-probabilities of ``prefix + answer [+ end id]`` (``prompt_logprobs: 0`` give
 token's log-probability and rank: rank 1 is the most likely token). All examples go to vLLM
 at once; it batches them itself.
 
+A model with tied input and output embeddings (SmolLM2, Llama 3.2 1B) runs untied in the engine
+(``hf_overrides: {tie_word_embeddings: false}``) and its output head is fed the embedding: vLLM
+0.32's reload skips a tied head, and on the CPU the head keeps a processed copy of its own
+that would go stale. That costs one embedding-sized tensor.
+
 Limits: the weights stream is passed by reference, so the engine core must run in the worker's
 process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set here unless the environment says
 otherwise) and ``tensor_parallel_size`` must be 1. Data-aware statistics (fisher, regmean) and
@@ -83,6 +88,21 @@ class VLLMEngine(LMEngine):
         with torch.device("meta"):  # names and shapes only: the engine holds the weights
             skeleton = AutoModelForCausalLM.from_config(config)
         layout = [(n, tuple(p.shape)) for n, p in skeleton.named_parameters()]
+        # a tied output head: vLLM's reload skips it and (on the CPU) keeps a processed copy
+        # that would go stale, so the engine gets an untied head and the stream feeds it the
+        # embedding (one more embedding-sized tensor in the engine)
+        self.tied = {}
+        head = skeleton.get_output_embeddings()
+        if getattr(config, "tie_word_embeddings", False) and head is not None:
+            names = {id(p): n for n, p in skeleton.named_parameters()}
+            every = dict(skeleton.named_parameters(remove_duplicate=False))
+            for name, p in every.items():
+                if p is head.weight and names[id(p)] != name:
+                    self.tied[names[id(p)]] = name
+            if self.tied:
+                overrides = dict(args.get("hf_overrides") or {})
+                overrides["tie_word_embeddings"] = False
+                args["hf_overrides"] = overrides
         del skeleton
         dtype = str(fit.dtype).removeprefix("torch.")
         args.setdefault("dtype", dtype)
@@ -111,8 +131,15 @@ class VLLMEngine(LMEngine):
     @torch.no_grad()
     def load(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         dtype = self.weight_dtype
-        stream = ((name, t.to(dtype)) for name, t in tensors)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream})
+
+        def stream():
+            for name, t in tensors:
+                t = t.to(dtype)
+                yield name, t
+                if name in self.tied:  # the untied head gets the embedding too
+                    yield self.tied[name], t
+
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
         self.llm.reset_prefix_cache()
 
     def _run(self, prompts: list[list[int]], params) -> list:
