@@ -20,6 +20,8 @@ no weights downloaded), its parameters set from the candidate's flat vector. Opt
         chat_template: false                     # prompt as a user turn of the chat template
     batch_size: 16
     dtype: float32                               # float32 | bfloat16 | float16
+    engine: transformers                         # transformers | vllm (one resident vLLM
+    engine_args: {}                              # engine per worker; its LLM(...) arguments)
     include_eos: false                           # defaults for every task's own keys
     stop: []
     chat_template: false
@@ -47,7 +49,11 @@ tokenizer's EOS. ``stop`` strings serve base models that never emit an EOS. ``ch
 true`` (instruct models) wraps each prompt as a user message with the tokenizer's chat template
 and its generation prompt; the answer is the assistant's reply.
 
-Examples are batched with padding (left for generation, right for teacher forcing) and the
+Both engines give every metric (``engine: vllm`` generates greedily with the end ids as stop
+ids and reads teacher-forced scores from prompt log-probabilities; it takes all examples at
+once), so a search switches engines without changing its task file;
+:mod:`evomerge.kit.vllm_engine` documents its arguments and limits. With the ``transformers``
+engine, examples are batched with padding (left for generation, right for teacher forcing) and the
 padding never changes a score. Tasks keep their example ids apart: task ``i``'s training
 examples are ids ``start_i .. stop_i - 1`` in the order of ``tasks`` (:meth:`task_ranges`),
 which is what niches and per-task reports read. The flat parameter vector is the model's
@@ -82,10 +88,12 @@ class CausalLM(CausalLMBase):
         include_eos: bool = False,
         stop: list[str] | str = (),
         chat_template: bool = False,
+        engine: str = "transformers",
+        engine_args: dict | None = None,
     ):
         if not tasks:
             raise ValueError("tasks: give at least one task")
-        super().__init__(seeds, batch_size, dtype)
+        super().__init__(seeds, batch_size, dtype, engine, engine_args)
         defaults = {"include_eos": include_eos, "stop": stop, "chat_template": chat_template}
         self.tasks = [LMTask(t, i, defaults) for i, t in enumerate(tasks)]
 
@@ -142,11 +150,10 @@ class CausalLM(CausalLMBase):
 
     def score_task(self, task: LMTask, examples: list, metric: str | None = None) -> torch.Tensor:
         """Scores of ``task``'s tokenised ``examples`` under ``metric`` (default: the task's),
-        ``batch_size`` examples at a time."""
+        ``batch_size`` examples at a time (all at once for an engine that batches itself)."""
         metric = metric or task.metric
         scores = []
-        for i in range(0, len(examples), self.batch_size):
-            batch = examples[i : i + self.batch_size]
+        for batch in self.chunks(examples):
             if metric == "exact_match":
                 scores.append(self.exact_match(batch, task.max_new_tokens, task.stop))
             else:
@@ -171,8 +178,9 @@ class CausalLM(CausalLMBase):
         examples = self._examples(example_ids)
         tensors = split(params.to(self.device, self.dtype), self.layout)
         ids, mask = self.padded([e.prefix + e.answer for e, _ in examples])
+        model = self.hf_model("log_likelihoods (fisher statistics)")
         logits = torch.func.functional_call(
-            self.model, tensors, (), {"input_ids": ids, "attention_mask": mask}
+            model, tensors, (), {"input_ids": ids, "attention_mask": mask}
         ).logits
         out = []
         for r, (e, task) in enumerate(examples):
@@ -205,6 +213,7 @@ class CausalLM(CausalLMBase):
     @torch.no_grad()
     def linear_inputs(self, params: torch.Tensor, example_ids: torch.Tensor):
         """``{weight name: (tokens, in)}`` inputs of each linear layer on the examples."""
+        self.hf_model("linear_inputs (regmean statistics)")
         self.load_candidate(params.reshape(-1))
         ids, mask = self.padded([e.prefix + e.answer for e, _ in self._examples(example_ids)])
         names = {n for n, _ in self.layout}

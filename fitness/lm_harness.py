@@ -13,6 +13,8 @@ task's own prompts, filters and metric. Needs ``pip install "evomerge[lm-eval]"`
     limit: 64                                    # optional: first documents of each task
     batch_size: 16
     dtype: float32
+    engine: transformers                         # or vllm (see fitness/causal_lm.py)
+    engine_args: {}
 
 A task's documents are its evaluation split (test, else validation) in order; task ``i``'s
 documents are example ids ``start_i .. stop_i - 1`` (:meth:`task_ranges`). A document's score
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from evomerge.kit import CausalLMBase, Example, answer_text, stop_criteria, tokenize_example
+from evomerge.kit import CausalLMBase, Example, answer_text, tokenize_example
 
 
 def _lm_base():
@@ -61,11 +63,13 @@ class LmHarness(CausalLMBase):
         limit: int | None = None,
         batch_size: int = 16,
         dtype: str = "float32",
+        engine: str = "transformers",
+        engine_args: dict | None = None,
     ):
         _lm_base()
         if not tasks:
             raise ValueError("tasks: give at least one lm-eval task name")
-        super().__init__(seeds, batch_size, dtype)
+        super().__init__(seeds, batch_size, dtype, engine, engine_args)
         self.task_names, self.test_names = list(tasks), list(test_tasks)
         paths = [include_path] if isinstance(include_path, str) else list(include_path)
         self.include = [str(Path(p)) for p in paths]
@@ -178,19 +182,14 @@ def _make_lm(fit):
         def loglikelihood(self, requests):
             examples = [_cut(fit, *r.args) for r in requests]
             out = []
-            for i in range(0, len(examples), fit.batch_size):
-                batch = examples[i : i + fit.batch_size]
-                for e, logp in zip(batch, fit.answer_logprobs(batch), strict=True):
-                    target = torch.tensor(e.answer, dtype=torch.long, device=logp.device)
-                    rows = logp[: len(e.answer)]
-                    total = rows.gather(1, target[:, None]).sum().item()
-                    out.append((total, bool((rows.argmax(dim=-1) == target).all())))
+            for batch in fit.chunks(examples):
+                for found in fit.targets(batch):
+                    out.append((found.logp.sum().item(), bool(found.best.all())))
             return out
 
         def loglikelihood_rolling(self, requests):
             return [self.loglikelihood([_Req(("", r.args[0]))])[0][0] for r in requests]
 
-        @torch.no_grad()
         def generate_until(self, requests):
             out = []
             for r in requests:
@@ -198,16 +197,8 @@ def _make_lm(fit):
                 stop = kwargs.get("until") or ()
                 stop = (stop,) if isinstance(stop, str) else tuple(stop)
                 prompt = _cut(fit, context, "").prompt
-                ids = torch.tensor([prompt], device=fit.device)
-                generated = fit.model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=int(kwargs.get("max_gen_toks", 32)),
-                    do_sample=False,
-                    pad_token_id=fit.pad,
-                    eos_token_id=fit.eos_ids or None,
-                    stopping_criteria=stop_criteria(fit.tokenizer, len(prompt), stop),
-                )[0, len(prompt) :].tolist()
+                steps = int(kwargs.get("max_gen_toks", 32))
+                generated = fit.engine.generate([prompt], steps, stop)[0]
                 # unstripped: the task's filters and metric decide about whitespace
                 out.append(answer_text(fit.tokenizer, fit.eos_ids, generated, stop, strip=False))
             return out

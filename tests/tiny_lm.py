@@ -69,35 +69,36 @@ def lm_dir(tmp_path_factory):
     return make_lm_dir(tmp_path_factory.mktemp("lm"))
 
 
-def make_lm_dir(root):
-    """Write the base, the two experts (with the tokenizer) and their tasks under ``root``."""
+def make_lm_dir(root, hidden=32, heads=4, steps=(40, 60), tie=False):
+    """Write the base, the two experts (with the tokenizer) and their tasks under ``root``
+    (``hidden`` / ``heads``: vLLM on the CPU wants a head size of 64 or more)."""
     import transformers
 
     tok = make_tokenizer(root / "tok")
     cfg = transformers.LlamaConfig(
         vocab_size=len(SPECIAL) + len(CHARS),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=32,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
     torch.manual_seed(0)
     base = transformers.LlamaForCausalLM(cfg)
     # a base that half knows both tasks, and experts fine-tuned from it (small task vectors, as
     # from a pre-trained model): each expert knows its task and forgets the other's, and
     # merges of the two can know both
-    train(base, tok, reverse_task() + add_task(), steps=40, lr=1e-2)
+    train(base, tok, reverse_task() + add_task(), steps=steps[0], lr=1e-2)
     init = {k: v.clone() for k, v in base.state_dict().items()}
     base.save_pretrained(root / "base")
     for name, task in (("reverse", reverse_task()), ("add", add_task())):
         base.load_state_dict(init)
-        train(base, tok, task, steps=60, lr=3e-3).save_pretrained(root / name)
+        train(base, tok, task, steps=steps[1], lr=3e-3).save_pretrained(root / name)
         (root / f"{name}.jsonl").write_text("\n".join(json.dumps(e) for e in task))
     for folder in ("base", "reverse", "add"):
         for f in (root / "tok").iterdir():

@@ -29,7 +29,7 @@ The lowest layer: this module imports nothing from evomerge.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -90,6 +90,34 @@ def resident_tensors(plugin: Any) -> list[torch.Tensor] | None:
         return None
     tensors = plugin.resident_tensors()
     return None if tensors is None else list(tensors)
+
+
+@runtime_checkable
+class StreamedModel(Protocol):
+    """A plug-in whose resident model takes candidates as a stream of named tensors.
+
+    For a model whose parameters are not plain tensors in ``param_layout()`` order (an
+    inference engine's fused, repacked weights), ``resident_tensors()`` is None and
+    ``load_tensors(pairs)`` writes one candidate from ``(name, tensor)`` pairs in layout order,
+    each tensor only needed until the next is asked for; then ``score_loaded`` and
+    ``metrics_loaded`` score it, as for a :class:`ResidentModel`.
+    """
+
+    def load_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+
+    def score_loaded(self, example_ids: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def metrics_loaded(self) -> dict[str, float]: ...
+
+    def param_layout(self) -> Layout: ...
+
+
+def tensor_stream(plugin: Any):
+    """The plug-in's ``load_tensors`` when it streams candidates and has no resident tensors
+    to write into; else None."""
+    if not isinstance(plugin, StreamedModel) or resident_tensors(plugin) is not None:
+        return None
+    return plugin.load_tensors
 
 
 @runtime_checkable

@@ -4,7 +4,9 @@
   documented hooks (``setup_tasks``, ``score_loaded``, ``load_candidate``, ...) and the
   scoring primitives (``answer_logprobs``, ``teacher_forced``, ``exact_match``); the bundled
   ``evomerge.fitness.causal_lm.CausalLM`` is it plus JSONL tasks
-  (:mod:`evomerge.kit.causal_lm`).
+  (:mod:`evomerge.kit.causal_lm`). What runs the model is an engine (``fitness.options.engine``:
+  ``transformers`` or ``vllm``; :data:`ENGINES`, :class:`LMEngine`, :class:`Targets`;
+  :mod:`evomerge.kit.lm_engine`), imported only when a plug-in starts it.
 * Text: JSONL tasks and their options (:class:`LMTask`, :func:`read_jsonl`), prompt + answer
   cut at the model's own token boundary (:func:`tokenize_example`, :class:`Example`),
   end-of-sequence ids, stop strings and generated answers (:mod:`evomerge.kit.lm_text`).
@@ -20,6 +22,7 @@ The plug-in contract itself is :class:`evomerge.Fitness` (``from evomerge import
 from evomerge.kit.causal_lm import DTYPES, CausalLMBase
 from evomerge.kit.empty_init import build_empty, parameters_on_meta
 from evomerge.kit.layer_inputs import linear_layer_inputs
+from evomerge.kit.lm_engine import ENGINES, LMEngine, Targets
 from evomerge.kit.lm_text import (
     METRICS,
     Example,
@@ -35,10 +38,13 @@ from evomerge.ops.statistics import split
 
 __all__ = [
     "DTYPES",
+    "ENGINES",
     "METRICS",
     "CausalLMBase",
     "Example",
+    "LMEngine",
     "LMTask",
+    "Targets",
     "answer_text",
     "build_empty",
     "end_ids",

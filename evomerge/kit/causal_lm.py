@@ -34,7 +34,9 @@ import torch
 from evomerge.core.errors import EvomergeError
 from evomerge.core.fitness import Fitness
 from evomerge.kit.empty_init import build_empty
-from evomerge.kit.lm_text import Example, answer_text, end_ids, special_head, stop_criteria
+from evomerge.kit.lm_engine import ENGINES, Targets
+from evomerge.kit.lm_text import Example, answer_text, end_ids, special_head
+from evomerge.ops.statistics import split
 from evomerge.tensors.hub_models import is_hub_id
 from evomerge.tensors.model_ref import resolve_model
 
@@ -65,12 +67,21 @@ class CausalLMBase(Fitness):
     ``org/name[@revision]`` from the local cache; ``BASE+ADAPTER`` for a base with a PEFT LoRA
     adapter merged in; the first gives the architecture and tokenizer), ``batch_size``
     (examples per forward pass) and ``dtype`` (``float32``, ``bfloat16`` or ``float16``: the
-    model's, on the worker's device).
+    model's, on the worker's device), ``engine`` (what runs the model: ``transformers``, the
+    default, or ``vllm``; :data:`evomerge.kit.lm_engine.ENGINES`) and ``engine_args`` (passed
+    through to the engine).
     """
 
     score_name = "score"
 
-    def __init__(self, seeds: list[str], batch_size: int = 16, dtype: str = "float32"):
+    def __init__(
+        self,
+        seeds: list[str],
+        batch_size: int = 16,
+        dtype: str = "float32",
+        engine: str = "transformers",
+        engine_args: dict | None = None,
+    ):
         if not seeds:
             raise ValueError("seeds: give at least one model folder")
         if dtype not in DTYPES:
@@ -82,27 +93,33 @@ class CausalLMBase(Fitness):
             _check_seed(i, str(seeds[i]), path)
         self.batch_size = batch_size
         self.dtype = DTYPES[dtype]
+        if engine_args is not None and not isinstance(engine_args, dict):
+            raise ValueError("engine_args: give a mapping of the engine's arguments")
+        self.engine_name = engine
+        self.engine = ENGINES.get(engine)(self, engine_args)
 
     # --- set-up ---------------------------------------------------------------------------
 
     def setup(self, device: torch.device) -> None:
-        """Build the first seed's architecture with empty parameters in ``dtype`` on
-        ``device`` (``self.model``, ``self.params``, ``self.layout``), then
+        """Start the engine on ``device`` (``self.layout``, ``self.num_params``; with the
+        ``transformers`` engine ``self.model`` and ``self.params``), then
         :meth:`setup_tasks`."""
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        first = self.model_folder(0)
-        config = AutoConfig.from_pretrained(first)
-        # weights come from candidates: parameters made empty in the worker's dtype on its
-        # device, never a random float32 initialisation on the CPU
-        self.model = build_empty(
-            lambda: AutoModelForCausalLM.from_config(config), device, self.dtype
-        ).eval()
         self.device = torch.device(device)
-        self.params = list(self.model.parameters())
-        self.layout = [(n, tuple(p.shape)) for n, p in self.model.named_parameters()]
-        self.num_params = sum(p.numel() for p in self.params)
-        self.setup_tasks(first)
+        self.layout = self.engine.start(self.device)
+        self.params = self.engine.resident_tensors()
+        self.num_params = sum(math.prod(shape) for _, shape in self.layout)
+        self.setup_tasks(self.model_folder(0))
+
+    def hf_model(self, what: str) -> torch.nn.Module:
+        """``self.model`` (the ``transformers`` engine's model) for ``what``, which needs a
+        Hugging Face module; one clear line when another engine runs the model."""
+        model = getattr(self, "model", None)
+        if model is None:
+            raise ValueError(
+                f"engine: {what} needs the Hugging Face model of engine: transformers "
+                f"(this fitness runs engine: {self.engine_name})"
+            )
+        return model
 
     def model_folder(self, index: int) -> Path:
         """Seed ``index``'s folder of config and tokenizer: the folder itself, a Hub id's
@@ -182,8 +199,16 @@ class CausalLMBase(Fitness):
     def load_candidate(self, vector: torch.Tensor) -> None:
         """Hook: put one candidate (a flat vector, ``param_layout()`` order) into the model;
         :meth:`score` and :meth:`metrics` call it before scoring what is loaded."""
-        with torch.no_grad():
-            torch.nn.utils.vector_to_parameters(vector.to(self.device, self.dtype), self.params)
+        if self.params is not None:
+            with torch.no_grad():
+                torch.nn.utils.vector_to_parameters(vector.to(self.device, self.dtype), self.params)
+            return
+        self.load_tensors(split(vector.to(self.device), self.layout).items())
+
+    def load_tensors(self, tensors) -> None:
+        """Stream one candidate, ``(name, tensor)`` in ``param_layout()`` order, into the
+        engine's model (the route of engines whose weights are not plain tensors)."""
+        self.engine.load(tensors)
 
     def score(self, params: torch.Tensor, example_ids: torch.Tensor | None = None) -> torch.Tensor:
         out = []
@@ -206,7 +231,7 @@ class CausalLMBase(Fitness):
     def seed_folders(self) -> list[str]:
         return [str(p) for p in self.seed_paths]
 
-    def resident_tensors(self) -> list[torch.Tensor]:
+    def resident_tensors(self) -> list[torch.Tensor] | None:
         return self.params
 
     def make_seeds(self, count: int, seed: int) -> torch.Tensor:
@@ -252,63 +277,52 @@ class CausalLMBase(Fitness):
     def answer_logprobs(self, batch: list[Example]) -> list[torch.Tensor]:
         """Per example, ``(len(answer) + 1, vocab)`` float32 next-token log-probabilities of
         the loaded model: after each of the prefix's last token and the answer's tokens (the
-        last row: after the answer)."""
-        seqs = [e.prefix + e.answer for e in batch]
-        ids, mask = self.padded(seqs)
-        logits = self.model(input_ids=ids, attention_mask=mask).logits
-        return [
-            torch.log_softmax(logits[r, len(e.prefix) - 1 : len(s)].float(), dim=-1)
-            for r, (e, s) in enumerate(zip(batch, seqs, strict=True))
-        ]
+        last row: after the answer). ``transformers`` engine only; :meth:`targets` is what
+        every engine gives."""
+        self.hf_model("answer_logprobs (full next-token distributions)")
+        return self.engine.logprobs(batch)
+
+    def targets(self, batch: list[Example], eos: bool = False) -> list[Targets]:
+        """The engine's teacher-forced :class:`~evomerge.kit.lm_engine.Targets` of ``batch``
+        (with ``eos``: the end target after each answer, over ``eos_ids``)."""
+        return self.engine.targets(batch, list(self.eos_ids) if eos else None)
+
+    def chunks(self, examples: list) -> list[list]:
+        """``examples`` in ``batch_size`` slices, or all at once for an engine that batches
+        requests itself."""
+        if self.engine.batches_itself:
+            return [examples] if examples else []
+        return [examples[i : i + self.batch_size] for i in range(0, len(examples), self.batch_size)]
 
     def teacher_forced(self, batch: list[Example], metric: str, eos: bool) -> torch.Tensor:
         """``token_accuracy`` (share of the answer's tokens that are the most likely next
         token) or ``likelihood`` (``exp(mean log p)`` of the answer's tokens) per example;
         ``eos`` adds one end-of-sequence target after the answer (any of ``eos_ids``)."""
         out = torch.empty(len(batch))
-        for r, (e, logp) in enumerate(zip(batch, self.answer_logprobs(batch), strict=True)):
+        for r, (e, found) in enumerate(zip(batch, self.targets(batch, eos), strict=True)):
             n = len(e.answer) + int(eos)  # targets: the answer's tokens, then any end id
             if n == 0:
                 out[r] = 1.0
                 continue
-            ends = torch.tensor(self.eos_ids, dtype=torch.long, device=logp.device)
-            target = torch.tensor(e.answer, dtype=torch.long, device=logp.device)
             if metric == "token_accuracy":
-                best = logp.argmax(dim=-1)
-                hits = (best[: len(e.answer)] == target).float().sum()
+                hits = found.best.float().sum()
                 if eos:
-                    hits += torch.isin(best[-1], ends).float()
+                    hits += float(found.end_best)
                 out[r] = (hits / n).item()
             else:
-                total = logp[: len(e.answer)].gather(1, target[:, None]).sum()
+                total = found.logp.sum()
                 if eos:
-                    total += torch.logsumexp(logp[-1, ends], dim=0)
+                    total += found.end_logp
                 out[r] = math.exp(total.item() / n)
         return out
 
-    @torch.no_grad()
     def exact_match(self, batch: list[Example], max_new_tokens: int, stop=()) -> torch.Tensor:
         """1 per example whose greedy generation (up to ``max_new_tokens``, cut at the first
         end id and ``stop`` string, stripped) is its answer text, stripped; else 0."""
-        width = max(len(e.prompt) for e in batch)
-        ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, e in enumerate(batch):  # left padding: prompts end together
-            ids[r, width - len(e.prompt) :] = torch.tensor(e.prompt)
-            mask[r, width - len(e.prompt) :] = 1
-        generated = self.model.generate(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.pad,
-            eos_token_id=self.eos_ids or None,
-            stopping_criteria=stop_criteria(self.tokenizer, width, stop),
-        )[:, width:].cpu()
+        generated = self.engine.generate([e.prompt for e in batch], max_new_tokens, stop)
         out = torch.empty(len(batch))
         for r, e in enumerate(batch):
             out[r] = float(
-                answer_text(self.tokenizer, self.eos_ids, generated[r].tolist(), stop)
-                == e.text.strip()
+                answer_text(self.tokenizer, self.eos_ids, generated[r], stop) == e.text.strip()
             )
         return out

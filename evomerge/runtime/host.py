@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evomerge.core.contracts import export_forms, resident_tensors
+from evomerge.core.contracts import export_forms, resident_tensors, tensor_stream
 from evomerge.core.errors import ConfigError, EvomergeError, PluginError
 from evomerge.core.extensions import load as load_extensions
 from evomerge.core.plugin_loader import describe, load_fitness
@@ -122,6 +122,32 @@ class FitnessHost:
             raise PluginError(
                 f"fitness {self.name}: resident_tensors() raised {describe(exc)}"
             ) from exc
+
+    def streamed(self):
+        """The plug-in's ``load_tensors`` when candidates stream into its model tensor by
+        tensor (it has no resident tensors), else None."""
+        try:
+            load = tensor_stream(self.plugin)
+        except EvomergeError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"fitness {self.name}: resident_tensors() raised {describe(exc)}"
+            ) from exc
+        if load is None:
+            return None
+
+        def stream(tensors) -> None:
+            try:
+                load(tensors)
+            except EvomergeError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"fitness {self.name}: load_tensors() raised {describe(exc)}"
+                ) from exc
+
+        return stream
 
     def layout(self) -> list[tuple[str, tuple[int, ...]]]:
         return [(str(n), tuple(s)) for n, s in self.call("param_layout")]

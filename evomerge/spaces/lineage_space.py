@@ -150,8 +150,11 @@ class LineageWorker:
         self.host = host
         self.store = store
         self.resident = host.resident()
+        # a model that takes candidates as named tensors, one at a time (an inference engine)
+        self.stream = host.streamed() if self.resident is None else None
         self.load_seeds = None
-        if self.resident is not None:  # seeds kept on the model's device when they fit
+        if self.resident is not None or self.stream is not None:  # seeds on the model's
+            # device when they fit
             self.load_seeds = on_device(store, host.layout(), host.device, host.seeds_on_device)
 
     def info(self) -> dict:
@@ -164,7 +167,20 @@ class LineageWorker:
         """One lineage at a time: a worker holds one candidate's parameters, not a batch."""
         return list(genomes)
 
+    def tensors(self, genome: Lineage, store, device="cpu"):
+        """``(name, float32 tensor)`` of each layout entry of ``genome``, made one at a time."""
+        offset = 0
+        for name, shape in self.host.layout():
+            t = torch.empty(math.prod(shape), dtype=torch.float32, device=device)
+            load_into(genome, store, [t], start=offset)
+            offset += t.numel()
+            yield name, t.view(shape)
+
     def realise(self, genome: Lineage):
+        if self.stream is not None:
+            check_layout(self.host.layout(), genome.num_params, self.host.name)
+            self.stream(self.tensors(genome, self.load_seeds, self.host.device))
+            return Loaded()
         if self.resident is None:
             row = torch.empty(genome.num_params, dtype=torch.float32)
             load_into(genome, self.store, [row])
@@ -182,19 +198,11 @@ class LineageWorker:
         layout = self.host.layout()
         check_layout(layout, genome.num_params, self.host.name)
 
-        def tensors():
-            offset = 0
-            for _, shape in layout:
-                t = torch.empty(math.prod(shape), dtype=torch.float32)
-                load_into(genome, self.store, [t], start=offset)
-                offset += t.numel()
-                yield t
-
         doc = {**doc, **LineageSpace(None).describe(genome)}
         count = write_model_folder(
             out,
             layout,
-            tensors(),
+            (t.reshape(-1) for _, t in self.tensors(genome, self.store)),
             dtype,
             self.host.export_info().get("files", []),
             {"recipe.yaml": yaml.safe_dump(doc, sort_keys=False)},

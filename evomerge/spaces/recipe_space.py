@@ -78,10 +78,14 @@ class RecipeWorker:
         section = RecipeSection.model_validate(spec["recipe"])
         layout = host.layout()
         tensors = host.resident()
+        # a model that takes candidates as named tensors, one at a time (an inference engine)
+        self.stream = host.streamed() if tensors is None else None
         try:
-            if tensors is not None:
+            if tensors is not None or self.stream is not None:
                 store = on_device(host.seed_store(spec), layout, host.device, host.seeds_on_device)
                 self.row = None
+                if tensors is None:  # shapes only: each merged tensor goes to the stream
+                    tensors = [torch.empty(shape, device="meta") for _, shape in layout]
             else:  # a flat float32 row, seen through the layout's tensors
                 store = DenseSeeds(host.make_seeds(spec["count"], spec["seed"], spec["options"]))
                 self.row = torch.empty(store.num_params, dtype=torch.float32, device=host.device)
@@ -152,8 +156,17 @@ class RecipeWorker:
         return list(rows)
 
     def realise(self, genes):
+        genes = np.asarray(genes, dtype=np.float64).reshape(-1).tolist()
+        if self.stream is not None:
+            names = [name for name, _ in self.loader.space.layout]
+            try:
+                merged = self.loader.merged(genes, self.host.device)
+                self.stream(zip(names, merged, strict=True))
+            except ValueError as exc:
+                raise PluginError(f"recipe: {type(exc).__name__}: {exc}") from None
+            return Loaded()
         try:
-            self.loader.load(np.asarray(genes, dtype=np.float64).reshape(-1).tolist())
+            self.loader.load(genes)
         except ValueError as exc:
             raise PluginError(f"recipe: {type(exc).__name__}: {exc}") from None
         return Loaded() if self.row is None else FlatRows(self.row[None])
