@@ -41,28 +41,6 @@ class BaseRole(str, Enum):
         """Whether a named base is this method's base rather than one more input model."""
         return self is not BaseRole.NONE
 
-    def joint_problem(self, intervals: Mapping[str, tuple[float, float]]) -> str | None:
-        """Why the parameters, each anywhere in its interval, may not be combined (a phrase), or
-        None. Parameters missing from ``intervals`` take their default."""
-        if self.joint is None:
-            return None
-        return self.joint(self._with_defaults(intervals))
-
-    def statistics_problem(
-        self, statistics: Sequence, intervals: Mapping[str, tuple[float, float]]
-    ) -> str | None:
-        """Why one tensor's statistics (one per model) cannot serve the parameters, each
-        anywhere in its interval (a phrase), or None."""
-        if self.statistics_check is None:
-            return None
-        return self.statistics_check(statistics, self._with_defaults(intervals))
-
-    def _with_defaults(self, intervals: Mapping[str, tuple[float, float]]) -> dict:
-        defaults = {**self.model_params.defaults, **self.params.defaults}
-        full = {k: (float(v), float(v)) for k, v in defaults.items() if _is_number(v)}
-        full.update({k: (float(lo), float(hi)) for k, (lo, hi) in intervals.items()})
-        return full
-
     @property
     def needs_base(self) -> bool:
         """Whether the method cannot merge without a base."""
