@@ -15,7 +15,7 @@ from evomerge.core.errors import EvomergeError
 from evomerge.core.plugins import load_object
 from evomerge.kit import ENGINES
 from evomerge.kit.hf_engine import TransformersEngine
-from evomerge.kit.vllm_engine import HEADROOM, memory_utilization
+from evomerge.kit.vllm_engine import HEADROOM, memory_utilization, ray_gpu_share
 from evomerge.runtime.host import FitnessHost
 from evomerge.spaces.lineage import Lineage
 from evomerge.spaces.lineage_space import LineageBatch
@@ -80,6 +80,20 @@ def test_vllm_missing_is_one_line_with_the_install_route(lm_dir):
         pass
     with pytest.raises(Exception, match=r"engine: vllm needs vLLM .*evomerge\[vllm\]"):
         FitnessHost(PLUGIN, {**options(lm_dir), "engine": "vllm"})
+
+
+def test_gpu_share_is_read_in_a_ray_worker_only(ray_local):
+    """Ray's driver (a local evaluator in a process that started Ray) is assigned nothing,
+    and asking must not fail there; a worker given no GPU reads none."""
+    assert ray_gpu_share() is None
+
+    @ray_local.remote(num_cpus=0)
+    def in_worker():
+        from evomerge.kit.vllm_engine import ray_gpu_share
+
+        return ray_gpu_share()
+
+    assert ray_local.get(in_worker.remote()) is None
 
 
 def test_gpu_share_of_a_ray_worker_splits_vllm_memory():

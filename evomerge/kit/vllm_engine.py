@@ -52,14 +52,19 @@ def memory_utilization(num_gpus: float, headroom: float = HEADROOM) -> float:
 
 
 def ray_gpu_share() -> float | None:
-    """The GPUs Ray assigned to this worker (a fraction for shared GPUs), None outside Ray."""
+    """The GPUs Ray assigned to this worker (a fraction for shared GPUs), None outside a Ray
+    worker (no Ray, or Ray's driver, which is assigned nothing)."""
     try:
         import ray
     except ImportError:
         return None
     if not ray.is_initialized():
         return None
-    share = ray.get_runtime_context().get_assigned_resources().get("GPU")
+    try:
+        assigned = ray.get_runtime_context().get_assigned_resources()
+    except AssertionError:  # Ray's driver (the local evaluator in a Ray-started process)
+        return None
+    share = assigned.get("GPU")
     return float(share) if share else None
 
 
