@@ -104,7 +104,7 @@ def test_cmaes_search_over_adapters_and_its_peft_export(lora_dir, tmp_path, monk
     assert summary["metrics"]["train_score"] >= max(alone) - 1e-6, (summary, alone)
     weights = summary["adapter_weights"]
     assert len(weights) == 3 and all(len(w) == 1 for w in weights)
-    out = tmp_path / "adapter"
+    out = tmp_path / "exports" / "adapter"  # a parent that does not exist yet is made
     assert main(["export", str(run), "--out", str(out), "-q"]) == 0
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["space"] == "adapter" and recipe["adapter"]["weights"] == weights

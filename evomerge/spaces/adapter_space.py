@@ -332,6 +332,7 @@ class AdapterWorker:
             "fan_in_fan_out": False,
             "base_model_name_or_path": str(self.base),
         }
+        out.parent.mkdir(parents=True, exist_ok=True)  # as every export makes its parents
         with replacing(out) as tmp:
             tmp.mkdir()
             save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
