@@ -1,4 +1,4 @@
-"""Worker memory and speed at LLM scale: synthetic Llama-shaped bf16 seeds of 1.1B and 3B.
+"""Worker memory and speed at LLM scale: synthetic Llama-shaped bf16 seeds of 1.1B, 3B and 7B.
 
 ``make`` writes three seed folders (a base and two "fine-tunes": the base plus seeded noise)
 of random bf16 weights straight to sharded safetensors, tensor by tensor (the model is never
@@ -48,6 +48,13 @@ SIZES = {  # TinyLlama's shape, and a 3B of the same family
         intermediate_size=8192,
         num_attention_heads=24,
         num_key_value_heads=8,
+    ),
+    "7b": dict(  # Llama-2-7B's shape (bench/gpu: a GPU visit)
+        hidden_size=4096,
+        num_hidden_layers=32,
+        intermediate_size=11008,
+        num_attention_heads=32,
+        num_key_value_heads=32,
     ),
     "smoke": dict(  # seconds: checks the bench itself
         hidden_size=256,
