@@ -135,7 +135,15 @@ def subset_plan(section, info: dict, seed: int):
 def restrict_groups(groups: dict[str, list[int]], columns: torch.Tensor) -> dict:
     """The plug-in's groups as columns of the subset's score matrix."""
     col = {int(i): c for c, i in enumerate(columns.tolist())}
-    return {name: [col[int(i)] for i in ids if int(i) in col] for name, ids in groups.items()}
+    out = {name: [col[int(i)] for i in ids if int(i) in col] for name, ids in groups.items()}
+    empty = [name for name, ids in out.items() if groups[name] and not ids]
+    if empty:
+        raise ConfigError(
+            f"evaluation.size: the subset of {len(columns)} examples holds none of example "
+            f"group '{empty[0]}' (niches and objectives are built on the groups); raise the "
+            "size or use stratify: task"
+        )
+    return out
 
 
 def build_subset(section, strategy, info: dict, seed: int) -> SubsetSchedule:
