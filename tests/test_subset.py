@@ -126,10 +126,17 @@ def test_subset_resume_is_bit_identical(tmp_path, write_config):
 
 
 def test_fresh_and_a_missing_size_are_refused_in_one_line(tmp_path, write_config, capsys):
-    for section, word in (({**SUBSET, "fresh": True}, "fresh"),
-                          ({"schedule": "subset"}, "size")):  # fmt: skip
-        out = tmp_path / word
+    map_elites = {"name": "map_elites", "descriptors": ["even", "odd"], "cells": 4}
+    cases = [
+        ({**SUBSET, "fresh": True}, "fresh", None),
+        ({"schedule": "subset"}, "size", None),
+        ({"schedule": "subset", "size": 3}, "size", map_elites),
+    ]
+    for section, word, strategy in cases:
+        out = tmp_path / f"{word}{strategy is None}"
         cfg = base_config(evaluation=section)
+        if strategy is not None:  # its descriptors are groups the 3 examples may miss
+            cfg["strategy"] = strategy
         assert main(["run", str(write_config(cfg)), "--out", str(out), "-q"]) == 2
         err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("evomerge: error")]
         assert len(err) == 1 and f"evaluation.{word}" in err[0] and not out.exists()

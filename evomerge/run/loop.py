@@ -24,7 +24,7 @@ from evomerge.run.rundir import RunDir
 from evomerge.run.tracking import Trackers
 from evomerge.runtime import make_evaluator
 from evomerge.search.base import needs_nonnegative_scores, use_space
-from evomerge.search.registry import make_strategy
+from evomerge.search.registry import STRATEGIES, make_strategy
 from evomerge.search.schedules import make_schedule
 from evomerge.search.subset import restrict_groups, subset_plan
 from evomerge.spaces import SPACES
@@ -299,7 +299,8 @@ def prepared_strategy(cfg: RunConfig, evaluator):
     schedule's columns only."""
     groups = evaluator.info.get("groups") or {}
     section = cfg.evaluation
-    if groups and section is not None and section.schedule == "subset":
+    takes = STRATEGIES.get(cfg.strategy.name).takes_groups
+    if takes and groups and section is not None and section.schedule == "subset":
         groups = restrict_groups(groups, subset_plan(section, evaluator.info, cfg.seed)[0])
     return make_strategy(cfg.strategy, cfg.seed, groups=groups)
 
