@@ -165,7 +165,7 @@ class RunConfig(_Section):
     ] = LocalEvaluatorSection()
     evaluation: EvaluationSection | None = Field(
         None,
-        description="How candidates are scored (schedule: full or race); none: every "
+        description="How candidates are scored (schedule: full, race or subset); none: every "
         "candidate on every training example.",
     )
     tracking: TrackingSection | None = Field(

@@ -24,8 +24,9 @@ from evomerge.run.rundir import RunDir
 from evomerge.run.tracking import Trackers
 from evomerge.runtime import make_evaluator
 from evomerge.search.base import needs_nonnegative_scores, use_space
-from evomerge.search.registry import make_strategy
+from evomerge.search.registry import STRATEGIES, make_strategy
 from evomerge.search.schedules import make_schedule
+from evomerge.search.subset import restrict_groups, subset_plan
 from evomerge.spaces import SPACES
 
 
@@ -99,6 +100,14 @@ class Search:
         metrics = {name: scores.mean().item(), **self.evaluator.metrics(params)}
         return member, metrics
 
+    def best_standard_error(self) -> dict:
+        """``best_train_score_se``: the standard error of the best member's train score where
+        the schedule estimates it from a subset (absent: scored on every example)."""
+        estimate = getattr(self.schedule, "standard_error", None)
+        if estimate is None:
+            return {}
+        return {"best_train_score_se": estimate(self.strategy.best(self.state)[2])}
+
     @staticmethod
     def with_nonfinite(out: dict) -> dict:
         """JSON has no NaN: a metric that is NaN or Inf is written as null, and named with its
@@ -118,6 +127,7 @@ class Search:
             "example_evaluations": self.example_evaluations,
             "wall_seconds": round(self.wall(), 3),
             "best_train_score": stats["train_score"]["max"],
+            **self.best_standard_error(),
             "member": member,
             "metrics": metrics,
             **stats,
@@ -210,6 +220,7 @@ class Search:
             "example_evaluations": self.example_evaluations,
             "member": member,
             "metrics": metrics,
+            **self.best_standard_error(),
             "wall_seconds": round(wall, 3),
             "evaluations_per_second": round(self.state.evaluations / max(wall, 1e-9), 1),
             "seed": self.cfg.seed,
@@ -284,8 +295,14 @@ def run_schedule(cfg: RunConfig, strategy, evaluator):
 
 def prepared_strategy(cfg: RunConfig, evaluator):
     """The configured strategy, given the plug-in's example groups (niches may be built on
-    them; ``{}`` when the plug-in names none)."""
-    return make_strategy(cfg.strategy, cfg.seed, groups=evaluator.info.get("groups") or {})
+    them; ``{}`` when the plug-in names none) as columns of the scores it is told: a subset
+    schedule's columns only."""
+    groups = evaluator.info.get("groups") or {}
+    section = cfg.evaluation
+    takes = STRATEGIES.get(cfg.strategy.name).takes_groups
+    if takes and groups and section is not None and section.schedule == "subset":
+        groups = restrict_groups(groups, subset_plan(section, evaluator.info, cfg.seed)[0])
+    return make_strategy(cfg.strategy, cfg.seed, groups=groups)
 
 
 def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Search:
@@ -304,7 +321,7 @@ def start(cfg: RunConfig, run: RunDir, progress=None, fresh: bool = True) -> Sea
         search = Search(cfg, run, strategy, evaluator, None, 0.0, progress, space)
         search.schedule = run_schedule(cfg, strategy, evaluator)
         search._t0 = t0
-        search.state = strategy.init(params, search.score(params))
+        search.state = strategy.init(params, search.score(params, search.schedule.columns))
         if fresh:
             run.create(cfg.to_dict())
         else:
@@ -342,7 +359,7 @@ def _once(warn):
     return once
 
 
-def _parser(strategy, cfg: RunConfig, run: RunDir, evaluator):
+def _parser(strategy, cfg: RunConfig, run: RunDir, evaluator, schedule=None):
     def parse(ckpt):
         if ckpt.meta.get("config_sha256") != config_digest(cfg):
             raise EvomergeError(
@@ -350,7 +367,9 @@ def _parser(strategy, cfg: RunConfig, run: RunDir, evaluator):
                 "was made with; restore it, or start a new run with the new config"
             )
         state = strategy.state_from_tensors(ckpt.tensors, ckpt.meta)
-        problem = state_problem(state, evaluator.info.get("num_examples"))
+        columns = getattr(schedule, "columns", None)
+        num = evaluator.info.get("num_examples") if columns is None else len(columns)
+        problem = state_problem(state, num)
         if problem is not None:  # a ValueError: damaged, the previous checkpoint is used
             raise ValueError(problem)
         return ckpt, state
@@ -415,7 +434,7 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
         raise
     try:  # the newest checkpoint whose state also reads back (valid JSON of the wrong shape:
         ckpt, state = checkpoint.load_latest(  # damaged, the previous one is used)
-            run.checkpoints, warn=warn, parse=_parser(strategy, cfg, run, evaluator)
+            run.checkpoints, warn=warn, parse=_parser(strategy, cfg, run, evaluator, schedule)
         )
     except BaseException:
         evaluator.close()

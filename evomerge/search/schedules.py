@@ -26,6 +26,7 @@ from evomerge.core.registry import Registry
 SCHEDULES: Registry = Registry("evaluation schedule", "evaluation.schedule")
 SCHEDULES.register("full", "evomerge.search.schedules:build_full")
 SCHEDULES.register("race", "evomerge.search.racing:build_race")
+SCHEDULES.register("subset", "evomerge.search.subset:build_subset")
 
 #: ``score(params, example_ids)`` -> ``(B, len(example_ids))`` (all examples for None)
 ScoreFn = Callable[[Any, Any], torch.Tensor]
@@ -38,7 +39,9 @@ class EvaluationSection(BaseModel):
     schedule: str = Field(
         "full",
         description="full: every candidate on every training example; race: examples in "
-        "stages, a candidate stopped as soon as it provably cannot matter (same result).",
+        "stages, a candidate stopped as soon as it provably cannot matter (same result); "
+        "subset: every candidate on one fixed subset of `size` examples (an estimate, with "
+        "its standard error recorded).",
     )
     mode: Literal["exact"] = Field(
         "exact",
@@ -55,6 +58,19 @@ class EvaluationSection(BaseModel):
         ge=1,
         description="race: most examples in one stage (none: a sixteenth of them), so late "
         "decisions, where most are made, come often.",
+    )
+    size: int | None = Field(
+        None, ge=1, description="subset: training examples in the subset (required)."
+    )
+    stratify: Literal["none", "task"] = Field(
+        "none",
+        description="subset: task draws from each stratum of the plug-in's example groups "
+        "in proportion (digits: each class); none: a plain draw.",
+    )
+    fresh: bool = Field(
+        False,
+        description="subset: false, one subset drawn from the run's seed for the whole run "
+        "(true, a new subset per batch, is refused).",
     )
     score_range: tuple[float, float] | None = Field(
         None,
@@ -81,6 +97,8 @@ class Schedule:
     """The contract: ``evaluate(state, children, score) -> (scores, example_evaluations)``."""
 
     name: str
+    #: the example ids every candidate (seeds included) is scored on; None: all of them
+    columns = None
 
     def evaluate(self, state, children, score: ScoreFn) -> tuple[torch.Tensor, int]:
         raise NotImplementedError
