@@ -40,7 +40,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from adapter_search import load_cost, merged_copy  # noqa: E402
-from make_experts import WORDS, make_tasks  # noqa: E402
+from make_experts import WORDS, make_tasks, tune  # noqa: E402
 
 CAUSAL = "evomerge.fitness.causal_lm:CausalLM"
 TARGETS = ["q_proj", "v_proj"]
@@ -67,34 +67,9 @@ def train_lora(base: Path, task: Path, out: Path, steps: int, lr: float, batch: 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     config = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS)
     model = peft.get_peft_model(model, config)
-    data = []
-    for line in task.read_text().splitlines():
-        r = json.loads(line)
-        p = tok(r["prompt"])["input_ids"]
-        a = tok(r["answer"], add_special_tokens=False)["input_ids"]
-        data.append((p, a + [tok.eos_token_id]))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    gen = random.Random(1)
-    model.train()
-    t0 = time.time()
-    for step in range(steps):
-        chunk = gen.sample(data, batch)
-        width = max(len(p) + len(a) for p, a in chunk)
-        ids = torch.full((batch, width), tok.pad_token_id)
-        labels = torch.full((batch, width), -100)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for r, (p, a) in enumerate(chunk):
-            ids[r, : len(p) + len(a)] = torch.tensor(p + a)
-            labels[r, len(p) : len(p) + len(a)] = torch.tensor(a)
-            mask[r, : len(p) + len(a)] = 1
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if step % 10 == 0 or step == steps - 1:
-            print(f"{out.name} step {step} loss {loss.item():.3f} ({time.time() - t0:.0f} s)")
+    seconds = tune(model, tok, task, out.name, steps, lr, batch)
     model.save_pretrained(out)
-    return time.time() - t0
+    return seconds
 
 
 def configs(root: Path, base: Path, adapters: dict, full: dict, args) -> dict[str, dict]:

@@ -50,18 +50,17 @@ def make_tasks(out: Path, n_train: int, n_test: int, seed: int = 0) -> None:
                     f.write(json.dumps({**r, "id": f"{name}-{split}-{i}"}) + "\n")
 
 
-def fine_tune(base: Path, task: Path, out: Path, steps: int, lr: float, batch: int) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    rows = [json.loads(line) for line in task.read_text().splitlines()]
+def tune(model, tok, task: Path, name: str, steps: int, lr: float, batch: int, **adamw) -> float:
+    """Teacher-forced steps on ``task``'s prompt/answer rows (loss on the answer and the end
+    token), on the model's trainable parameters; its wall seconds. Shared by the full-weight
+    experts here and the LoRA experts of ``adapter_smollm2.py``."""
     data = []
-    for r in rows:
+    for line in task.read_text().splitlines():
+        r = json.loads(line)
         p = tok(r["prompt"])["input_ids"]
         a = tok(r["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         data.append((p, a))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, **adamw)
     gen = random.Random(1)
     model.train()
     t0 = time.time()
@@ -80,7 +79,16 @@ def fine_tune(base: Path, task: Path, out: Path, steps: int, lr: float, batch: i
         opt.step()
         opt.zero_grad()
         if step % 10 == 0 or step == steps - 1:
-            print(f"{out.name} step {step} loss {loss.item():.3f} ({time.time() - t0:.0f} s)")
+            print(f"{name} step {step} loss {loss.item():.3f} ({time.time() - t0:.0f} s)")
+    return time.time() - t0
+
+
+def fine_tune(base: Path, task: Path, out: Path, steps: int, lr: float, batch: int) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    tune(model, tok, task, out.name, steps, lr, batch, weight_decay=0.0)
     model.to(torch.bfloat16).save_pretrained(out)
     tok.save_pretrained(out)
 
