@@ -25,8 +25,8 @@ from evomerge.run.tracking import Trackers
 from evomerge.runtime import make_evaluator
 from evomerge.search.base import needs_nonnegative_scores, use_space
 from evomerge.search.registry import STRATEGIES, make_strategy
-from evomerge.search.schedules import make_schedule
-from evomerge.search.subset import restrict_groups, subset_plan
+from evomerge.search.schedules import fixed_columns, make_schedule
+from evomerge.search.subset import restrict_groups
 from evomerge.spaces import SPACES
 
 
@@ -103,10 +103,8 @@ class Search:
     def best_standard_error(self) -> dict:
         """``best_train_score_se``: the standard error of the best member's train score where
         the schedule estimates it from a subset (absent: scored on every example)."""
-        estimate = getattr(self.schedule, "standard_error", None)
-        if estimate is None:
-            return {}
-        return {"best_train_score_se": estimate(self.strategy.best(self.state)[2])}
+        se = self.schedule.standard_error(self.strategy.best(self.state)[2])
+        return {} if se is None else {"best_train_score_se": se}
 
     @staticmethod
     def with_nonfinite(out: dict) -> dict:
@@ -298,10 +296,10 @@ def prepared_strategy(cfg: RunConfig, evaluator):
     them; ``{}`` when the plug-in names none) as columns of the scores it is told: a subset
     schedule's columns only."""
     groups = evaluator.info.get("groups") or {}
-    section = cfg.evaluation
-    takes = STRATEGIES.get(cfg.strategy.name).takes_groups
-    if takes and groups and section is not None and section.schedule == "subset":
-        groups = restrict_groups(groups, subset_plan(section, evaluator.info, cfg.seed)[0])
+    if groups and STRATEGIES.get(cfg.strategy.name).takes_groups:
+        columns = fixed_columns(cfg.evaluation, evaluator.info, cfg.seed)
+        if columns is not None:
+            groups = restrict_groups(groups, columns)
     return make_strategy(cfg.strategy, cfg.seed, groups=groups)
 
 
@@ -359,7 +357,7 @@ def _once(warn):
     return once
 
 
-def _parser(strategy, cfg: RunConfig, run: RunDir, evaluator, schedule=None):
+def _parser(strategy, cfg: RunConfig, run: RunDir, evaluator, schedule):
     def parse(ckpt):
         if ckpt.meta.get("config_sha256") != config_digest(cfg):
             raise EvomergeError(
@@ -367,7 +365,7 @@ def _parser(strategy, cfg: RunConfig, run: RunDir, evaluator, schedule=None):
                 "was made with; restore it, or start a new run with the new config"
             )
         state = strategy.state_from_tensors(ckpt.tensors, ckpt.meta)
-        columns = getattr(schedule, "columns", None)
+        columns = schedule.columns
         num = evaluator.info.get("num_examples") if columns is None else len(columns)
         problem = state_problem(state, num)
         if problem is not None:  # a ValueError: damaged, the previous checkpoint is used

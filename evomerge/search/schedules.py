@@ -103,6 +103,11 @@ class Schedule:
     def evaluate(self, state, children, score: ScoreFn) -> tuple[torch.Tensor, int]:
         raise NotImplementedError
 
+    def standard_error(self, row: torch.Tensor) -> float | None:
+        """The standard error of a candidate's mean score when ``row`` (its scores on
+        :attr:`columns`) estimates it from a sample; None: scored on every example."""
+        return None
+
 
 class FullSchedule(Schedule):
     """Every candidate on every example, in one call to the evaluator."""
@@ -119,6 +124,15 @@ class FullSchedule(Schedule):
 
 def build_full(section, strategy, info: dict, seed: int) -> FullSchedule:
     return FullSchedule(int(info["num_examples"]))
+
+
+def fixed_columns(section: EvaluationSection | None, info: dict, seed: int):
+    """The example ids a schedule scores every candidate on, decided by the config alone
+    (before the strategy exists, whose niches are then built on these columns), or None where
+    the schedule scores every example. A builder declares them as its ``fixed_columns``."""
+    section = section or EvaluationSection()
+    plan = getattr(SCHEDULES.get(section.schedule), "fixed_columns", None)
+    return None if plan is None else plan(section, info, seed)
 
 
 def make_schedule(section: EvaluationSection | None, strategy, info: dict, seed: int):

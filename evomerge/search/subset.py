@@ -149,3 +149,10 @@ def restrict_groups(groups: dict[str, list[int]], columns: torch.Tensor) -> dict
 def build_subset(section, strategy, info: dict, seed: int) -> SubsetSchedule:
     columns, layout = subset_plan(section, info, seed)
     return SubsetSchedule(columns, layout, int(info["num_examples"]))
+
+
+def subset_columns(section, info: dict, seed: int) -> torch.Tensor:
+    return subset_plan(section, info, seed)[0]
+
+
+build_subset.fixed_columns = subset_columns  # the subset is known from the config alone
