@@ -118,8 +118,7 @@ def _check_conditioning(a: torch.Tensor, alpha: float) -> None:
     problem = conditioning_problem(a, alpha)
     if problem is not None:
         raise ValueError(
-            f"regmean: {problem}; lower alpha (e.g. 0.9) or give more examples "
-            "(statistics.limit)"
+            f"regmean: {problem}; lower alpha (e.g. 0.9) or give more examples (statistics.limit)"
         )
 
 

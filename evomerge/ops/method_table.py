@@ -68,9 +68,7 @@ TASK_VECTOR_RANGES = {
 }
 
 
-def _task_vectors(
-    name, sparsify, consensus, normalize, rescale, reference, extra=None, joint=None
-):
+def _task_vectors(name, sparsify, consensus, normalize, rescale, reference, extra=None, joint=None):
     """A generalized task arithmetic method (mergekit's family of task-vector merges)."""
     names = {"density", "normalize", "rescale", "lambda", "int8_mask", *(extra or {})}
     return MergeMethod(
@@ -131,9 +129,7 @@ BUILT_IN: tuple[MergeMethod, ...] = (
             "omega": Range(none=True),
         },
     ),
-    _task_vectors(
-        "della", della_magprune, True, True, True, DELLA, {"epsilon": 0.15}, DELLA_JOINT
-    ),
+    _task_vectors("della", della_magprune, True, True, True, DELLA, {"epsilon": 0.15}, DELLA_JOINT),
     _task_vectors(
         "della_linear", della_magprune, False, False, True, DELLA, {"epsilon": 0.15}, DELLA_JOINT
     ),

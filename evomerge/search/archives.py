@@ -24,6 +24,7 @@ from evomerge.core.errors import EvomergeError
 from evomerge.search import adaptive_mutation as am
 from evomerge.search import competition
 from evomerge.search.codec import Custom, IntTuple, Nested, codec
+from evomerge.search.competition_memo import CompetitionMemo
 
 
 def _space_tensors(members, context: dict) -> dict:
@@ -134,13 +135,16 @@ class CompetitionArchive(Archive):
 
     def __init__(self, size: int, alpha: float, attraction: bool):
         self.size, self.alpha, self.attraction = size, alpha, attraction
+        self._memo = CompetitionMemo(alpha)
 
     @property
     def needs_nonnegative_scores(self) -> bool:
         return self.alpha > 0
 
     def add(self, state, cid, params, scores, buf=None):
-        worst = competition.worst_index(state.scores, scores, self.alpha)
+        # a tell's own buffer changes under it: its column sums are not remembered
+        sums = None if state.scores is buf else self._memo.of(state.scores).sums
+        worst = competition.worst_index(state.scores, scores, self.alpha, sums)
         if worst >= len(state.ids):
             return state, Status.NOT_KEPT
         status = Status.NEW if state.ids[worst] < 0 else Status.IMPROVED
@@ -149,13 +153,13 @@ class CompetitionArchive(Archive):
     def sample_parents(self, state, u_a, u_b):
         """A ~ competition fitness; B ~ attraction to A (what B solves that A does not,
         weighted by scarcity), or fitness again when nobody adds anything to A."""
-        zinv = competition.inverse_z(state.scores.sum(dim=0), self.alpha)
-        weights = (state.scores @ zinv).tolist()
+        memo = self._memo.of(state.scores)
+        weights = memo.weights
         if not sum(weights) > 0:  # nobody scores anything: uniform over members
             weights = [float(i >= 0) for i in state.ids]
         a = competition.sample_index(weights, u_a)
         if self.attraction:
-            g = competition.attraction(state.scores, zinv, a).tolist()
+            g = memo.attraction_to(a)
             if sum(g) > 0:
                 return a, competition.sample_index(g, u_b)
         return a, competition.sample_index(weights, u_b)

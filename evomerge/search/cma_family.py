@@ -63,8 +63,7 @@ class CMAFamily(BestSoFar):
         return [
             done[i]
             or not (
-                self.rank_settled(i, lo, hi)
-                and racing.cannot_be_best(i, lo, hi, state.best.mean)
+                self.rank_settled(i, lo, hi) and racing.cannot_be_best(i, lo, hi, state.best.mean)
             )
             for i in range(len(children.ids))
         ]

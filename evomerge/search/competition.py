@@ -47,12 +47,15 @@ def sample_index(weights: list[float], u: float) -> int:
     return last  # rounding left the target at the very end
 
 
-def worst_index(scores: torch.Tensor, child: torch.Tensor, alpha: float) -> int:
+def worst_index(
+    scores: torch.Tensor, child: torch.Tensor, alpha: float, sums: torch.Tensor | None = None
+) -> int:
     """Row to drop after adding ``child``: lowest fitness over all P+1 rows, first on ties.
 
     Returns ``len(scores)`` when the child itself is the worst (the archive stays unchanged).
+    ``sums``: ``scores.sum(dim=0)`` when the caller already has it.
     """
-    zinv = inverse_z(scores.sum(dim=0) + child, alpha)
+    zinv = inverse_z((scores.sum(dim=0) if sums is None else sums) + child, alpha)
     f = (scores @ zinv).tolist()
     f.append(float(child @ zinv))
     return min(range(len(f)), key=f.__getitem__)

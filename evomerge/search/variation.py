@@ -123,18 +123,22 @@ class VariationSearch(Strategy):
         return Proposal(space.pack(rows), tuple(parents), out)
 
     def _tell(self, state: ArchiveState, children: Children, scores: torch.Tensor):
-        """Offer the children to the archive in order (one shared scores buffer)."""
-        buf = state.scores.clone()
+        """Offer the children to the archive in order (one shared scores buffer, made by the
+        first child that changes the archive: until then the state keeps its scores tensor,
+        whose derived quantities the archive remembers)."""
+        base, buf = state.scores, None
         for i, cid in enumerate(children.ids):
             member = self.space.copy(children.params[i])
             state, status = self.archive.add(state, cid, member, scores[i].float(), buf)
+            if buf is None and state.scores is not base:
+                buf = state.scores
             if state.mutation is not None:
                 steps = children.steps[i] if children.steps is not None else None
                 mutation = am.update(
                     self.config.adaptive_mutation, state.mutation, steps, bool(status)
                 )
                 state = replace(state, mutation=mutation)
-        return replace(state, scores=buf)
+        return state
 
     def race(self, state: ArchiveState, children: Children, low, high, done) -> list[bool]:
         """Racing's question (:mod:`~evomerge.search.racing`): children are told in order, so

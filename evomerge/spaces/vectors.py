@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from evomerge.ops import vectors
+from evomerge.spaces.dot_memo import DotMemo
 
 
 class VectorGenomes:
@@ -24,7 +25,17 @@ class VectorGenomes:
         return len(genome)
 
     def split_slerp(self, a, b, split: int, w: float):
-        return vectors.split_slerp(a, b, split, w)
+        return vectors.split_slerp(a, b, split, w, self.parent_angle(a, b))
+
+    def parent_angle(self, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+        """:func:`~evomerge.ops.vectors.parent_angle`, its dot products remembered per pair
+        of live members (:class:`~evomerge.spaces.dot_memo.DotMemo`)."""
+        memo = self.__dict__.get("_dots")
+        if memo is None:
+            memo = self.__dict__["_dots"] = DotMemo()
+        aa = memo.value(a, a, lambda x, _: vectors.self_dot(x))
+        bb = memo.value(b, b, lambda x, _: vectors.self_dot(x))
+        return vectors.angle_from_dots(aa, bb, memo.value(a, b, vectors.cross_dot))
 
     def slerp(self, a, b, t: float):
         return vectors.slerp(a, b, t)
