@@ -21,6 +21,7 @@ import torch
 
 from evomerge.core.errors import EvomergeError, PluginError
 from evomerge.runtime.ray_cluster import actor_state, free_room, room_for_one
+from evomerge.spaces.member_children import MemberRows
 
 POLL_S = 1.0  # how often the states of busy and missing workers are read
 REPORT_AFTER_S = 3.0  # a worker without a node this long is reported (not a quick restart)
@@ -39,7 +40,11 @@ class Batch:
         self.example_ids = example_ids  # None: every training example
         self.ray = pool._ray
         size = pool.chunk_size or math.ceil(len(rows) / pool.workers)
-        self.chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+        starts = range(0, len(rows), size)
+        if isinstance(rows, MemberRows):  # recipes: each chunk a payload made per worker
+            self.chunks = [rows.subset(range(i, min(i + size, len(rows)))) for i in starts]
+        else:
+            self.chunks = [rows[i : i + size] for i in starts]
         self.parts = [None] * len(self.chunks)
         self.waiting = list(range(len(self.chunks)))
         self.free = [s for s in range(pool.workers) if s not in pool.away]
@@ -79,7 +84,13 @@ class Batch:
         pool = self.pool
         while self.waiting and self.free:
             slot, c = self.free.pop(0), self.waiting.pop(0)
-            ref = pool.actors[slot].score.remote(self.chunks[c], self.example_ids)
+            chunk = self.chunks[c]
+            if isinstance(chunk, MemberRows):
+                payload = chunk.payload(pool.held[slot])
+                ref = pool.actors[slot].score_children.remote(payload, self.example_ids)
+                pool.held[slot] = (pool.held[slot] | chunk.parents()) & set(payload["keep"])
+            else:
+                ref = pool.actors[slot].score.remote(chunk, self.example_ids)
             self.running[ref] = (slot, c)
             if pool.timeout_s:
                 self.deadline[ref] = time.monotonic() + pool.timeout_s * len(self.chunks[c])
@@ -88,6 +99,11 @@ class Batch:
         self.deadline.pop(ref, None)
         slot, c = self.running.pop(ref)
         part = self.ray.get(ref)
+        if isinstance(part, dict):  # a replica without the parents: send them again
+            self.pool.held[slot] = set()
+            self.waiting.insert(0, c)
+            self.free.append(slot)
+            return
         if self.parts[c] is None:
             self.parts[c] = part
             self.pool.evaluated[slot] += len(self.chunks[c])
@@ -112,6 +128,7 @@ class Batch:
                 self.waiting.insert(0, c)
                 self._cancel(ref)
             pool.away.add(slot)
+            pool.held[slot] = set()  # a restarted worker starts with an empty replica
             if state == "DEAD":
                 pool.unplaced.pop(slot, None)
                 continue

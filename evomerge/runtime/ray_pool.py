@@ -35,6 +35,7 @@ from evomerge.runtime.host import FitnessHost
 from evomerge.runtime.local import transportable
 from evomerge.runtime.ray_cluster import actor_state, check_placement, free_room, start_ray
 from evomerge.runtime.ray_dispatch import Batch, warn
+from evomerge.spaces.member_children import MemberReplica, MemberRows
 from evomerge.tensors.seed_store import from_description
 
 NAMESPACE = "evomerge"  # 'ray list actors' shows the workers as evomerge-<run>-<i> in it
@@ -58,6 +59,7 @@ class _Worker:
         # constructor reach the driver only as text, task errors keep their type.
         self.error = None
         self.busy = 0.0
+        self.replica = None  # archive members, for children sent as recipes
         try:
             self.host = FitnessHost(*host_args)
         except EvomergeError as exc:
@@ -72,6 +74,21 @@ class _Worker:
         t0 = time.perf_counter()
         try:
             return self.host.score(params, example_ids)
+        finally:
+            self.busy += time.perf_counter() - t0
+
+    def score_children(self, payload, example_ids=None):
+        """Scores of dense children sent as recipes over this worker's replica of the
+        archive members (:mod:`~evomerge.spaces.member_children`); ``{"missing": ids}``
+        when the replica lacks parents (a restarted worker): the driver sends them."""
+        t0 = time.perf_counter()
+        try:
+            if self.replica is None:
+                self.replica = MemberReplica()
+            missing = self.replica.missing(payload)
+            if missing:
+                return {"missing": missing}
+            return self.host.score(self.replica.rows(payload), example_ids)
         finally:
             self.busy += time.perf_counter() - t0
 
@@ -108,6 +125,8 @@ class RayEvaluator:
     """An actor pool of ``workers`` fitness hosts with ``num_cpus`` / ``num_gpus`` each."""
 
     kind = "ray"
+    #: dense children may come as recipes (:class:`~evomerge.spaces.member_children.MemberRows`)
+    builds_children = True
 
     def __init__(
         self,
@@ -176,6 +195,7 @@ class RayEvaluator:
         self.timeouts = 0  # hung workers killed (and restarted) so far
         self.scoring_seconds = 0.0  # wall time the driver spent waiting for scores
         self.evaluated = [0] * workers  # candidates scored by each worker slot
+        self.held = [set() for _ in range(workers)]  # member ids each worker's replica holds
 
     def need(self) -> str:
         """One worker's resources, as the warnings name them."""
@@ -221,7 +241,8 @@ class RayEvaluator:
         t0 = time.perf_counter()
         ids = None if example_ids is None else np.asarray(example_ids, dtype=np.int64)
         try:
-            return Batch(self, transportable(params), ids).run()
+            rows = params if isinstance(params, MemberRows) else transportable(params)
+            return Batch(self, rows, ids).run()
         finally:
             self.scoring_seconds += time.perf_counter() - t0
 

@@ -75,9 +75,24 @@ class Status(IntEnum):
     NEW = 2  # it filled an empty slot or cell
 
 
+@dataclass(frozen=True)
+class MemberOf:
+    """Row ``i`` of a batch as a member genome, made (a copy in the space) only when the
+    archive keeps the child: most children are turned away."""
+
+    space: object
+    rows: object
+    i: int
+
+    def __call__(self):
+        return self.space.copy(self.rows[self.i])
+
+
 def place(state: ArchiveState, slot: int, cid: int, params, scores, buf) -> ArchiveState:
     """``state`` with the child in row ``slot``; its scores go into ``buf`` (a scores buffer
-    shared by one ``tell``) or a copy."""
+    shared by one ``tell``) or a copy. ``params`` may be a :class:`MemberOf`."""
+    if isinstance(params, MemberOf):
+        params = params()
     new_scores = state.scores.clone() if buf is None else buf
     new_scores[slot] = scores
     return replace(

@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evomerge.core.keys import child_generator
 from evomerge.search import adaptive_mutation as am
-from evomerge.search.archives import Archive, ArchiveState, empty_state
+from evomerge.search.archives import Archive, ArchiveState, MemberOf, empty_state
 from evomerge.search.base import Children, Proposal, Strategy
 from evomerge.search.diversity import diversity
 from evomerge.spaces.dense import DenseSpace
+from evomerge.spaces.member_children import ChildRecipe, MemberRows
 
 
 class VariationConfig(BaseModel):
@@ -95,8 +96,16 @@ class VariationSearch(Strategy):
 
     # -- ask / tell --------------------------------------------------------------------------
     def _ask(self, state: ArchiveState, n: int) -> Proposal:
-        """``n`` children; child i draws from key (seed, evaluations + i)."""
+        """``n`` children; child i draws from key (seed, evaluations + i).
+
+        Where the space's workers build dense children themselves (``defers_children``: a Ray
+        pool), the children go out as recipes over the members
+        (:class:`~evomerge.spaces.member_children.MemberRows`), built on the driver only when
+        needed; the rows are the same either way.
+        """
         cfg, space = self.config, self.space
+        if state.mutation is None and getattr(space, "defers_children", False):
+            return self._ask_recipes(state, n)
         rows, parents, steps = [], [], []
         for j in range(n):
             gen = child_generator(self.seed, state.evaluations + j, self._gen)
@@ -122,13 +131,43 @@ class VariationSearch(Strategy):
         out = tuple(steps) if state.mutation is not None else None
         return Proposal(space.pack(rows), tuple(parents), out)
 
+    def _ask_recipes(self, state: ArchiveState, n: int) -> Proposal:
+        """The children of :meth:`_ask` as recipes: the same draws, in the same order."""
+        cfg, space = self.config, self.space
+        kind = "copy" if not cfg.crossover else "split" if cfg.split_point else "slerp"
+        recipes = []
+        for j in range(n):
+            gen = child_generator(self.seed, state.evaluations + j, self._gen)
+            u_a, u_b, w = torch.rand(3, generator=gen, dtype=torch.float64).tolist()
+            a, b = self.archive.sample_parents(state, u_a, u_b)
+            pa, pb = state.params[a], state.params[b]
+            split = int(torch.randint(0, space.size(pa), (1,), generator=gen))
+            angle = space.parent_angle(pa, pb) if kind != "copy" else (0.0, 0.0)
+            recipes.append(
+                ChildRecipe(
+                    state.ids[a],
+                    state.ids[b],
+                    kind,
+                    split,
+                    w,
+                    angle,
+                    cfg.mutation_std,
+                    self.seed,
+                    state.evaluations + j,
+                )  # fmt: skip
+            )
+        members = {i: p for i, p in zip(state.ids, state.params, strict=True) if i >= 0}
+        parents = tuple((r.a, r.b) for r in recipes)
+        return Proposal(MemberRows(tuple(recipes), members), parents)
+
     def _tell(self, state: ArchiveState, children: Children, scores: torch.Tensor):
         """Offer the children to the archive in order (one shared scores buffer, made by the
         first child that changes the archive: until then the state keeps its scores tensor,
         whose derived quantities the archive remembers)."""
         base, buf = state.scores, None
         for i, cid in enumerate(children.ids):
-            member = self.space.copy(children.params[i])
+            # made only for a child the archive keeps (a recipe's row is built then)
+            member = MemberOf(self.space, children.params, i)
             state, status = self.archive.add(state, cid, member, scores[i].float(), buf)
             if buf is None and state.scores is not base:
                 buf = state.scores

@@ -55,9 +55,14 @@ class DenseSpace(VectorGenomes):
         self.spec = dict(spec or {})
         self.num_params = num_params
 
+    #: children go to the workers as recipes over the members (the evaluator builds them)
+    defers_children = False
+
     @classmethod
     def on_driver(cls, spec: dict, evaluator) -> DenseSpace:
-        return cls(spec, evaluator.info["num_params"])
+        space = cls(spec, evaluator.info["num_params"])
+        space.defers_children = bool(getattr(evaluator, "builds_children", False))
+        return space
 
     @classmethod
     def on_worker(cls, spec: dict, host) -> DenseWorker:
