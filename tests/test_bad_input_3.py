@@ -120,8 +120,12 @@ BAD_RECIPES = [
         r"recipe: genes/params: density \[0.05, 1\] with epsilon 0.15: .*\(0.15, 0.85\)",
     ),
     (
-        {"method": "della", "base": 0, "params": {"epsilon": 0.3},
-         "genes": {"density": {"low": 0.2, "high": 0.6}}},
+        {
+            "method": "della",
+            "base": 0,
+            "params": {"epsilon": 0.3},
+            "genes": {"density": {"low": 0.2, "high": 0.6}},
+        },
         r"density \[0.2, 0.6\] with epsilon 0.3",
     ),
     (
