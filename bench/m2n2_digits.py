@@ -7,6 +7,7 @@ re-run skips what is done), then prints a markdown table of mean +- standard err
     python bench/m2n2_digits.py                      # the full benchmark (about 45 minutes)
     python bench/m2n2_digits.py --seeds 2 --scratch-evals 5000 --pretrained-evals 2000
     python bench/m2n2_digits.py --timing 5           # wall time against the forward-pass floor
+    python bench/m2n2_digits.py --timing 3 --threads 1   # the same on one torch thread
 """
 
 from __future__ import annotations
@@ -180,7 +181,17 @@ def main() -> None:
         metavar="N",
         help="only time N from-scratch M2N2 runs per batch size against the forward-pass floor",
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads for the timing (the run's local evaluator and the floor alike); "
+        "default: torch's, one per core",
+    )
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.timing:
         timing(args.timing, args.scratch_evals)
         return
