@@ -44,7 +44,7 @@ def digits_groups() -> dict[str, list[int]]:
     return plugin.example_groups()
 
 
-def test_counts_size_times_evaluations_and_records_the_error(tmp_path, write_config):
+def test_counts_size_times_evaluations_and_records_the_error(tmp_path, write_config, capsys):
     cfg = base_config(budget={"evaluations": 40}, history_every=20, checkpoint_every=40,
                       seeds=PRETRAINED, strategy={"name": "m2n2", "archive_size": 4},
                       evaluation=SUBSET)  # fmt: skip
@@ -56,6 +56,10 @@ def test_counts_size_times_evaluations_and_records_the_error(tmp_path, write_con
     assert [r["example_evaluations"] for r in history] == [0, 20 * 100, 40 * 100]
     assert all(0 < r["best_train_score_se"] < 0.1 for r in history)
     assert s["best_train_score_se"] == history[-1]["best_train_score_se"]
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 0
+    best = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("best so far"))
+    assert f"{s['best_train_score_se']:.4f} (subset estimate)" in best
     scores = first_state(out)["scores"]
     assert scores.shape[1] == 100  # the strategy is told the subset's columns only
 

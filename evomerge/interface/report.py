@@ -104,6 +104,12 @@ def load_run(path: str | Path) -> RunData:
 # -- plots ------------------------------------------------------------------------------------
 
 
+def train_score_se(summary: dict, last: dict) -> dict:
+    """``best_train_score_se`` where a subset schedule estimated the best train score."""
+    se = summary.get("best_train_score_se", last.get("best_train_score_se"))
+    return {} if se is None else {"best_train_score_se": se}
+
+
 def summary_rows(runs: list[RunData]) -> list[dict]:
     from evomerge.interface.status import run_state
 
@@ -125,6 +131,7 @@ def summary_rows(runs: list[RunData]) -> list[dict]:
                     "example_evaluations", last.get("example_evaluations")
                 ),
                 "member": summary.get("member", last.get("member")),
+                **train_score_se(summary, last),
                 **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                 "wall_seconds": summary.get("wall_seconds", last.get("wall_seconds")),
                 "evaluations_per_second": summary.get("evaluations_per_second"),

@@ -134,6 +134,10 @@ def _run_status(path: str | Path) -> dict:
         "example_budget": example_budget,
         "progress": _progress(done, budget, examples, example_budget),
         "best_train_score": last.get("best_train_score"),
+        # the standard error where a subset schedule estimates it (absent: every example)
+        "best_train_score_se": (summary or {}).get(
+            "best_train_score_se", last.get("best_train_score_se")
+        ),
         "member": (summary or {}).get("member", last.get("member")),
         "metrics": (summary or {}).get("metrics", last.get("metrics") or {}),
         "evaluations_per_second": rate,
@@ -209,8 +213,10 @@ def format_status(info: dict, paint=None) -> str:
     metrics = ", ".join(
         f"{k} {v:.4f}" for k, v in (info.get("metrics") or {}).items() if isinstance(v, float)
     )
+    se = info.get("best_train_score_se")
+    estimate = f" ± {se:.4f} (subset estimate)" if isinstance(se, (int, float)) else ""
     lines.append(
-        f"best so far  {'–' if best is None else f'{best:.4f}'} train"
+        f"best so far  {'–' if best is None else f'{best:.4f}{estimate}'} train"
         + (f" (member {info['member']}: {metrics})" if info.get("member") is not None else "")
     )
     lines.append(f"speed        {_rate(info.get('evaluations_per_second'))}")
