@@ -82,6 +82,20 @@ def test_vllm_missing_is_one_line_with_the_install_route(lm_dir):
         FitnessHost(PLUGIN, {**options(lm_dir), "engine": "vllm"})
 
 
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        ({"tensor_parallel_size": 2}, "tensor_parallel_size"),
+        ({"distributed_executor_backend": "ray"}, "distributed_executor_backend"),
+    ],
+)
+def test_vllm_engine_refuses_an_engine_outside_the_worker_process(lm_dir, args, key):
+    """Candidates are streamed into the engine by reference: its model runs in the worker's
+    process (vLLM or not, the refusal comes first)."""
+    with pytest.raises(Exception, match=rf"engine_args\.{key}: .*worker's process"):
+        FitnessHost(PLUGIN, {**options(lm_dir), "engine": "vllm", "engine_args": args})
+
+
 def test_gpu_share_is_read_in_a_ray_worker_only(ray_local):
     """Ray's driver (a local evaluator in a process that started Ray) is assigned nothing,
     and asking must not fail there; a worker given no GPU reads none."""

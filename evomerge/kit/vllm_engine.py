@@ -22,14 +22,29 @@ A model with tied input and output embeddings (SmolLM2, Llama 3.2 1B) runs untie
 0.32's reload skips a tied head, and on the CPU the head keeps a processed copy of its own
 that would go stale. That costs one embedding-sized tensor.
 
+The engine starts with the worker's first candidate, not in ``setup``: a host that only
+describes the seeds (the Ray pool's one-off task that maps the seed folders for the driver and
+the workers) never starts one. Started in ``setup``, that task would hold a second engine per
+run, kept by its idle Ray process for the whole run (on a GPU node: on a GPU Ray did not give
+it, with 0.9 of that GPU's memory). So a worker's first chunk carries the engine's start and
+warm-up: ``evaluator.timeout_s`` must leave room for it.
+
 Limits: the weights stream is passed by reference, so the engine core must run in the worker's
 process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set here unless the environment says
-otherwise) and ``tensor_parallel_size`` must be 1. Data-aware statistics (fisher, regmean) and
-layer stacking need the ``transformers`` engine.
+otherwise), ``tensor_parallel_size`` must be 1 and ``distributed_executor_backend`` ``uni`` (what
+vLLM picks for one process, inside a Ray actor too). Data-aware statistics (fisher, regmean)
+and layer stacking need the ``transformers`` engine.
+
+On the CPU, vLLM sizes its KV cache from ``VLLM_CPU_KVCACHE_SPACE`` (GiB) if set, else gives
+each engine ``gpu_memory_utilization`` (0.9) of the node's memory: a second engine on the node
+then cannot start. ``engine_args.kv_cache_memory_bytes`` sets it in the config, so it reaches
+Ray workers on any node; an environment variable reaches them only from the environment their
+Ray started in (the driver's for the embedded Ray, ``ray start``'s on a cluster).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterable
 
@@ -68,6 +83,13 @@ def ray_gpu_share() -> float | None:
     return float(share) if share else None
 
 
+def sampling(**params):
+    """vLLM's ``SamplingParams`` (vLLM is imported where the engine runs, never before)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(**params)
+
+
 class VLLMEngine(LMEngine):
     """One ``vllm.LLM`` whose weights are the resident model."""
 
@@ -82,6 +104,12 @@ class VLLMEngine(LMEngine):
             raise ValueError(
                 "engine_args.tensor_parallel_size: the vllm engine streams candidates into an "
                 "engine in the worker's process, so it must be 1 (use one GPU per worker)"
+            )
+        if args.get("distributed_executor_backend", "uni") != "uni":
+            raise ValueError(
+                "engine_args.distributed_executor_backend: the vllm engine streams candidates "
+                "into an engine in the worker's process, so it must be 'uni'; leave it out "
+                "(on Ray each evomerge worker holds its own engine)"
             )
         if os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
             raise ValueError(
@@ -117,24 +145,32 @@ class VLLMEngine(LMEngine):
             share = ray_gpu_share()
             if share is not None:
                 args["gpu_memory_utilization"] = memory_utilization(share)
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError:
+        if importlib.util.find_spec("vllm") is None:
             raise ValueError(
                 "engine: vllm needs vLLM in the worker's environment: pip install "
                 "'evomerge[vllm]' (GPU), or the CPU route in README.md ('vLLM engine')"
-            ) from None
-        self.sampling = SamplingParams
-        self.llm = LLM(model=str(folder), **args)
-        # candidates arrive in the engine's dtype (a cast per tensor, never of the whole model)
-        self.weight_dtype = self.llm.llm_engine.model_config.dtype
+            )
+        self.args = args
+        self._llm = None
         return layout
+
+    @property
+    def llm(self):
+        """The worker's ``vllm.LLM``, started on first use (the first candidate's load)."""
+        if self._llm is None:
+            from vllm import LLM
+
+            self._llm = LLM(model=str(self.fit.model_folder(0)), **self.args)
+            # candidates arrive in the engine's dtype (a cast per tensor, never of the model)
+            self.weight_dtype = self._llm.llm_engine.model_config.dtype
+        return self._llm
 
     def resident_tensors(self) -> None:
         return None  # vLLM's fused, repacked parameters: candidates stream through load()
 
     @torch.no_grad()
     def load(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        llm = self.llm
         dtype = self.weight_dtype
 
         def stream():
@@ -144,15 +180,15 @@ class VLLMEngine(LMEngine):
                 if name in self.tied:  # the untied head gets the embedding too
                     yield self.tied[name], t
 
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
-        self.llm.reset_prefix_cache()
+        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream()})
+        llm.reset_prefix_cache()
 
     def _run(self, prompts: list[list[int]], params) -> list:
         requests = [{"prompt_token_ids": list(p)} for p in prompts]
         return self.llm.generate(requests, params, use_tqdm=False)
 
     def targets(self, batch: list, ends: list[int] | None) -> list[Targets]:
-        params = self.sampling(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        params = sampling(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         tails = [[e] for e in ends] if ends else [[]]
         prompts = [e.prefix + e.answer + tail for e in batch for tail in tails]
         results = self._run(prompts, params)
@@ -175,7 +211,7 @@ class VLLMEngine(LMEngine):
         return out
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, stop=()) -> list[list[int]]:
-        params = self.sampling(
+        params = sampling(
             max_tokens=max_new_tokens,
             temperature=0.0,
             stop_token_ids=list(self.fit.eos_ids),
