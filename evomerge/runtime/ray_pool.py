@@ -172,7 +172,8 @@ class RayEvaluator:
         if (space or {}).get("shared_seeds"):
             # One copy in the object store per node, mapped read-only by that node's workers
             # (and by restarted ones): workers never each hold a private copy of the seeds.
-            task = ray.remote(num_cpus=num_cpus, max_retries=max_restarts)(_make_seeds)
+            # max_calls=1: the task's process exits after it, with the model the plug-in built
+            task = ray.remote(num_cpus=num_cpus, max_retries=max_restarts, max_calls=1)(_make_seeds)
             self._seeds_ref = task.remote(spec, options, source, space, extensions)
         args = (
             spec, options, device, source, threads, space, self._seeds_ref, seeds_on_device,
