@@ -1,21 +1,26 @@
-"""Exact racing over examples: score candidates in stages and stop each one as soon as it
-provably cannot matter to the search.
+"""Racing over examples: score candidates in stages and stop each one as soon as it cannot
+matter to the search -- provably (``mode: exact``, here), or with high probability
+(``mode: approximate``, :mod:`~evomerge.search.approximate_racing`). The modes are a registry
+(:data:`~evomerge.search.schedules.RACE_MODES`): they differ only in the box they give a
+child's unscored examples and in what a stopped child is told; the strategies do not know them.
 
 Scores are per example and bounded (the plug-in's ``score_range``, default ``[0, 1]``), so
 after any stage a candidate's unscored examples lie between ``low`` and ``high`` of that range:
-the candidate's score vector lies in a known box. The schedule asks the strategy, after each
-stage, which candidates can still matter; the others stop.
+the candidate's score vector lies in a known box (exact mode; approximate mode narrows the
+unscored part to a confidence interval). The schedule asks the strategy, after each stage,
+which candidates can still matter; the others stop.
 
 The contract a strategy answers (``race``)::
 
     strategy.race(state, children, low, high, done) -> list[bool]
 
-``low`` / ``high`` are ``(B, E)``: the known scores, and the range's ends where unscored;
+``low`` / ``high`` are ``(B, E)``: the known scores, and the box's ends where unscored;
 ``done[i]`` says child i is fully scored (``low[i] == high[i]``). ``False`` for child i is a
 promise: *for every score vector in child i's box*, telling it leaves the search exactly where
-its real scores would -- and in particular telling ``high[i]`` does, which the schedule then
-does. So the archive, the best member, every later child and the resume are bit-identical to
-full scoring, at fewer example evaluations. How each strategy keeps the promise:
+its real scores would. The schedule then tells it a vector in its box (exact mode: ``high[i]``,
+its best case). So in exact mode the archive, the best member, every later child and the
+resume are bit-identical to full scoring, at fewer example evaluations. How each strategy
+keeps the promise:
 
 * archives (m2n2, ga, map_elites, pareto; :meth:`~evomerge.search.archives.Archive.can_matter`):
   the child provably stays out and leaves the archive unchanged (M2N2/GA: even with its
@@ -31,11 +36,12 @@ full scoring, at fewer example evaluations. How each strategy keeps the promise:
   so far. Its recorded objective is then its best case, not its value: the ES (and every
   generation it asks) is the same, its history statistics of that generation use the bound.
 
-Stages: the examples in one shuffled order (drawn from the run's seed, so every stage samples
-every class or task), ``first_stage`` examples, then ``growth`` times more each stage, at most
-``max_stage`` (a sixteenth of them by default: in a strong archive most children are settled
-only near the end, so late decisions must come often). Every
-candidate still running is scored on the same stage's examples in one evaluator call.
+Stages: the examples in a shuffled order (exact mode: one, drawn from the run's seed, so every
+stage samples every class or task; approximate: a fresh one per batch), ``first_stage``
+examples, then ``growth`` times more each stage, at most ``max_stage`` (a sixteenth of them by
+default: in a strong archive most children are settled only near the end, so late decisions
+must come often). Every candidate still running is scored on the same stage's examples in one
+evaluator call.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import torch
 
 from evomerge.core.errors import ConfigError, PluginError
 from evomerge.core.keys import key
-from evomerge.search.schedules import Schedule, ScoreFn
+from evomerge.search.schedules import RACE_MODES, Schedule, ScoreFn
 
 ORDER_STREAM = 1 << 60  # key index of the shuffled example order
 
@@ -83,8 +89,36 @@ def cannot_be_best(i: int, lo: torch.Tensor, hi: torch.Tensor, best_mean: float)
     return bool(hi[i] <= best_mean) or surely_better(i, lo, hi) > 0
 
 
+class ExactBounds:
+    """``mode: exact``: a child's unscored examples lie anywhere in the score range, and a
+    stopped child is told its best case (the range's top there). One shuffled order of the
+    examples, drawn from the run's seed, serves every batch."""
+
+    def __init__(self, section, num_examples: int, score_range, seed: int, checks: int):
+        self.low, self.high = score_range
+        gen = torch.Generator().manual_seed(key(seed, ORDER_STREAM))
+        self._order = torch.randperm(num_examples, generator=gen)
+
+    def order(self, children) -> torch.Tensor:
+        """The order the batch's examples are scored in."""
+        return self._order
+
+    def unscored(self, known: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lo, hi)``, each ``(R,)``: the box of each running child's unscored examples,
+        from its ``(R, n)`` known scores."""
+        r = known.shape[0]
+        return torch.full((r,), self.low), torch.full((r,), self.high)
+
+    def told(self, known: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """``(R,)``: the score a stopped child is told on each of its unscored examples (a
+        value in its box, so the strategy's promise covers it)."""
+        return hi
+
+
 class RaceSchedule(Schedule):
-    """Examples in growing stages; the strategy's ``race`` says who goes on."""
+    """Examples in growing stages; the strategy's ``race`` says who goes on, the mode's
+    ``bounds`` (exact, or :mod:`~evomerge.search.approximate_racing`) where the unscored
+    examples' scores lie."""
 
     name = "race"
 
@@ -92,11 +126,12 @@ class RaceSchedule(Schedule):
         self.strategy = strategy
         self.num_examples = num_examples
         self.low, self.high = (float(v) for v in score_range)
-        gen = torch.Generator().manual_seed(key(seed, ORDER_STREAM))
-        order = torch.randperm(num_examples, generator=gen)
-        sizes = stage_sizes(num_examples, section.first_stage, section.growth, section.max_stage)
-        bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
-        self.stages = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self.sizes = stage_sizes(
+            num_examples, section.first_stage, section.growth, section.max_stage
+        )
+        mode = RACE_MODES.get(section.mode)
+        checks = len(self.sizes) - 1  # race() is asked after every stage but the last
+        self.bounds = mode(section, num_examples, (self.low, self.high), seed, checks)
 
     def _take(self, params, rows: list[int]):
         """The children in ``rows`` (a dense tensor, or the space's own batch)."""
@@ -116,11 +151,14 @@ class RaceSchedule(Schedule):
 
     def evaluate(self, state, children, score: ScoreFn) -> tuple[torch.Tensor, int]:
         b, e = len(children.ids), self.num_examples
+        order = self.bounds.order(children)
         low = torch.full((b, e), self.low, dtype=torch.float32)
         high = torch.full((b, e), self.high, dtype=torch.float32)
-        running = list(range(b))
-        spent = 0
-        for n, ids in enumerate(self.stages):
+        told = {}  # stopped child -> (its unscored examples, the score told there)
+        running, spent, seen = list(range(b)), 0, 0
+        for n, size in enumerate(self.sizes):
+            ids = order[seen : seen + size]
+            seen += size
             params = children.params if len(running) == b else self._take(children.params, running)
             part = torch.as_tensor(score(params, ids)).to(torch.float32)
             self._check(part)
@@ -128,18 +166,31 @@ class RaceSchedule(Schedule):
             low[rows, ids] = part
             high[rows, ids] = part
             spent += len(running) * len(ids)
-            if n == len(self.stages) - 1:
+            if n == len(self.sizes) - 1:
                 break
+            rest = order[seen:]
+            known = high[rows, order[:seen]]
+            lo, hi = self.bounds.unscored(known)
+            low[rows, rest] = lo.to(torch.float32)[:, None]
+            high[rows, rest] = hi.to(torch.float32)[:, None]
             done = [False] * b
             verdict = self.strategy.race(state, children, low, high, done)
+            fill = self.bounds.told(known, lo, hi).to(torch.float32)
+            for k, i in enumerate(running):
+                if not verdict[i]:
+                    told[i] = (rest, fill[k])
             running = [i for i in running if verdict[i]]
             if not running:
                 break
-        return high, spent
+        scores = high
+        for i, (rest, value) in told.items():
+            scores[i, rest] = value
+        return scores, spent
 
 
 def build_race(section, strategy, info: dict, seed: int) -> RaceSchedule:
-    """The exact racing schedule; refused in one line where it cannot be exact."""
+    """The racing schedule; refused in one line where the strategy cannot race or the scores
+    are unbounded."""
     if not callable(getattr(strategy, "race", None)):
         name = getattr(strategy.config, "name", type(strategy).__name__)
         raise ConfigError(

@@ -7,7 +7,9 @@ training example scored once for one candidate: the true cost of a search).
 
 * ``full`` (the default): every candidate on every example, in one call.
 * ``race`` (:mod:`~evomerge.search.racing`): examples in stages; a candidate that can no
-  longer matter to the strategy stops early, the result unchanged.
+  longer matter to the strategy stops early, the result unchanged (``mode: exact``) or, with
+  ``mode: approximate`` (:mod:`~evomerge.search.approximate_racing`), unchanged with
+  probability at least ``1 - delta`` per child.
 
 Schedules are a registry (``evaluation.schedule`` in configs), lazy ``"module:attr"`` entries
 naming a builder ``build(section, strategy, info, seed) -> Schedule``.
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from evomerge.core.registry import Registry
 
@@ -27,6 +29,13 @@ SCHEDULES: Registry = Registry("evaluation schedule", "evaluation.schedule")
 SCHEDULES.register("full", "evomerge.search.schedules:build_full")
 SCHEDULES.register("race", "evomerge.search.racing:build_race")
 SCHEDULES.register("subset", "evomerge.search.subset:build_subset")
+
+#: How a race bounds a child's unscored examples (``evaluation.mode``): a class built as
+#: ``(section, num_examples, score_range, seed, checks)`` with ``order``, ``unscored`` and
+#: ``told`` (see :class:`~evomerge.search.racing.ExactBounds`).
+RACE_MODES: Registry = Registry("racing mode", "evaluation.mode")
+RACE_MODES.register("exact", "evomerge.search.racing:ExactBounds")
+RACE_MODES.register("approximate", "evomerge.search.approximate_racing:ApproximateBounds")
 
 #: ``score(params, example_ids)`` -> ``(B, len(example_ids))`` (all examples for None)
 ScoreFn = Callable[[Any, Any], torch.Tensor]
@@ -39,13 +48,22 @@ class EvaluationSection(BaseModel):
     schedule: str = Field(
         "full",
         description="full: every candidate on every training example; race: examples in "
-        "stages, a candidate stopped as soon as it provably cannot matter (same result); "
+        "stages, a candidate stopped as soon as it cannot matter (see `mode`); "
         "subset: every candidate on one fixed subset of `size` examples (an estimate, with "
         "its standard error recorded).",
     )
-    mode: Literal["exact"] = Field(
+    mode: str = Field(
         "exact",
-        description="race: exact (the archive and final member are those of full scoring).",
+        description="race: exact (the archive and final member are those of full scoring); "
+        "approximate (the unscored examples bounded by a confidence interval from the scores "
+        "seen: fewer examples scored, a child that would have mattered lost with "
+        "probability at most `delta` where the strategy ranks by mean score).",
+    )
+    delta: float | None = Field(
+        None,
+        description="race, mode approximate: the failure probability of each child's "
+        "confidence intervals over all its stages, in (0, 1); smaller is safer and scores "
+        "more examples. None: 0.05.",
     )
     first_stage: int = Field(
         64, ge=1, description="race: examples in the first stage (a seeded shuffle of them)."
@@ -84,6 +102,33 @@ class EvaluationSection(BaseModel):
         if value not in SCHEDULES:
             raise ValueError(SCHEDULES.unknown(value))
         return value
+
+    @field_validator("mode")
+    @classmethod
+    def known_mode(cls, value: str) -> str:
+        if value not in RACE_MODES:
+            raise ValueError(RACE_MODES.unknown(value))
+        return value
+
+    @field_validator("delta")
+    @classmethod
+    def probability(cls, value):
+        if value is not None and not 0.0 < value < 1.0:
+            raise ValueError("a failure probability strictly between 0 and 1, e.g. 0.05")
+        return value
+
+    @model_validator(mode="after")
+    def delta_with_approximate(self):
+        if self.mode != "exact" and self.schedule != "race":
+            raise ValueError(
+                f"mode: {self.mode} applies to schedule: race only; remove it or set schedule: race"
+            )
+        if self.delta is not None and self.mode != "approximate":
+            raise ValueError(
+                "delta: only with mode: approximate (exact racing takes no risk); remove "
+                "delta or set mode: approximate"
+            )
+        return self
 
     @field_validator("score_range")
     @classmethod
