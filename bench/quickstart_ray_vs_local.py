@@ -2,6 +2,7 @@
 
 `configs/quickstart.yaml` (M2N2 on digits from scratch, 20,000 evaluations, batch 16) is run
 interleaved, ``--repeats`` times each way: local (one process; torch's matmuls use every core),
+local with ``evaluator.threads: 1``,
 Ray with children sent as recipes over the workers' replicas of the archive (the default), and
 Ray with every child's whole vector shipped (as before recipes: ``RayEvaluator.builds_children``
 switched off in this process). Each run must end at the same member; the table gives median
@@ -9,13 +10,18 @@ search seconds, their ratio to local and the workers' utilisation (busy seconds 
 seconds the driver waited for scores, as ``summary.json`` reports it). Search seconds time the
 search loop alone (``Search.loop``); "with start" adds the evaluator's start (Ray's, ~2-5 s).
 
+Each run is its own process (torch's thread setting and Ray's threads would carry over).
+
     python bench/quickstart_ray_vs_local.py --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,13 +33,18 @@ from evomerge.runtime.ray_pool import RayEvaluator
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/quickstart.yaml"
-WAYS = {"local": ("local", True), "ray, recipes": ("ray", True), "ray, vectors": ("ray", False)}
+WAYS = {
+    "local": ("local", True, []),
+    "local, 1 thread": ("local", True, ["evaluator.threads=1"]),
+    "ray, recipes": ("ray", True, []),
+    "ray, vectors": ("ray", False, []),
+}
 
 
 def run_once(way: str, evals: int) -> dict:
-    kind, recipes = WAYS[way]
+    kind, recipes, extra = WAYS[way]
     RayEvaluator.builds_children = recipes
-    sets = [f"evaluator.kind={kind}", f"budget.evaluations={evals}"]
+    sets = [f"evaluator.kind={kind}", f"budget.evaluations={evals}", *extra]
     cfg = validate(apply_overrides(read_yaml(CONFIG), sets), str(CONFIG), bases=[ROOT])
     with tempfile.TemporaryDirectory() as tmp:
         search = loop.start(cfg, RunDir(Path(tmp) / "run"))
@@ -46,15 +57,32 @@ def run_once(way: str, evals: int) -> dict:
     return summary
 
 
+def in_subprocess(way: str, evals: int) -> dict:
+    """One run in a fresh process: torch's thread count and Ray's threads do not carry over."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", way, "--evaluations", str(evals)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--evaluations", type=int, default=20_000)
+    ap.add_argument("--one", choices=list(WAYS), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one:
+        s = run_once(args.one, args.evaluations)
+        keys = ("member", "search_seconds", "wall_seconds", "worker_utilisation")
+        print(json.dumps({k: s.get(k) for k in keys}))
+        return
     rows: dict[str, list[dict]] = {w: [] for w in WAYS}
     for rep in range(args.repeats):
         for way in WAYS:
-            s = run_once(way, args.evaluations)
+            s = in_subprocess(way, args.evaluations)
             rows[way].append(s)
             print(
                 f"repeat {rep} {way}: member {s['member']}, search {s['search_seconds']:.1f} s "

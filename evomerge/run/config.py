@@ -72,6 +72,13 @@ class PluginSeeds(_Section):
 class LocalEvaluatorSection(_Section):
     kind: Literal["local"] = "local"
     device: str = Field("cpu", description="torch device for scoring: cpu, cuda, cuda:1, ...")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads for scoring on the CPU; none: torch's default (one per "
+        "core). On a machine shared with other busy processes, 1 avoids the stalls of torch's "
+        "threads waiting for each other on small operations.",
+    )
     seeds_on_device: Literal["auto", True, False] = Field(
         "auto",
         description="Keep the K seed models on the worker's GPU so a candidate's load is a "

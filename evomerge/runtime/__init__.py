@@ -24,6 +24,7 @@ def build_local(section, fitness, space: dict | None, name: str | None, extensio
         space,
         seeds_on_device=section.seeds_on_device,
         extensions=extensions,
+        threads=section.threads,
     )
 
 

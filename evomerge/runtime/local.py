@@ -29,11 +29,13 @@ class LocalEvaluator:
         space: dict | None = None,
         seeds_on_device="auto",
         extensions=(),
+        threads=None,
     ):
         self.host = FitnessHost(
             spec,
             options,
             device,
+            threads=threads,
             space=space,
             seeds_on_device=seeds_on_device,
             extensions=extensions,

@@ -51,6 +51,7 @@ import torch
 from evomerge.core.errors import ConfigError, PluginError
 from evomerge.core.keys import key
 from evomerge.search.schedules import RACE_MODES, Schedule, ScoreFn
+from evomerge.spaces.member_children import MemberRows
 
 ORDER_STREAM = 1 << 60  # key index of the shuffled example order
 
@@ -134,9 +135,11 @@ class RaceSchedule(Schedule):
         self.bounds = mode(section, num_examples, (self.low, self.high), seed, checks)
 
     def _take(self, params, rows: list[int]):
-        """The children in ``rows`` (a dense tensor, or the space's own batch)."""
+        """The children in ``rows`` (a dense tensor, recipes, or the space's own batch)."""
         if isinstance(params, torch.Tensor):
             return params[torch.tensor(rows)]
+        if isinstance(params, MemberRows):  # still recipes: workers build the rows
+            return params.subset(rows)
         return self.strategy.space.pack([params[r] for r in rows])
 
     def _check(self, part: torch.Tensor) -> None:
