@@ -83,9 +83,11 @@ def test_m2n2_raced_is_bit_identical_and_cheaper(tmp_path, write_config, space, 
     assert_same_result_cheaper(full, race)
     history = [json.loads(x) for x in (race / "history.jsonl").read_text().splitlines()]
     spent = [h["example_evaluations"] for h in history]
-    assert spent[0] == 0 and spent == sorted(spent) and spent[-1] == summary(race)[
-        "example_evaluations"
-    ]
+    assert (
+        spent[0] == 0
+        and spent == sorted(spent)
+        and spent[-1] == summary(race)["example_evaluations"]
+    )
 
 
 def test_map_elites_raced_is_bit_identical_and_cheaper(tmp_path, write_config):
@@ -240,7 +242,6 @@ def test_grid_and_pareto_answers_are_sound():
 def test_rank_isolation():
     lo, hi = torch.tensor([0.1, 0.5, 0.52]), torch.tensor([0.2, 0.6, 0.7])
     assert rank_isolated(0, lo, hi) and not rank_isolated(1, lo, hi)
-
 
 
 def test_stages_score_the_same_on_ray_workers_and_locally(ray_local):
