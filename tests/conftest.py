@@ -51,3 +51,21 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+def whole_and_resumed(cfg: dict, stop_at: int, tmp_path, write_config) -> tuple[Path, Path]:
+    """Run ``cfg`` whole, and again stopped at ``stop_at`` evaluations then resumed to its
+    budget (the budget raised in the stopped run's config.yaml): the two run directories."""
+    from evomerge.interface.cli import main
+
+    total = cfg["budget"]["evaluations"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(["run", str(write_config(cfg)), "--out", str(whole), "-q"]) == 0
+    short = write_config({**cfg, "budget": {"evaluations": stop_at}}, "short.yaml")
+    assert main(["run", str(short), "--out", str(cut), "-q"]) == 0
+    config = cut / "config.yaml"
+    config.write_text(
+        config.read_text().replace(f"evaluations: {stop_at}", f"evaluations: {total}")
+    )
+    assert main(["resume", str(cut), "-q"]) == 0
+    return whole, cut

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import DIGITS, base_config
+from conftest import DIGITS, base_config, whole_and_resumed
 from test_search import assert_same_archive, final_state
 
 from evomerge.interface.cli import main
@@ -136,13 +136,7 @@ def test_raced_resume_is_bit_identical(tmp_path, write_config):
         strategy={"name": "m2n2", "archive_size": 4},
         evaluation=RACE,
     )
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    assert main(["run", str(write_config(cfg)), "--out", str(whole), "-q"]) == 0
-    short = write_config({**cfg, "budget": {"evaluations": 30}}, "short.yaml")
-    assert main(["run", str(short), "--out", str(cut), "-q"]) == 0
-    config = cut / "config.yaml"
-    config.write_text(config.read_text().replace("evaluations: 30", "evaluations: 50"))
-    assert main(["resume", str(cut), "-q"]) == 0
+    whole, cut = whole_and_resumed(cfg, 30, tmp_path, write_config)
     assert_same_archive(whole, cut)
     a, b = summary(whole), summary(cut)
     assert a["example_evaluations"] == b["example_evaluations"] < 50 * 1437

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import base_config
+from conftest import base_config, whole_and_resumed
 from test_racing import PRETRAINED, summary
 from test_search import assert_same_archive, final_state
 
@@ -122,13 +122,7 @@ def test_approximate_resume_is_bit_identical(tmp_path, write_config):
     cfg = base_config(budget={"evaluations": 120}, checkpoint_every=40,
                       strategy={"name": "ga", "archive_size": 8, "mutation_std": 0.01},
                       evaluation=approximate(0.3))  # fmt: skip
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    assert main(["run", str(write_config(cfg)), "--out", str(whole), "-q"]) == 0
-    short = write_config({**cfg, "budget": {"evaluations": 40}}, "short.yaml")
-    assert main(["run", str(short), "--out", str(cut), "-q"]) == 0
-    config = cut / "config.yaml"
-    config.write_text(config.read_text().replace("evaluations: 40", "evaluations: 120"))
-    assert main(["resume", str(cut), "-q"]) == 0
+    whole, cut = whole_and_resumed(cfg, 40, tmp_path, write_config)
     assert_same_archive(whole, cut)
     a, b = summary(whole), summary(cut)
     assert a["example_evaluations"] == b["example_evaluations"] < 0.9 * 120 * 1437

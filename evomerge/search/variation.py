@@ -108,11 +108,8 @@ class VariationSearch(Strategy):
             return self._ask_recipes(state, n)
         rows, parents, steps = [], [], []
         for j in range(n):
-            gen = child_generator(self.seed, state.evaluations + j, self._gen)
-            u_a, u_b, w = torch.rand(3, generator=gen, dtype=torch.float64).tolist()
-            a, b = self.archive.sample_parents(state, u_a, u_b)
+            gen, a, b, w, split = self._draw(state, j)
             pa, pb = state.params[a], state.params[b]
-            split = int(torch.randint(0, space.size(pa), (1,), generator=gen))
             if not cfg.crossover:
                 child = space.copy(pa)
             elif cfg.split_point:
@@ -131,17 +128,24 @@ class VariationSearch(Strategy):
         out = tuple(steps) if state.mutation is not None else None
         return Proposal(space.pack(rows), tuple(parents), out)
 
+    def _draw(self, state: ArchiveState, j: int):
+        """Child j's first draws from its key: ``(u_a, u_b, w)``, its parents' rows, then the
+        split; returns ``(generator, a, b, w, split)`` with the generator where the mutation
+        draws next (:meth:`ChildRecipe.generator` replays these two draws on a worker)."""
+        gen = child_generator(self.seed, state.evaluations + j, self._gen)
+        u_a, u_b, w = torch.rand(3, generator=gen, dtype=torch.float64).tolist()
+        a, b = self.archive.sample_parents(state, u_a, u_b)
+        split = int(torch.randint(0, self.space.size(state.params[a]), (1,), generator=gen))
+        return gen, a, b, w, split
+
     def _ask_recipes(self, state: ArchiveState, n: int) -> Proposal:
         """The children of :meth:`_ask` as recipes: the same draws, in the same order."""
         cfg, space = self.config, self.space
         kind = "copy" if not cfg.crossover else "split" if cfg.split_point else "slerp"
         recipes = []
         for j in range(n):
-            gen = child_generator(self.seed, state.evaluations + j, self._gen)
-            u_a, u_b, w = torch.rand(3, generator=gen, dtype=torch.float64).tolist()
-            a, b = self.archive.sample_parents(state, u_a, u_b)
+            _, a, b, w, split = self._draw(state, j)
             pa, pb = state.params[a], state.params[b]
-            split = int(torch.randint(0, space.size(pa), (1,), generator=gen))
             angle = space.parent_angle(pa, pb) if kind != "copy" else (0.0, 0.0)
             recipes.append(
                 ChildRecipe(
