@@ -69,3 +69,16 @@ def whole_and_resumed(cfg: dict, stop_at: int, tmp_path, write_config) -> tuple[
     )
     assert main(["resume", str(cut), "-q"]) == 0
     return whole, cut
+
+
+#: A CMA-ES search over a TIES recipe of three tiny digit experts (racing tests' recipe case).
+CMAES_RECIPE = dict(
+    budget={"evaluations": 32},
+    batch=8,
+    seeds={"kind": "plugin", "count": 3,
+           "options": {"shared_init": True, "include_base": True, "steps": 60}},
+    recipe={"method": "ties", "base": 0, "params": {"lambda": 1.0},
+            "genes": {"weight": {"low": 0.0, "high": 1.5},
+                      "density": {"low": 0.05, "high": 1.0}}},
+    strategy={"name": "cmaes", "sigma0": 0.6, "popsize": 8},
+)  # fmt: skip

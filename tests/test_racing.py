@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import DIGITS, base_config, whole_and_resumed
+from conftest import CMAES_RECIPE, DIGITS, base_config, whole_and_resumed
 from test_search import assert_same_archive, final_state
 
 from evomerge.interface.cli import main
@@ -105,17 +105,7 @@ def test_cmaes_recipe_raced_asks_the_same_generations(tmp_path, write_config):
     """CMA-ES: a child stops only once its rank is settled, so the ES asks the same
     solutions every generation and keeps the same best; the objective it recorded for a
     stopped child is its best case (not compared)."""
-    cfg = base_config(
-        budget={"evaluations": 32},
-        batch=8,
-        checkpoint_every=16,
-        seeds={"kind": "plugin", "count": 3,
-               "options": {"shared_init": True, "include_base": True, "steps": 60}},
-        recipe={"method": "ties", "base": 0, "params": {"lambda": 1.0},
-                "genes": {"weight": {"low": 0.0, "high": 1.5},
-                          "density": {"low": 0.05, "high": 1.0}}},
-        strategy={"name": "cmaes", "sigma0": 0.6, "popsize": 8},
-    )  # fmt: skip
+    cfg = base_config(**CMAES_RECIPE, checkpoint_every=16)
     full, race = tmp_path / "full", tmp_path / "race"
     assert main(["run", str(write_config(cfg, "c.yaml")), "--out", str(full), "-q"]) == 0
     raced = write_config({**cfg, "evaluation": RACE}, "cr.yaml")

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import base_config, whole_and_resumed
+from conftest import CMAES_RECIPE, base_config, whole_and_resumed
 from test_racing import PRETRAINED, summary
 from test_search import assert_same_archive, final_state
 
@@ -130,16 +130,6 @@ def test_approximate_resume_is_bit_identical(tmp_path, write_config):
 
 
 LINEAGE = {"name": "m2n2", "archive_size": 4, "space": "lineage"}
-CMAES = dict(
-    budget={"evaluations": 32},
-    batch=8,
-    seeds={"kind": "plugin", "count": 3,
-           "options": {"shared_init": True, "include_base": True, "steps": 60}},
-    recipe={"method": "ties", "base": 0, "params": {"lambda": 1.0},
-            "genes": {"weight": {"low": 0.0, "high": 1.5},
-                      "density": {"low": 0.05, "high": 1.0}}},
-    strategy={"name": "cmaes", "sigma0": 0.6, "popsize": 8},
-)  # fmt: skip
 CASES = {
     "m2n2": dict(budget={"evaluations": 60}, seeds=PRETRAINED,
                  strategy={"name": "m2n2", "archive_size": 4}),
@@ -149,9 +139,10 @@ CASES = {
                                  "cells": 3, "mutation_std": 0.01}),
     "pareto": dict(budget={"evaluations": 80}, seeds=PRETRAINED,
                    strategy={"name": "pareto", "objectives": ["0-4", "5-9"], "archive_size": 4}),
-    "cmaes-recipe": CMAES,
-    "sep_cmaes-recipe": {**CMAES, "strategy": {"name": "sep_cmaes", "sigma0": 0.6, "popsize": 8}},
-    "random-recipe": {**CMAES, "strategy": {"name": "random"}},
+    "cmaes-recipe": CMAES_RECIPE,
+    "sep_cmaes-recipe": {**CMAES_RECIPE,
+                         "strategy": {"name": "sep_cmaes", "sigma0": 0.6, "popsize": 8}},
+    "random-recipe": {**CMAES_RECIPE, "strategy": {"name": "random"}},
 }  # fmt: skip
 
 
