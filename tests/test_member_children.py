@@ -4,13 +4,17 @@ member's genome once."""
 
 import pytest
 import torch
+from conftest import base_config
+from test_search import assert_same_archive
 
+from evomerge.interface.cli import main
 from evomerge.search.m2n2 import M2N2Config
 from evomerge.search.variation import VariationSearch
 from evomerge.spaces.dense import DenseSpace
 from evomerge.spaces.member_children import MemberReplica, MemberRows
 
 N, E = 257, 30
+PRETRAINED_SEEDS = {"kind": "plugin", "count": 2}
 
 
 def filled_state(search, seed=0):
@@ -77,3 +81,29 @@ def test_a_replica_gets_each_genome_once_and_drops_members_that_left():
     later = MemberRows((), kept).payload(held)
     replica.update(later)
     assert gone not in replica.members and set(replica.members) <= set(kept)
+
+
+@pytest.mark.parametrize(
+    "strategy, evaluation",
+    [
+        ({"name": "map_elites", "descriptors": ["even", "odd"], "cells": 3}, None),
+        ({"name": "pareto", "objectives": ["0-4", "5-9"], "archive_size": 4}, None),
+        ({"name": "m2n2", "archive_size": 4}, {"schedule": "race", "first_stage": 64}),
+    ],
+    ids=["map_elites", "pareto", "m2n2-raced"],
+)
+def test_archives_searched_on_ray_from_recipes_equal_local(
+    tmp_path, write_config, ray_local, strategy, evaluation
+):
+    """Children sent as recipes (Ray) give every archive the members the driver's own
+    children give it (local), raced batches included (a narrowed batch stays recipes)."""
+    common = dict(
+        budget={"evaluations": 48}, batch=8, seeds=PRETRAINED_SEEDS,
+        strategy={**strategy, "mutation_std": 0.01},
+        **({"evaluation": evaluation} if evaluation else {}),
+    )  # fmt: skip
+    local = write_config(base_config(**common), "local.yaml")
+    ray = write_config(base_config(**common, evaluator={"kind": "ray", "workers": 2}), "ray.yaml")
+    assert main(["run", str(local), "--out", str(tmp_path / "local"), "-q"]) == 0
+    assert main(["run", str(ray), "--out", str(tmp_path / "ray"), "-q"]) == 0
+    assert_same_archive(tmp_path / "local", tmp_path / "ray")
