@@ -120,7 +120,8 @@ def configs(s: dict, budget: int) -> dict[str, dict]:
     return {"adapter": per_layer, "lorahub": lorahub, "ties": ties}
 
 
-def search(name: str, cfg: dict, root: Path) -> dict:
+def run_search(name: str, cfg: dict, root: Path) -> tuple[dict, float]:
+    """``evomerge run`` of ``cfg`` under ``root``: its summary and wall seconds."""
     from evomerge.interface.cli import main
 
     path = root / f"{name}.yaml"
@@ -129,7 +130,11 @@ def search(name: str, cfg: dict, root: Path) -> dict:
     t0 = time.perf_counter()
     assert main(["run", str(path), "--out", str(run), "-q"]) == 0
     wall = time.perf_counter() - t0
-    summary = json.loads((run / "summary.json").read_text())
+    return json.loads((run / "summary.json").read_text()), wall
+
+
+def search(name: str, cfg: dict, root: Path) -> dict:
+    summary, wall = run_search(name, cfg, root)
     m = summary["metrics"]
     return {
         "train": m["train_score"],

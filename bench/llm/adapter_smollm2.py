@@ -32,14 +32,13 @@ import argparse
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from adapter_search import load_cost, merged_copy  # noqa: E402
+from adapter_search import load_cost, merged_copy, run_search  # noqa: E402
 from make_experts import WORDS, make_tasks, tune  # noqa: E402
 
 CAUSAL = "evomerge.fitness.causal_lm:CausalLM"
@@ -123,17 +122,7 @@ def configs(root: Path, base: Path, adapters: dict, full: dict, args) -> dict[st
 
 
 def search(name: str, cfg: dict, root: Path) -> dict:
-    import yaml
-
-    from evomerge.interface.cli import main
-
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    run = root / f"run-{name}"
-    t0 = time.perf_counter()
-    assert main(["run", str(path), "--out", str(run), "-q"]) == 0
-    wall = time.perf_counter() - t0
-    summary = json.loads((run / "summary.json").read_text())
+    summary, wall = run_search(name, cfg, root)
     m = summary["metrics"]
     row = {
         "evaluations": summary["evaluations"],
