@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tiny_lm import lm_dir  # noqa: F401  (a fixture: a tiny Llama base and two experts)
+from tiny_lora import lora_pair  # noqa: F401  (a fixture: a tiny base and two adapters)
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = f"{ROOT / 'fitness' / 'digits.py'}:Digits"

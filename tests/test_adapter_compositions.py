@@ -14,7 +14,6 @@ the same masks."""
 
 import pytest
 import torch
-from tiny_lora import make_adapter, make_base
 
 from evomerge.ops.lora_compose import COMPOSITIONS, compose, composed_rank
 from evomerge.ops.lora_mixing import mix
@@ -27,17 +26,8 @@ SVD_RANK = 3
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    base = make_base(root / "base")
-    make_adapter(base, root / "a", seed=1, target_modules=["q_proj", "v_proj", "embed_tokens"])
-    make_adapter(base, root / "b", seed=2, lora_alpha=3, use_rslora=True, target_modules=["q_proj"])
-    return root
-
-
-@pytest.fixture(scope="module")
-def adapters(pair):
-    ads = [LoraAdapter(pair / x) for x in ("a", "b")]
+def adapters(lora_pair):
+    ads = [LoraAdapter(lora_pair / x) for x in ("a", "b")]
     yield ads
     for ad in ads:
         ad.close()
@@ -80,13 +70,13 @@ CASES = [
 
 
 @pytest.mark.parametrize("kind,options", CASES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(CASES)])
-def test_composition_is_peft_add_weighted_adapter(pair, adapters, kind, options):
+def test_composition_is_peft_add_weighted_adapter(lora_pair, adapters, kind, options):
     """Each combination type equals PEFT's for weights of both signs; DARE's masks are PEFT's
     given the generator's state."""
     weights = [0.8, -0.5]
-    model = transformers.LlamaForCausalLM.from_pretrained(pair / "base")
-    pm = peft.PeftModel.from_pretrained(model, pair / "a", adapter_name="a")
-    pm.load_adapter(pair / "b", adapter_name="b")
+    model = transformers.LlamaForCausalLM.from_pretrained(lora_pair / "base")
+    pm = peft.PeftModel.from_pretrained(model, lora_pair / "a", adapter_name="a")
+    pm.load_adapter(lora_pair / "b", adapter_name="b")
     svd = kind.endswith("_svd")
     torch.manual_seed(1234)  # where the random composition will start drawing:
     pm.add_weighted_adapter(["a", "b"], weights, "probe", "svd" if svd else "linear", SVD_RANK)
@@ -97,9 +87,9 @@ def test_composition_is_peft_add_weighted_adapter(pair, adapters, kind, options)
     generator.set_state(state)
     rank = composed_rank(kind, [4, 4], SVD_RANK)
     signs = options.get("majority_sign_method", "total")
-    checked = 0
-    for key, ta, tb, embedding in peft_targets(pm, "mix"):
-        a, b = compose(
+
+    def composed(key, embedding):
+        return compose(
             kind,
             factors_of(adapters, key),
             weights,
@@ -109,6 +99,10 @@ def test_composition_is_peft_add_weighted_adapter(pair, adapters, kind, options)
             generator=generator,
             embedding=embedding,
         )
+
+    checked = 0
+    for key, ta, tb, embedding in peft_targets(pm, "mix"):
+        a, b = composed(key, embedding)
         if svd:  # singular vectors are defined up to sign: compare the update
             torch.testing.assert_close(b @ a, tb @ ta, rtol=1e-4, atol=1e-5)
         else:
@@ -120,16 +114,7 @@ def test_composition_is_peft_add_weighted_adapter(pair, adapters, kind, options)
     if kind.startswith("dare"):  # and the generator was needed: another state, other factors
         generator.manual_seed(99)
         key, ta, tb, embedding = next(peft_targets(pm, "mix"))
-        a, b = compose(
-            kind,
-            factors_of(adapters, key),
-            weights,
-            rank,
-            density=options["density"],
-            sign_method=signs,
-            generator=generator,
-            embedding=embedding,
-        )
+        a, b = composed(key, embedding)
         assert not torch.allclose(b @ a, tb @ ta, atol=1e-4)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
-from tiny_lora import make_adapter, make_base, make_lora_dir
+from tiny_lora import make_lora_dir
 
 from evomerge.interface.cli import main
 from evomerge.ops.lora_compose import compose, composed_rank
@@ -19,24 +19,15 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pair")
-    base = make_base(root / "base")
-    make_adapter(base, root / "a", seed=1, target_modules=["q_proj", "v_proj", "embed_tokens"])
-    make_adapter(base, root / "b", seed=2, lora_alpha=3, use_rslora=True, target_modules=["q_proj"])
-    return root
-
-
 @pytest.mark.parametrize("kind", ["linear", "cat", "svd"])
-def test_composition_is_peft_add_weighted_adapter(pair, kind):
+def test_composition_is_peft_add_weighted_adapter(lora_pair, kind):
     """Factor-space composition equals PEFT's add_weighted_adapter (weights of both signs)."""
     weights = [0.7, -0.4]
-    model = transformers.LlamaForCausalLM.from_pretrained(pair / "base")
-    pm = peft.PeftModel.from_pretrained(model, pair / "a", adapter_name="a")
-    pm.load_adapter(pair / "b", adapter_name="b")
+    model = transformers.LlamaForCausalLM.from_pretrained(lora_pair / "base")
+    pm = peft.PeftModel.from_pretrained(model, lora_pair / "a", adapter_name="a")
+    pm.load_adapter(lora_pair / "b", adapter_name="b")
     pm.add_weighted_adapter(["a", "b"], weights, "mix", combination_type=kind, svd_rank=3)
-    adapters = [LoraAdapter(pair / x) for x in ("a", "b")]
+    adapters = [LoraAdapter(lora_pair / x) for x in ("a", "b")]
     rank = composed_rank(kind, [4, 4], 3)
     checked = 0
     for name, module in pm.base_model.model.named_modules():

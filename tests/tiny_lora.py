@@ -2,6 +2,7 @@
 
 import shutil
 
+import pytest
 import torch
 
 LLAMA = dict(
@@ -95,4 +96,15 @@ def make_lora_dir(root, lm_root):
     train_adapter(root / "base", root / "reverse", reverse_task())
     train_adapter(root / "base", root / "add", add_task())
     make_adapter(root / "base", root / "noise", seed=5, target_modules=["q_proj", "v_proj"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def lora_pair(tmp_path_factory):
+    """A tiny base and two adapters unlike each other: ``a`` on q, v and the embedding,
+    ``b`` on q only with another alpha and rsLoRA scaling."""
+    root = tmp_path_factory.mktemp("pair")
+    base = make_base(root / "base")
+    make_adapter(base, root / "a", seed=1, target_modules=["q_proj", "v_proj", "embed_tokens"])
+    make_adapter(base, root / "b", seed=2, lora_alpha=3, use_rslora=True, target_modules=["q_proj"])
     return root
