@@ -83,3 +83,13 @@ CMAES_RECIPE = dict(
                       "density": {"low": 0.05, "high": 1.0}}},
     strategy={"name": "cmaes", "sigma0": 0.6, "popsize": 8},
 )  # fmt: skip
+
+
+def digits_recipe_config(evaluations: int, steps: int, **changes) -> dict:
+    """``configs/cmaes_digits_recipe.yaml`` with a small budget, its experts trained ``steps``
+    steps, and ``changes`` (whole sections) on top."""
+    cfg = yaml.safe_load((ROOT / "configs/cmaes_digits_recipe.yaml").read_text())
+    cfg["budget"] = {"evaluations": evaluations}
+    cfg["seeds"]["options"]["steps"] = steps
+    cfg.update(changes)
+    return cfg

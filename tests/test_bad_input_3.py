@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import DIGITS, ROOT
+from conftest import DIGITS, digits_recipe_config
 from safetensors.torch import load_file, save_file
 from test_bad_input import one_line, read_only, run_cli  # noqa: F401  (a fixture)
 from test_bad_input_2 import _merge_cfg, _model, small
@@ -293,9 +293,7 @@ def test_a_disk_that_fills_while_the_statistics_are_written(digits_experts, tmp_
 def test_regmean_recipe_search_refuses_a_near_singular_system_at_start(recipe, tmp_path, capsys):
     """The same near-singular Grams in a recipe search: refused before the first candidate
     (the highest alpha a candidate can reach is checked), naming the tensor and the fix."""
-    cfg = yaml.safe_load((ROOT / "configs/cmaes_digits_recipe.yaml").read_text())
-    cfg.update(budget={"evaluations": 4}, evaluator={"kind": "local"})
-    cfg["seeds"]["options"]["steps"] = 5
+    cfg = digits_recipe_config(4, 5, evaluator={"kind": "local"})
     stats = {"examples": ["0-4", "5-9", "0-4"], "limit": 2}
     cfg["recipe"] = {"method": "regmean", "statistics": stats, **recipe}
     cfg["recipe"].setdefault("genes", {"weight": {}})

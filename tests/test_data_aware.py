@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import DIGITS, ROOT
+from conftest import DIGITS, ROOT, digits_recipe_config
 from safetensors.torch import load_file, save_file
 
 from evomerge.core.plugins import load_object
@@ -338,15 +338,13 @@ def test_causal_lm_merge_yaml_regmean(lm_dir, tmp_path):
 
 
 def test_cmaes_recipe_search_with_fisher_weights(tmp_path):
-    cfg = yaml.safe_load((ROOT / "configs/cmaes_digits_recipe.yaml").read_text())
-    cfg["budget"] = {"evaluations": 16}
-    cfg["seeds"]["options"]["steps"] = 30
-    cfg["recipe"] = {
+    recipe = {
         "method": "fisher",
         "base": 0,
         "genes": {"weight": {"low": 0.0, "high": 1.0}},
         "statistics": {"examples": ["0-4", "5-9"], "limit": 60},
     }
+    cfg = digits_recipe_config(16, 30, recipe=recipe)
     cfg["checkpoint_every"] = 16
     cfg["history_every"] = 8
     path = tmp_path / "c.yaml"

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import DIGITS, ROOT
+from conftest import DIGITS, ROOT, digits_recipe_config
 from safetensors.torch import load_file, save_file
 
 from evomerge.core.plugins import load_object
@@ -251,16 +251,14 @@ def test_start_from_sets_the_weight_genes_to_the_learnt_coefficients(digits_trio
 
 @pytest.mark.parametrize("strategy", ["cmaes", "m2n2"])
 def test_a_search_starts_from_the_adamerging_weights(tmp_path, strategy):
-    cfg = yaml.safe_load((ROOT / "configs/cmaes_digits_recipe.yaml").read_text())
-    cfg["budget"] = {"evaluations": 8}
-    cfg["seeds"]["options"]["steps"] = 30
-    cfg["recipe"] = {
+    recipe = {
         "method": "task_arithmetic",
         "base": 0,
         "genes": {"weight": {"low": 0.0, "high": 1.0}},
         "statistics": {"examples": ["0-4", "5-9"], "limit": 64},
         "start_from": {"method": "adamerging", "params": {"steps": 3, "layer_wise": False}},
     }
+    cfg = digits_recipe_config(8, 30, recipe=recipe)
     if strategy == "m2n2":
         cfg["strategy"] = {"name": "m2n2"}
     cfg["checkpoint_every"] = 8
