@@ -10,6 +10,10 @@ full scoring's (the issue's goal, at <= 25 % of the example evaluations).
 
     python bench/subset_digits.py --seeds 5 --evals 10000
     python bench/subset_digits.py --seeds 5 --evals 10000 --size 288
+    python bench/subset_digits.py --seeds 10 --evals 10000 --size 320 --fresh 200
+
+``--fresh R``: a new subset every R evaluations, the archive's members re-scored on each
+(``fresh: true, refresh_every: R``); its example evaluations count the re-scoring.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return m, se
 
 
-def bench(seeds: int, evals: int, size: int | None, first: int = 0) -> None:
+def bench(seeds: int, evals: int, size: int | None, first: int = 0, fresh=None) -> None:
     base = yaml.safe_load(CONFIG.read_text())
     base["fitness"]["plugin"] = str(ROOT / "fitness/digits.py") + ":Digits"
     base["budget"] = {"evaluations": evals}
@@ -51,6 +55,8 @@ def bench(seeds: int, evals: int, size: int | None, first: int = 0) -> None:
     base["history_every"] = evals
     if size is not None:
         base["evaluation"]["size"] = size
+    if fresh is not None:
+        base["evaluation"].update(fresh=True, refresh_every=fresh)
     full_acc, sub_acc, fractions = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(first, first + seeds):
@@ -72,6 +78,8 @@ def bench(seeds: int, evals: int, size: int | None, first: int = 0) -> None:
     (fm, fse), (sm, sse) = mean_se(full_acc), mean_se(sub_acc)
     print(f"full   test accuracy {fm:.4f} +- {fse:.4f} (mean +- SE over {seeds} seeds)")
     print(f"subset test accuracy {sm:.4f} +- {sse:.4f}; example evals {max(fractions):.3f}")
+    dm, dse = mean_se([b - a for a, b in zip(full_acc, sub_acc, strict=True)])
+    print(f"paired difference (subset - full) {dm:+.4f} +- {dse:.4f}")
     met = abs(sm - fm) <= fse and max(fractions) <= 0.25
     print(f"within one SE of full at <= 25 % of the example evaluations: {met}")
 
@@ -83,6 +91,7 @@ if __name__ == "__main__":
     parser.add_argument("--size", type=int, default=None, help="subset size (config: 359)")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fresh", type=int, default=None, help="refresh_every (fresh subsets)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bench(args.seeds, args.evals, args.size, args.first_seed)
+    bench(args.seeds, args.evals, args.size, args.first_seed, args.fresh)

@@ -14,7 +14,8 @@ from test_search import assert_same_archive
 
 from evomerge.interface.cli import main
 from evomerge.run import checkpoint
-from evomerge.search.subset import allocate, draw_subset, standard_error, strata
+from evomerge.search.subset import draw_subset
+from evomerge.search.subset_draw import allocate, standard_error, strata
 
 SUBSET = {"schedule": "subset", "size": 100, "stratify": "task"}
 PRETRAINED = {"kind": "plugin", "count": 2, "options": {"experts": [[0, 1, 2, 3, 4],
@@ -123,10 +124,9 @@ def test_subset_resume_is_bit_identical(tmp_path, write_config):
     assert (a["member"], a["best_train_score_se"]) == (b["member"], b["best_train_score_se"])
 
 
-def test_fresh_and_a_missing_size_are_refused_in_one_line(tmp_path, write_config, capsys):
+def test_a_missing_or_too_small_size_is_refused_in_one_line(tmp_path, write_config, capsys):
     map_elites = {"name": "map_elites", "descriptors": ["even", "odd"], "cells": 4}
     cases = [
-        ({**SUBSET, "fresh": True}, "fresh", None),
         ({"schedule": "subset"}, "size", None),
         ({"schedule": "subset", "size": 3}, "size", map_elites),
     ]

@@ -143,6 +143,7 @@ class Search:
             **meta,
             "wall_seconds": self.wall(),
             "example_evaluations": self.example_evaluations,
+            **self.schedule.checkpoint_meta(),
             "seed": self.cfg.seed,
             "strategy": self.cfg.strategy.name,
             "config_sha256": config_digest(self.cfg),
@@ -175,6 +176,8 @@ class Search:
                 n = cfg.batch
                 if cfg.budget.evaluations is not None:
                     n = min(n, cfg.budget.evaluations - self.state.evaluations)
+                self.state, spent = self.schedule.refresh(self.state, self.strategy, self.score)
+                self.example_evaluations += spent
                 children = self.strategy.ask(self.state, n)
                 n = len(children.ids)  # generational strategies ask whole generations
                 scores, spent = self.schedule.evaluate(self.state, children, self.score)
@@ -438,6 +441,13 @@ def reopen(run: RunDir, cfg: RunConfig, progress=None) -> Search:
         evaluator.close()
         raise
     meta = ckpt.meta
+    try:
+        schedule.resume(meta)
+    except ValueError as exc:
+        evaluator.close()
+        raise EvomergeError(
+            f"{ckpt.path}: {exc}; the checkpoint is damaged: restore it or start a new run"
+        ) from None
     run.truncate_history(state.evaluations)
     run.clear_summary()
     wall = float(meta["wall_seconds"])

@@ -135,6 +135,14 @@ class Archive:
         """Each row's fitness as the archive ranks it (history statistics)."""
         return scores.mean(dim=1)
 
+    def rescored(self, state: ArchiveState, scores: torch.Tensor) -> ArchiveState:
+        """``state`` with the filled rows' scores replaced by ``scores`` (one row each, in row
+        order: their scores on new examples). The members stay where they are: an archive
+        whose places depend on the scores re-places them (:func:`reseated`)."""
+        new = state.scores.clone()
+        new[state.filled] = scores.float()
+        return replace(state, scores=new)
+
     def stats(self, state: ArchiveState, filled: torch.Tensor) -> dict:
         """Archive-specific history statistics (``coverage``, ``front_size``, ...)."""
         return {}
@@ -142,6 +150,17 @@ class Archive:
     def report(self, state: ArchiveState) -> tuple[dict, dict]:
         """Derived checkpoint views for the report (ignored when loading)."""
         return {}, {}
+
+
+def reseated(archive: Archive, state: ArchiveState, scores: torch.Tensor) -> ArchiveState:
+    """The filled rows offered again, in row order, to an empty archive with their new
+    ``scores``: where a member stands (a cell, the front) follows from its scores, so new
+    scores may move it, or drop it where another member now takes its place."""
+    rows = state.filled
+    new = empty_state(archive.size, scores.shape[1])
+    for k, i in enumerate(rows):
+        new, _ = archive.add(new, state.ids[i], state.params[i], scores[k].float())
+    return replace(state, params=new.params, scores=new.scores, ids=new.ids)
 
 
 class CompetitionArchive(Archive):
@@ -261,6 +280,9 @@ class GridArchive(Archive):
     def sample_parents(self, state, u_a, u_b):
         return uniform_pair(state, u_a, u_b)
 
+    def rescored(self, state, scores):
+        return reseated(self, state, scores)
+
     def stats(self, state, filled):
         means = state.scores.double().mean(dim=1)[filled]
         return {"coverage": float(filled.double().mean()), "qd_score": float(means.sum())}
@@ -331,6 +353,9 @@ class ParetoArchive(Archive):
 
     def sample_parents(self, state, u_a, u_b):
         return uniform_pair(state, u_a, u_b)
+
+    def rescored(self, state, scores):
+        return reseated(self, state, scores)
 
     def can_matter(self, state, low, high):
         """Unless a member dominates its best case (then it dominates the child: dropped

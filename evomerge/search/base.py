@@ -59,6 +59,10 @@ class Strategy:
 
     state_type: type
     needs_nonnegative_scores: bool = False
+    #: the state's kept scores can be replaced by new ones on other examples
+    #: (:meth:`members_to_rescore` / :meth:`rescored`): a subset schedule that draws fresh
+    #: examples needs it
+    can_rescore: bool = False
 
     def __init__(self, config: BaseModel, seed: int):
         self.config = config
@@ -90,6 +94,16 @@ class Strategy:
     def stats(self, state) -> dict:
         """History statistics: at least ``archive_size``, ``fitness: {min, mean, max}`` and
         ``train_score: {mean, max}`` (see :func:`score_stats`)."""
+        raise NotImplementedError
+
+    def members_to_rescore(self, state):
+        """The candidates whose scores ``state`` keeps (an archive's members, the best so
+        far), as one batch the evaluator scores (:attr:`can_rescore` strategies only)."""
+        raise NotImplementedError
+
+    def rescored(self, state, scores: torch.Tensor):
+        """``state`` with the scores of :meth:`members_to_rescore`'s rows replaced by
+        ``scores`` (their scores on new examples, one row each, in that order)."""
         raise NotImplementedError
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -173,8 +187,18 @@ class BestSoFar(Strategy):
         new = super().tell(state, children, scores)
         return replace(new, best=best_of(children.ids, children.params, scores, state.best))
 
+    can_rescore = True
+
     def best(self, state) -> tuple[int, torch.Tensor, torch.Tensor]:
         return state.best.id, state.best.genes, state.best.scores
+
+    def members_to_rescore(self, state):
+        """The best so far: the one candidate whose scores later children are measured by."""
+        return state.best.genes[None]
+
+    def rescored(self, state, scores: torch.Tensor):
+        best = Best(state.best.id, state.best.genes, scores[0].float().clone())
+        return replace(state, best=best)
 
     def race(self, state, children: Children, low, high, done) -> list[bool]:
         """Racing's question (:mod:`~evomerge.search.racing`): a child that cannot become

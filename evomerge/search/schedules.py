@@ -10,6 +10,9 @@ training example scored once for one candidate: the true cost of a search).
   longer matter to the strategy stops early, the result unchanged (``mode: exact``) or, with
   ``mode: approximate`` (:mod:`~evomerge.search.approximate_racing`), unchanged with
   probability at least ``1 - delta`` per child.
+* ``subset`` (:mod:`~evomerge.search.subset`): every candidate on one fixed subset of the
+  examples, or with ``fresh: true`` (:mod:`~evomerge.search.fresh_subset`) on a new subset
+  every ``refresh_every`` evaluations, the strategy's members re-scored on each.
 
 Schedules are a registry (``evaluation.schedule`` in configs), lazy ``"module:attr"`` entries
 naming a builder ``build(section, strategy, info, seed) -> Schedule``.
@@ -87,8 +90,16 @@ class EvaluationSection(BaseModel):
     )
     fresh: bool = Field(
         False,
-        description="subset: false, one subset drawn from the run's seed for the whole run "
-        "(true, a new subset per batch, is refused).",
+        description="subset: false, one subset drawn from the run's seed for the whole run; "
+        "true, a new subset every `refresh_every` evaluations, the strategy's members "
+        "(archive, best so far) re-scored on it.",
+    )
+    refresh_every: int | None = Field(
+        None,
+        ge=1,
+        description="subset, fresh: true: candidate evaluations each subset serves (required "
+        "there); each new subset costs the members' re-scoring, members x size example "
+        "evaluations.",
     )
     score_range: tuple[float, float] | None = Field(
         None,
@@ -152,6 +163,19 @@ class Schedule:
         """The standard error of a candidate's mean score when ``row`` (its scores on
         :attr:`columns`) estimates it from a sample; None: scored on every example."""
         return None
+
+    def refresh(self, state, strategy, score: ScoreFn) -> tuple[Any, int]:
+        """Before children are asked from ``state``: the state to ask from and the example
+        evaluations that cost (a schedule whose examples change re-scores the strategy's
+        members here). The default keeps the state."""
+        return state, 0
+
+    def checkpoint_meta(self) -> dict:
+        """What a checkpoint must record for :meth:`resume` (JSON-able)."""
+        return {}
+
+    def resume(self, meta: dict) -> None:
+        """Continue from a checkpoint's meta (what :meth:`checkpoint_meta` wrote)."""
 
 
 class FullSchedule(Schedule):

@@ -10,84 +10,32 @@ allows), drawn without replacement inside it.
 Strategies are told a ``(B, size)`` score matrix: only the scored columns, never invented
 scores for the others. The run builds the strategy on the example groups restricted to those
 columns (renumbered), so M2N2's competition, MAP-Elites descriptors and Pareto objectives all
-work on the subset alike for every candidate. ``fresh: true`` (a new subset per batch) would
-change the columns under the archive and is refused.
-
-Standard error of a member's subset mean, sampling without replacement from N examples
-(finite-population correction): ``sqrt((1 - n/N) * s**2 / n)`` with ``s**2`` the sample
-variance (n - 1 in the denominator); stratified, the subset mean is ``sum_h (n_h/n) * mean_h``
-and its error ``sqrt(sum_h (n_h/n)**2 * (1 - n_h/N_h) * s_h**2 / n_h)``.
+work on the subset alike for every candidate. ``fresh: true`` draws a new subset every
+``refresh_every`` evaluations and re-scores the strategy's members on it
+(:mod:`~evomerge.search.fresh_subset`).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 from evomerge.core.errors import ConfigError
 from evomerge.core.keys import key
+from evomerge.search import fresh_subset
 from evomerge.search.schedules import Schedule, ScoreFn
+from evomerge.search.subset_draw import draw_strata, standard_error, subset_groups
 
 SUBSET_STREAM = (1 << 60) + 1  # key index of the subset draw
-
-
-def strata(num_examples: int, groups: dict[str, list[int]]) -> list[list[int]]:
-    """Examples split by the set of groups each belongs to (sorted ids, ordered by first id)."""
-    member: list[list[str]] = [[] for _ in range(num_examples)]
-    for name in sorted(groups):
-        for i in groups[name]:
-            member[int(i)].append(name)
-    by_sig: dict[tuple[str, ...], list[int]] = {}
-    for i, names in enumerate(member):
-        by_sig.setdefault(tuple(names), []).append(i)
-    return sorted(by_sig.values(), key=lambda ids: ids[0])
-
-
-def allocate(sizes: list[int], n: int) -> list[int]:
-    """``n`` split over strata of ``sizes`` in proportion (largest remainders), at least one
-    each where ``n`` allows, never more than a stratum holds."""
-    total = sum(sizes)
-    floor = 1 if n >= len(sizes) else 0
-    share = [n * s / total for s in sizes]
-    out = [min(s, max(floor, int(q))) for s, q in zip(sizes, share, strict=True)]
-    order = sorted(range(len(sizes)), key=lambda h: (-(share[h] - int(share[h])), h))
-    while sum(out) < n:
-        for h in order:
-            if sum(out) < n and out[h] < sizes[h]:
-                out[h] += 1
-    while sum(out) > n:  # floors of one pushed it over: take from the largest shares
-        over = [h for h in range(len(sizes)) if out[h] > floor]
-        h = max(over, key=lambda h: (out[h] - share[h], -h))
-        out[h] -= 1
-    return out
 
 
 def draw_subset(num_examples: int, size: int, groups: dict | None, seed: int):
     """Sorted example ids of the subset and the per-stratum ``(N_h, n_h, columns)``."""
     gen = torch.Generator().manual_seed(key(seed, SUBSET_STREAM))
-    parts = strata(num_examples, groups) if groups else [list(range(num_examples))]
-    counts = allocate([len(p) for p in parts], size)
-    chosen = []
-    for part, n in zip(parts, counts, strict=True):
-        pick = torch.randperm(len(part), generator=gen)[:n]
-        chosen.append(sorted(part[int(j)] for j in pick))
+    parts, chosen = draw_strata(num_examples, size, groups, gen)
     ids = sorted(i for c in chosen for i in c)
     col = {i: c for c, i in enumerate(ids)}
     layout = [(len(p), len(c), [col[i] for i in c]) for p, c in zip(parts, chosen, strict=True)]
     return torch.tensor(ids, dtype=torch.long), layout
-
-
-def standard_error(row: torch.Tensor, layout) -> float:
-    """Standard error of the subset mean of one member's ``row`` (see the module docstring)."""
-    n = sum(n_h for _, n_h, _ in layout)
-    var = 0.0
-    for big, n_h, cols in layout:
-        if n_h < 2 or n_h >= big:
-            continue  # a fully scored stratum has no error; one example gives no variance
-        s2 = row[cols].double().var(unbiased=True).item()
-        var += (n_h / n) ** 2 * (1 - n_h / big) * s2 / n_h
-    return math.sqrt(var)
 
 
 class SubsetSchedule(Schedule):
@@ -110,26 +58,15 @@ class SubsetSchedule(Schedule):
 
 def subset_plan(section, info: dict, seed: int):
     """The subset a section asks for, ``(columns, layout)``, or one-line refusals."""
-    num = int(info["num_examples"])
     if section.fresh:
+        return fresh_subset.first_subset(section, info, seed)
+    if section.refresh_every is not None:
         raise ConfigError(
-            "evaluation.fresh: true is not supported (a new subset per batch would change the "
-            "archive's columns); use fresh: false, a fixed subset drawn from the run's seed"
+            "evaluation.refresh_every: only with fresh: true (a fixed subset is never "
+            "refreshed); remove it or set fresh: true"
         )
-    if section.size is None or not 1 <= section.size <= num:
-        raise ConfigError(
-            f"evaluation.size: schedule subset needs a size from 1 to {num} (the plug-in's "
-            f"training examples); got {section.size}"
-        )
-    groups = None
-    if section.stratify == "task":
-        groups = info.get("groups") or {}
-        if not groups:
-            raise ConfigError(
-                "evaluation.stratify: task needs the fitness plug-in's example_groups(), and it "
-                "names none; use stratify: none"
-            )
-    return draw_subset(num, section.size, groups, seed)
+    groups = subset_groups(section, info)
+    return draw_subset(int(info["num_examples"]), section.size, groups, seed)
 
 
 def restrict_groups(groups: dict[str, list[int]], columns: torch.Tensor) -> dict:
@@ -147,6 +84,8 @@ def restrict_groups(groups: dict[str, list[int]], columns: torch.Tensor) -> dict
 
 
 def build_subset(section, strategy, info: dict, seed: int) -> SubsetSchedule:
+    if section.fresh:
+        return fresh_subset.build_fresh(section, strategy, info, seed)
     columns, layout = subset_plan(section, info, seed)
     return SubsetSchedule(columns, layout, int(info["num_examples"]))
 

@@ -103,6 +103,7 @@ class SurrogateFronts(BestSoFar):
     """MAP's loop: uniform samples, then verified members of the surrogates' Pareto front."""
 
     state_type = MapState
+    can_rescore = False  # the surrogates' data: every point evaluated, on its own examples
 
     def __init__(self, config: MapConfig, seed: int, groups=None):
         super().__init__(config, seed)

@@ -198,6 +198,16 @@ class VariationSearch(Strategy):
                 verdict[i] = False
         return verdict
 
+    # -- new examples ------------------------------------------------------------------------
+    can_rescore = True
+
+    def members_to_rescore(self, state: ArchiveState):
+        """The archive's members, in row order, as one batch."""
+        return self.space.pack([state.params[i] for i in state.filled])
+
+    def rescored(self, state: ArchiveState, scores: torch.Tensor) -> ArchiveState:
+        return self.archive.rescored(state, scores)
+
     # -- views -------------------------------------------------------------------------------
     def best(self, state: ArchiveState) -> tuple[int, torch.Tensor, torch.Tensor]:
         """The member with the best raw mean score (first on ties): (id, params, scores)."""
