@@ -81,6 +81,8 @@ def test_every_member_is_scored_on_the_subset_of_its_checkpoint(tmp_path, write_
     # 25 children on 100 examples each, and 4 members re-scored at 10 and at 20 evaluations
     assert s["example_evaluations"] == 25 * 100 + 2 * 4 * 100
     assert 0 < s["best_train_score_se"] < 0.1
+    history = [json.loads(x) for x in (tmp_path / "run/history.jsonl").read_text().splitlines()]
+    assert [(r["evaluations"], r["subset_epoch"]) for r in history] == [(0, 0), (25, 2)]
 
 
 @pytest.mark.parametrize("stop_at", [15, 20])  # inside a subset, and where one ends

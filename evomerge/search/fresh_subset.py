@@ -99,7 +99,7 @@ class FreshSubsetSchedule(Schedule):
     def standard_error(self, row: torch.Tensor) -> float:
         return standard_error(row, self.layout)
 
-    def checkpoint_meta(self) -> dict:
+    def state_meta(self) -> dict:
         return {"subset_epoch": self.epoch}
 
     def resume(self, meta: dict) -> None:

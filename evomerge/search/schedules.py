@@ -170,12 +170,13 @@ class Schedule:
         members here). The default keeps the state."""
         return state, 0
 
-    def checkpoint_meta(self) -> dict:
-        """What a checkpoint must record for :meth:`resume` (JSON-able)."""
+    def state_meta(self) -> dict:
+        """Where the schedule stands (JSON-able): written in each checkpoint, which
+        :meth:`resume` reads back, and in each history record."""
         return {}
 
     def resume(self, meta: dict) -> None:
-        """Continue from a checkpoint's meta (what :meth:`checkpoint_meta` wrote)."""
+        """Continue from a checkpoint's meta (what :meth:`state_meta` wrote)."""
 
 
 class FullSchedule(Schedule):
