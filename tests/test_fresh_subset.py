@@ -156,3 +156,20 @@ def test_bad_fresh_sections_are_refused_in_one_line(
     assert main(["run", str(write_config(cfg)), "--out", str(out), "-q"]) == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("evomerge: error")]
     assert len(err) == 1 and f"evaluation.{word}" in err[0] and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "section, word",
+    [
+        ({"schedule": "race", "fresh": True}, "fresh"),
+        ({"schedule": "full", "size": 100}, "size"),
+        ({"schedule": "subset", "size": 100, "first_stage": 8}, "first_stage"),
+    ],
+)
+def test_a_key_another_schedule_reads_is_refused(tmp_path, write_config, capsys, section, word):
+    out = tmp_path / "run"
+    cfg = base_config(evaluation=section)
+    assert main(["run", str(write_config(cfg)), "--out", str(out), "-q"]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("evomerge: error")]
+    assert len(err) == 1 and f"evaluation.{word}: only with schedule" in err[0]
+    assert not out.exists()

@@ -226,7 +226,9 @@ class FitnessHost:
         one call; lineages and recipes one at a time, so a worker holds one candidate's
         parameters, not a batch of them) and how (flat rows, or the resident model).
         """
-        ids = None if example_ids is None else torch.as_tensor(example_ids).to(self.device)
+        ids = None
+        if example_ids is not None:  # a copy: Ray hands arrays over read-only
+            ids = torch.tensor(np.asarray(example_ids), dtype=torch.long, device=self.device)
         out = []
         with torch.no_grad():
             for batch in self.worker.batches(genomes):

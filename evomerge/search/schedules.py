@@ -40,6 +40,14 @@ RACE_MODES: Registry = Registry("racing mode", "evaluation.mode")
 RACE_MODES.register("exact", "evomerge.search.racing:ExactBounds")
 RACE_MODES.register("approximate", "evomerge.search.approximate_racing:ApproximateBounds")
 
+BUILT_IN_SCHEDULES = frozenset({"full", "race", "subset"})
+#: Keys of the ``evaluation`` section that only one built-in schedule reads (``mode`` and
+#: ``delta`` are checked with their own messages).
+SCHEDULE_KEYS = {
+    "race": {"first_stage", "growth", "max_stage", "score_range"},
+    "subset": {"size", "stratify", "fresh", "refresh_every"},
+}
+
 #: ``score(params, example_ids)`` -> ``(B, len(example_ids))`` (all examples for None)
 ScoreFn = Callable[[Any, Any], torch.Tensor]
 
@@ -127,6 +135,19 @@ class EvaluationSection(BaseModel):
         if value is not None and not 0.0 < value < 1.0:
             raise ValueError("a failure probability strictly between 0 and 1, e.g. 0.05")
         return value
+
+    @model_validator(mode="after")
+    def keys_of_the_schedule(self):
+        """A key only another built-in schedule reads is refused: it would be silently
+        ignored (a schedule a user registers may read any key)."""
+        for schedule, keys in SCHEDULE_KEYS.items():
+            given = sorted(keys & self.model_fields_set)
+            if given and self.schedule != schedule and self.schedule in BUILT_IN_SCHEDULES:
+                raise ValueError(
+                    f"{', '.join(given)}: only with schedule: {schedule} (schedule "
+                    f"{self.schedule} does not read it); remove it or set schedule: {schedule}"
+                )
+        return self
 
     @model_validator(mode="after")
     def delta_with_approximate(self):
