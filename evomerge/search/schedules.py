@@ -141,7 +141,10 @@ class EvaluationSection(BaseModel):
         """A key only another built-in schedule reads is refused: it would be silently
         ignored (a schedule a user registers may read any key)."""
         for schedule, keys in SCHEDULE_KEYS.items():
-            given = sorted(keys & self.model_fields_set)
+            # not fields_set: a run's resolved config.yaml writes every default out
+            given = sorted(
+                k for k in keys if getattr(self, k) != type(self).model_fields[k].default
+            )
             if given and self.schedule != schedule and self.schedule in BUILT_IN_SCHEDULES:
                 raise ValueError(
                     f"{', '.join(given)}: only with schedule: {schedule} (schedule "
