@@ -32,6 +32,17 @@ def base_config(**changes) -> dict:
     return cfg
 
 
+def digits_plugin():
+    """The digits fitness plug-in, set up on the CPU (its scores, groups and metrics)."""
+    import torch
+
+    from evomerge.core.plugins import load_object
+
+    plugin = load_object(DIGITS)()
+    plugin.setup(torch.device("cpu"))
+    return plugin
+
+
 @pytest.fixture
 def write_config(tmp_path):
     def write(cfg: dict | str, name: str = "config.yaml") -> Path:

@@ -5,12 +5,11 @@ resume is bit-identical."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import torch
-from conftest import DIGITS, base_config, whole_and_resumed
+from conftest import base_config, digits_plugin, whole_and_resumed
 from safetensors.torch import load_file
 from test_search import assert_same_archive
 
@@ -28,13 +27,7 @@ PRETRAINED = {"kind": "plugin", "count": 2, "options": {"experts": [[0, 1, 2, 3,
 
 @pytest.fixture(scope="module")
 def digits():
-    path, name = DIGITS.rsplit(":", 1)
-    spec = importlib.util.spec_from_file_location("digits_for_fresh_subset_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    plugin = getattr(module, name)()
-    plugin.setup(torch.device("cpu"))
-    return plugin
+    return digits_plugin()
 
 
 def checkpoints(run):

@@ -4,12 +4,11 @@ standard error, the stratified draw and the resume."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
 import torch
-from conftest import DIGITS, base_config, whole_and_resumed
+from conftest import base_config, digits_plugin, whole_and_resumed
 from test_search import assert_same_archive
 
 from evomerge.interface.cli import main
@@ -36,13 +35,7 @@ def first_state(run):
 
 def digits_groups() -> dict[str, list[int]]:
     """The digits plug-in's example groups, from the plug-in itself."""
-    path, name = DIGITS.rsplit(":", 1)
-    spec = importlib.util.spec_from_file_location("digits_for_subset_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    plugin = getattr(module, name)()
-    plugin.setup(torch.device("cpu"))
-    return plugin.example_groups()
+    return digits_plugin().example_groups()
 
 
 def test_counts_size_times_evaluations_and_records_the_error(tmp_path, write_config, capsys):
