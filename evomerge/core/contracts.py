@@ -18,6 +18,7 @@ The lowest layer: this module imports nothing from evomerge.
   unused: AdaMerging minimises its entropy.
 * :class:`Evaluator` — what turns candidates into scores (local or Ray); the search loop calls
   nothing else. :class:`WorkerPool` adds the per-worker figures a pool of processes reports.
+  :class:`DeferredChildren` — children handed to an evaluator as recipes, built where scored.
 * :class:`Space` — one kind of candidate (dense vectors, lineages, merge recipes, layer
   stacks): how it varies, how the search's first candidates are made, how it is stored in a
   checkpoint and described in ``recipe.yaml``; its :class:`SpaceWorker` (built where the
@@ -204,6 +205,32 @@ class WorkerPool(Evaluator, Protocol):
     def seeds_shared(self) -> list[bool]: ...
 
     def nodes(self) -> list[str]: ...
+
+
+@runtime_checkable
+class DeferredChildren(Protocol):
+    """A batch of children still as recipes over the members they are made from: split
+    without being built, built where they are scored (a Ray worker, from its replica of the
+    members) or here (:meth:`materialise`). An evaluator sends one as it is; anything else it
+    is handed is a batch of genomes."""
+
+    def __len__(self) -> int: ...
+
+    def subset(self, rows: Iterable[int]) -> DeferredChildren:
+        """The children at positions ``rows``, as recipes still."""
+        ...
+
+    def materialise(self) -> torch.Tensor:
+        """All the children's rows, built here."""
+        ...
+
+    def parents(self) -> set[int]:
+        """Ids of the members these children are made from."""
+        ...
+
+    def payload(self, held: set[int]) -> dict:
+        """What a worker holding members ``held`` needs to build them."""
+        ...
 
 
 @runtime_checkable

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from evomerge.core.contracts import DeferredChildren
 from evomerge.runtime.host import FitnessHost
-from evomerge.spaces.member_children import MemberRows
 
 
 def transportable(params):
     """Dense candidates as numpy (children sent as recipes, built here); lineage genomes as
     they are (hosts materialise them)."""
-    if isinstance(params, MemberRows):
+    if isinstance(params, DeferredChildren):
         params = params.materialise()
     return params.numpy() if isinstance(params, torch.Tensor) else params
 

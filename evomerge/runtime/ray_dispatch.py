@@ -19,9 +19,9 @@ import time
 import numpy as np
 import torch
 
+from evomerge.core.contracts import DeferredChildren
 from evomerge.core.errors import EvomergeError, PluginError
 from evomerge.runtime.ray_cluster import actor_state, free_room, room_for_one
-from evomerge.spaces.member_children import MemberRows
 
 POLL_S = 1.0  # how often the states of busy and missing workers are read
 REPORT_AFTER_S = 3.0  # a worker without a node this long is reported (not a quick restart)
@@ -41,7 +41,7 @@ class Batch:
         self.ray = pool._ray
         size = pool.chunk_size or math.ceil(len(rows) / pool.workers)
         starts = range(0, len(rows), size)
-        if isinstance(rows, MemberRows):  # recipes: each chunk a payload made per worker
+        if isinstance(rows, DeferredChildren):  # recipes: each chunk a payload made per worker
             self.chunks = [rows.subset(range(i, min(i + size, len(rows)))) for i in starts]
         else:
             self.chunks = [rows[i : i + size] for i in starts]
@@ -85,7 +85,7 @@ class Batch:
         while self.waiting and self.free:
             slot, c = self.free.pop(0), self.waiting.pop(0)
             chunk = self.chunks[c]
-            if isinstance(chunk, MemberRows):
+            if isinstance(chunk, DeferredChildren):
                 payload = chunk.payload(pool.held[slot])
                 ref = pool.actors[slot].score_children.remote(payload, self.example_ids)
                 pool.held[slot] = (pool.held[slot] | chunk.parents()) & set(payload["keep"])

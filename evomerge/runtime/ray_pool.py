@@ -29,13 +29,14 @@ import time
 import numpy as np
 import torch
 
+from evomerge.core.contracts import DeferredChildren
 from evomerge.core.errors import EvomergeError, PluginError
 from evomerge.core.plugins import read_source
 from evomerge.runtime.host import FitnessHost
 from evomerge.runtime.local import transportable
 from evomerge.runtime.ray_cluster import actor_state, check_placement, free_room, start_ray
 from evomerge.runtime.ray_dispatch import Batch, warn
-from evomerge.spaces.member_children import MemberReplica, MemberRows
+from evomerge.spaces.member_children import MemberReplica
 from evomerge.tensors.seed_store import from_description
 
 NAMESPACE = "evomerge"  # 'ray list actors' shows the workers as evomerge-<run>-<i> in it
@@ -125,7 +126,7 @@ class RayEvaluator:
     """An actor pool of ``workers`` fitness hosts with ``num_cpus`` / ``num_gpus`` each."""
 
     kind = "ray"
-    #: dense children may come as recipes (:class:`~evomerge.spaces.member_children.MemberRows`)
+    #: dense children may come as recipes (:class:`~evomerge.core.contracts.DeferredChildren`)
     builds_children = True
 
     def __init__(
@@ -242,7 +243,7 @@ class RayEvaluator:
         t0 = time.perf_counter()
         ids = None if example_ids is None else np.asarray(example_ids, dtype=np.int64)
         try:
-            rows = params if isinstance(params, MemberRows) else transportable(params)
+            rows = params if isinstance(params, DeferredChildren) else transportable(params)
             return Batch(self, rows, ids).run()
         finally:
             self.scoring_seconds += time.perf_counter() - t0

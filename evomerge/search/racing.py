@@ -48,10 +48,10 @@ from __future__ import annotations
 
 import torch
 
+from evomerge.core.contracts import DeferredChildren
 from evomerge.core.errors import ConfigError, PluginError
 from evomerge.core.keys import key
 from evomerge.search.schedules import RACE_MODES, Schedule, ScoreFn
-from evomerge.spaces.member_children import MemberRows
 
 ORDER_STREAM = 1 << 60  # key index of the shuffled example order
 
@@ -138,7 +138,7 @@ class RaceSchedule(Schedule):
         """The children in ``rows`` (a dense tensor, recipes, or the space's own batch)."""
         if isinstance(params, torch.Tensor):
             return params[torch.tensor(rows)]
-        if isinstance(params, MemberRows):  # still recipes: workers build the rows
+        if isinstance(params, DeferredChildren):  # still recipes: workers build the rows
             return params.subset(rows)
         return self.strategy.space.pack([params[r] for r in rows])
 
