@@ -127,6 +127,37 @@ def test_plugin_errors(plugin, code_expected, message, tmp_path, write_config, c
     assert not out.exists()  # failures at start leave nothing behind
 
 
+@pytest.mark.parametrize(
+    "plugin, message",
+    [
+        ("ResidentRaises", "resident_tensors() raised RuntimeError: CUDA out of memory"),
+        ("StreamRaises", "load_tensors() raised RuntimeError: engine rejected the weights"),
+    ],
+)
+def test_a_resident_model_that_fails_is_named_in_one_line(
+    plugin, message, tmp_path, write_config, capsys
+):
+    """In lineage space candidates are written into the plug-in's model: a failure to reach
+    it, or to take a candidate, is one line naming the plug-in and the call."""
+    cfg = base_config(fitness={"plugin": str(PLUGINS / f"bad.py:{plugin}")}, space="lineage",
+                      seeds={"kind": "plugin", "count": 2},
+                      strategy={"name": "m2n2", "archive_size": 4})  # fmt: skip
+    out = tmp_path / "run"
+    code, err = run_cli(["run", str(write_config(cfg)), "--out", str(out)], capsys)
+    assert code == 1 and f"fitness bad.py:{plugin}: {message}" in one_line(err), err
+    assert not out.exists()
+
+
+def test_lineage_space_with_gaussian_seeds_is_refused(tmp_path, write_config, capsys):
+    """space: lineage merges seed models: random vectors are refused in one line naming the
+    key, before the plug-in is asked for seeds it may not make."""
+    cfg = base_config(fitness={"plugin": str(PLUGINS / "bad.py:Small")}, space="lineage")
+    out = tmp_path / "run"
+    code, err = run_cli(["run", str(write_config(cfg)), "--out", str(out)], capsys)
+    assert code == 2 and "space: lineage genomes mix pre-trained seeds" in one_line(err), err
+    assert "seeds.kind: plugin" in one_line(err) and not out.exists()
+
+
 def test_plugin_options_rejected(tmp_path, write_config, capsys):
     cfg = base_config(fitness={"plugin": str(PLUGINS / "bad.py:Small"), "options": {"x": 1}})
     code, err = run_cli(["run", str(write_config(cfg)), "--out", str(tmp_path / "r")], capsys)

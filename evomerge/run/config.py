@@ -300,10 +300,11 @@ def validate(raw: Any, source: str, bases: list[Path] = ()) -> RunConfig:
         raise ConfigError(format_validation(source, exc, RunConfig)) from None
     strategy = _validate_strategy(source, strategy_raw)
     _check_space(source, cfg, strategy)
-    if getattr(strategy, "space", "dense") == "lineage":
+    key = "space" if cfg.space is not None else "strategy.space"
+    if (cfg.space or getattr(strategy, "space", "dense")) == "lineage":
         if cfg.seeds.kind != "plugin" or cfg.recipe is not None:
             raise ConfigError(
-                f"{source}: strategy.space: lineage genomes mix pre-trained seeds; set "
+                f"{source}: {key}: lineage genomes mix pre-trained seeds; set "
                 "seeds.kind: plugin (and no recipe section)"
             )
         if strategy.mutation_std > 0:

@@ -6,6 +6,8 @@ both paths score candidates with identical code.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -114,38 +116,20 @@ class FitnessHost:
     # -- what space workers use ------------------------------------------------------------
     def resident(self) -> list[torch.Tensor] | None:
         """The plug-in's resident model tensors, or None when it has no resident model."""
-        try:
+        with self.blame("resident_tensors"):
             return resident_tensors(self.plugin)
-        except EvomergeError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"fitness {self.name}: resident_tensors() raised {describe(exc)}"
-            ) from exc
 
     def streamed(self):
         """The plug-in's ``load_tensors`` when candidates stream into its model tensor by
         tensor (it has no resident tensors), else None."""
-        try:
+        with self.blame("resident_tensors"):
             load = tensor_stream(self.plugin)
-        except EvomergeError:
-            raise
-        except Exception as exc:
-            raise PluginError(
-                f"fitness {self.name}: resident_tensors() raised {describe(exc)}"
-            ) from exc
         if load is None:
             return None
 
         def stream(tensors) -> None:
-            try:
+            with self.blame("load_tensors"):
                 load(tensors)
-            except EvomergeError:
-                raise
-            except Exception as exc:
-                raise PluginError(
-                    f"fitness {self.name}: load_tensors() raised {describe(exc)}"
-                ) from exc
 
         return stream
 
@@ -180,8 +164,15 @@ class FitnessHost:
 
     def call(self, method, *args, **kwargs):
         """The plug-in's ``method``; any failure becomes one line naming the plug-in."""
-        try:
+        with self.blame(method):
             return getattr(self.plugin, method)(*args, **kwargs)
+
+    @contextmanager
+    def blame(self, method: str):
+        """Any failure inside (the plug-in's ``method`` at work) becomes one line naming the
+        plug-in and the method; an evomerge error passes as it is."""
+        try:
+            yield
         except EvomergeError:
             raise
         except (Exception, SystemExit) as exc:  # sys.exit() in a plug-in must not end the run

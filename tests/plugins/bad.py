@@ -173,3 +173,24 @@ class NaNMetric(Small):
 class ExitsInSetup(Small):
     def setup(self, device):
         raise SystemExit(4)
+
+
+class MakesSeeds(Small):
+    """Small with seed models of its own, for the spaces that mix seeds."""
+
+    def make_seeds(self, count, seed):
+        return torch.randn(count, self.num_params, generator=torch.Generator().manual_seed(seed))
+
+
+class ResidentRaises(MakesSeeds):
+    """Its model cannot be reached (e.g. the device ran out of memory building it)."""
+
+    def resident_tensors(self):
+        raise RuntimeError("CUDA out of memory")
+
+
+class StreamRaises(MakesSeeds):
+    """No resident tensors; writing a candidate into its engine fails."""
+
+    def load_tensors(self, pairs):
+        raise RuntimeError("engine rejected the weights")
