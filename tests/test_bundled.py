@@ -25,6 +25,13 @@ def test_every_file_in_the_folders_is_bundled():
     assert "quickstart" in bundled.configs() and "cluster" not in bundled.configs()
 
 
+@pytest.mark.parametrize("name", sorted(bundled.configs()))
+def test_every_bundled_config_validates(name):
+    """A bundled config broken by a change of the config schema fails here, not for a user."""
+    cfg = load_config(name)
+    assert cfg.budget.evaluations or cfg.budget.example_evaluations
+
+
 @pytest.mark.parametrize(
     "spec, resolved",
     [
