@@ -31,14 +31,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from scheduled_run import run_scheduled
 
-from evomerge.run import checkpoint, loop
-from evomerge.run.config import apply_overrides, read_yaml, validate
+from evomerge.run import checkpoint
 from evomerge.run.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,23 +55,8 @@ CMA_KEYS = ("x0", "solutions", "best_genes", "best_scores")
 
 def run_one(name: str, seed: int, evals: int, race, out: Path) -> tuple[dict, dict, float]:
     """One run of config ``name``; ``race``: its ``evaluation`` section (None: full scoring)."""
-    raw = apply_overrides(read_yaml(ROOT / CONFIGS[name]), [f"seed={seed}"])
-    raw["budget"] = {"evaluations": evals}
-    raw["checkpoint_every"] = evals
-    raw["history_every"] = evals
-    raw.pop("evaluation", None)
-    if race:
-        raw["evaluation"] = race
-    cfg = validate(raw, name, bases=[ROOT])
-    run = RunDir(out)
-    t0 = time.perf_counter()
-    search = loop.start(cfg, run)
-    try:
-        summary = search.loop()
-    finally:
-        search.evaluator.close()
-    wall = time.perf_counter() - t0
-    last = checkpoint.list_checkpoints(run.checkpoints)[-1]
+    summary, wall = run_scheduled(ROOT / CONFIGS[name], seed, evals, race, out, ROOT)
+    last = checkpoint.list_checkpoints(RunDir(out).checkpoints)[-1]
     return summary, load_file(last / "state.safetensors"), wall
 
 

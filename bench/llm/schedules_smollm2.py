@@ -28,17 +28,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+from scheduled_run import run_scheduled  # noqa: E402
 
-from evomerge.run import checkpoint, loop  # noqa: E402
-from evomerge.run.config import apply_overrides, read_yaml, validate  # noqa: E402
+from evomerge.run import checkpoint  # noqa: E402
 from evomerge.run.rundir import RunDir  # noqa: E402
 
 CONFIG = ROOT / "bench/llm/m2n2_recipe_adaptive.yaml"
@@ -65,22 +65,8 @@ def run_one(name: str, args) -> dict:
     out = args.out / name
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
-    raw = apply_overrides(read_yaml(CONFIG), [f"seed={args.seed}"])
-    raw["budget"] = {"evaluations": args.evals}
-    raw["checkpoint_every"] = args.evals
-    raw["history_every"] = args.evals
-    evaluation = section(name, args)
-    if evaluation:
-        raw["evaluation"] = evaluation
-    cfg = validate(raw, name, bases=[ROOT])
-    run = RunDir(out)
-    t0 = time.perf_counter()
-    search = loop.start(cfg, run)
-    try:
-        summary = search.loop()
-    finally:
-        search.evaluator.close()
-    print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    summary, wall = run_scheduled(CONFIG, args.seed, args.evals, section(name, args), out, ROOT)
+    print(f"{name}: {wall:.0f} s", flush=True)
     return summary
 
 
