@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from conftest import CMAES_RECIPE, DIGITS, base_config, whole_and_resumed
+from conftest import CMAES_RECIPE, DIGITS, PLUGINS, base_config, whole_and_resumed
 from test_search import assert_same_archive, final_state
 
 from evomerge.interface.cli import main
@@ -277,3 +277,39 @@ def test_ga_and_pareto_raced_are_bit_identical(tmp_path, write_config, strategy)
     )
     full, race = run_both(tmp_path, write_config, cfg, strategy["name"])
     assert_same_result_cheaper(full, race)
+
+
+SPACES = {
+    "lineage": dict(space="lineage", strategy={"name": "m2n2", "archive_size": 3,
+                                                "mutation_std": 0.0}),
+    "recipe": dict(recipe={"method": "linear", "genes": {"weight": {"low": 0.0, "high": 1.0}}},
+                   strategy={"name": "m2n2", "archive_size": 3, "mutation_std": 0.1}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("space", sorted(SPACES))
+def test_a_child_is_written_into_the_model_once_for_all_its_stages(space, tmp_path, write_config):
+    """Lineage and recipe workers write one candidate into the plug-in's model: racing runs
+    each child through its stages before the next, and the worker keeps the child written, so
+    a raced child costs one write as under full scoring, not one per stage."""
+
+    def run(name, evaluation):
+        log = tmp_path / f"{name}.log"
+        cfg = base_config(
+            fitness={"plugin": str(PLUGINS / "bad.py:CountsWrites"), "options": {"log": str(log)}},
+            seeds={"kind": "plugin", "count": 2}, batch=4,
+            budget={"evaluations": 24}, history_every=24, checkpoint_every=24, **SPACES[space],
+        )  # fmt: skip
+        if evaluation:
+            cfg["evaluation"] = evaluation
+        out = tmp_path / name
+        assert main(["run", str(write_config(cfg, f"{name}.yaml")), "--out", str(out), "-q"]) == 0
+        lines = log.read_text().split()
+        return lines.count("write"), lines.count("score"), out
+
+    full_writes, full_calls, full = run("full", None)
+    race = {"schedule": "race", "first_stage": 2, "growth": 1.0, "max_stage": 2}
+    writes, calls, raced = run("race", race)
+    assert calls > full_calls  # three stages a child: more scoring calls ...
+    assert writes == full_writes  # ... but each child written once
+    assert_same_archive(full, raced)

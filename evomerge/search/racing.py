@@ -41,7 +41,9 @@ stage samples every class or task; approximate: a fresh one per batch), ``first_
 examples, then ``growth`` times more each stage, at most ``max_stage`` (a sixteenth of them by
 default: in a strong archive most children are settled only near the end, so late decisions
 must come often). Every candidate still running is scored on the same stage's examples in one
-evaluator call.
+evaluator call; in a space whose workers write one candidate into a model
+(``realises_singly``: lineage, recipe) each child goes through all its stages before the next
+instead, so it is written once (the worker keeps it written between calls), not once a stage.
 """
 
 from __future__ import annotations
@@ -133,6 +135,9 @@ class RaceSchedule(Schedule):
         mode = RACE_MODES.get(section.mode)
         checks = len(self.sizes) - 1  # race() is asked after every stage but the last
         self.bounds = mode(section, num_examples, (self.low, self.high), seed, checks)
+        # a space whose workers write one candidate into a model: each child through its
+        # stages before the next, so it is written once, not once a stage
+        self.by_child = bool(getattr(strategy.space, "realises_singly", False))
 
     def _take(self, params, rows: list[int]):
         """The children in ``rows`` (a dense tensor, recipes, or the space's own batch)."""
@@ -153,6 +158,8 @@ class RaceSchedule(Schedule):
             )
 
     def evaluate(self, state, children, score: ScoreFn) -> tuple[torch.Tensor, int]:
+        if self.by_child:
+            return self._child_by_child(state, children, score)
         b, e = len(children.ids), self.num_examples
         order = self.bounds.order(children)
         low = torch.full((b, e), self.low, dtype=torch.float32)
@@ -189,6 +196,39 @@ class RaceSchedule(Schedule):
         for i, (rest, value) in told.items():
             scores[i, rest] = value
         return scores, spent
+
+    def _child_by_child(self, state, children, score: ScoreFn) -> tuple[torch.Tensor, int]:
+        """Child i through its stages, then child i + 1: the children before it are settled
+        (fully scored: ``done``; or stopped), so the strategy's in-order walk reaches it. The
+        same promise as stage by stage; a strategy that judges a child against the others'
+        scores (CMA-ES's ranks) seldom stops one this way."""
+        b, e = len(children.ids), self.num_examples
+        order = self.bounds.order(children)
+        low = torch.full((b, e), self.low, dtype=torch.float32)
+        high = torch.full((b, e), self.high, dtype=torch.float32)
+        done, spent = [False] * b, 0
+        for i in range(b):
+            params = self._take(children.params, [i])
+            seen = 0
+            for n, size in enumerate(self.sizes):
+                ids = order[seen : seen + size]
+                seen += size
+                part = torch.as_tensor(score(params, ids)).to(torch.float32)
+                self._check(part)
+                low[i, ids] = high[i, ids] = part[0]
+                spent += len(ids)
+                if n == len(self.sizes) - 1:
+                    done[i] = True
+                    break
+                rest = order[seen:]
+                known = high[i : i + 1, order[:seen]]
+                lo, hi = self.bounds.unscored(known)
+                low[i, rest] = float(lo[0])
+                high[i, rest] = float(hi[0])
+                if not self.strategy.race(state, children, low, high, done)[i]:
+                    high[i, rest] = float(self.bounds.told(known, lo, hi)[0])
+                    break
+        return high, spent
 
 
 def build_race(section, strategy, info: dict, seed: int) -> RaceSchedule:

@@ -18,6 +18,7 @@ import yaml
 from evomerge.core.errors import EvomergeError, PluginError
 from evomerge.spaces import lineage
 from evomerge.spaces.lineage import Lineage, SeedGram, load_into
+from evomerge.spaces.loaded_candidate import LoadedCandidate
 from evomerge.spaces.model_folder import check_layout, write_model_folder
 from evomerge.spaces.realised import FlatRows, Loaded
 from evomerge.spaces.resident_recipe import on_device
@@ -45,6 +46,9 @@ class LineageSpace:
     """Genomes are lineages over ``K`` seeds; SLERP angles come from the seeds' Gram."""
 
     name = "lineage"
+    #: a worker writes one candidate into the model and keeps it until the next: scoring one
+    #: child in several calls costs one realisation when they follow each other (racing)
+    realises_singly = True
     #: every worker mixes the same seeds: made once per run (on Ray, one copy a node)
     shares_seeds = True
 
@@ -149,6 +153,7 @@ class LineageWorker:
     def __init__(self, host, store):
         self.host = host
         self.store = store
+        self.loaded = LoadedCandidate()  # what the resident model holds
         self.resident = host.resident()
         # a model that takes candidates as named tensors, one at a time (an inference engine)
         self.stream = host.streamed() if self.resident is None else None
@@ -177,21 +182,27 @@ class LineageWorker:
             yield name, t.view(shape)
 
     def realise(self, genome: Lineage):
-        if self.stream is not None:
-            check_layout(self.host.layout(), genome.num_params, self.host.name)
-            self.stream(self.tensors(genome, self.load_seeds, self.host.device))
-            return Loaded()
-        if self.resident is None:
+        if self.resident is None and self.stream is None:
             row = torch.empty(genome.num_params, dtype=torch.float32)
             load_into(genome, self.store, [row])
             return FlatRows(row[None])
-        try:
-            load_into(genome, self.load_seeds, self.resident)
-        except (ValueError, RuntimeError) as exc:
-            raise PluginError(
-                f"fitness {self.host.name}: cannot load a lineage into resident_tensors() "
-                f"({str(exc).splitlines()[0]}); they must be param_layout()'s tensors, in order"
-            ) from None
+        key = (genome.bounds.tobytes(), genome.coeffs.shape, genome.coeffs.tobytes())
+        if self.loaded.holds(key):  # the same lineage again (racing's next stage)
+            return Loaded()
+        self.loaded.writing()
+        if self.stream is not None:
+            check_layout(self.host.layout(), genome.num_params, self.host.name)
+            self.stream(self.tensors(genome, self.load_seeds, self.host.device))
+        else:
+            try:
+                load_into(genome, self.load_seeds, self.resident)
+            except (ValueError, RuntimeError) as exc:
+                raise PluginError(
+                    f"fitness {self.host.name}: cannot load a lineage into resident_tensors() "
+                    f"({str(exc).splitlines()[0]}); they must be param_layout()'s tensors, in "
+                    "order"
+                ) from None
+        self.loaded.written(key)
         return Loaded()
 
     def export(self, genome: Lineage, out, dtype: str, doc: dict) -> dict:

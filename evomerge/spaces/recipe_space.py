@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from evomerge.core.errors import PluginError
+from evomerge.spaces.loaded_candidate import LoadedCandidate
 from evomerge.spaces.model_folder import write_model_folder
 from evomerge.spaces.realised import FlatRows, Loaded
 from evomerge.spaces.recipe import RecipeSection, RecipeSpace
@@ -32,6 +33,8 @@ class RecipeGeneSpace(VectorGenomes):
     """Genomes are recipe gene vectors; the search starts from the recipe's initial genes."""
 
     name = "recipe"
+    #: see :attr:`~evomerge.spaces.lineage_space.LineageSpace.realises_singly`
+    realises_singly = True
 
     def __init__(self, section: RecipeSection, layout, num_seeds: int, initial=None):
         self.section = section
@@ -75,6 +78,7 @@ class RecipeWorker:
 
     def __init__(self, host, spec: dict):
         self.host = host
+        self.loaded = LoadedCandidate()  # what the resident model (or the row) holds
         section = RecipeSection.model_validate(spec["recipe"])
         layout = host.layout()
         tensors = host.resident()
@@ -127,6 +131,8 @@ class RecipeWorker:
         if self._initial is None:
             from evomerge.spaces.recipe_start import learned_initial
 
+            self.loaded.writing()  # learning may use the model: what it holds is unknown after
+
             store, bounds = self.store, self.loader.bounds
 
             def flat(m):
@@ -157,6 +163,11 @@ class RecipeWorker:
 
     def realise(self, genes):
         genes = np.asarray(genes, dtype=np.float64).reshape(-1).tolist()
+        key = tuple(genes)
+        done = Loaded() if self.stream is not None or self.row is None else FlatRows(self.row[None])
+        if self.loaded.holds(key):  # the same candidate again (racing's next stage)
+            return done
+        self.loaded.writing()
         if self.stream is not None:
             names = [name for name, _ in self.loader.space.layout]
             try:
@@ -164,12 +175,13 @@ class RecipeWorker:
                 self.stream(zip(names, merged, strict=True))
             except ValueError as exc:
                 raise PluginError(f"recipe: {type(exc).__name__}: {exc}") from None
-            return Loaded()
-        try:
-            self.loader.load(genes)
-        except ValueError as exc:
-            raise PluginError(f"recipe: {type(exc).__name__}: {exc}") from None
-        return Loaded() if self.row is None else FlatRows(self.row[None])
+        else:
+            try:
+                self.loader.load(genes)
+            except ValueError as exc:
+                raise PluginError(f"recipe: {type(exc).__name__}: {exc}") from None
+        self.loaded.written(key)
+        return done
 
     def export(self, genes, out, dtype: str, doc: dict) -> dict:
         genes = torch.as_tensor(genes).double()

@@ -194,3 +194,30 @@ class StreamRaises(MakesSeeds):
 
     def load_tensors(self, pairs):
         raise RuntimeError("engine rejected the weights")
+
+
+class CountsWrites(MakesSeeds):
+    """A model that takes candidates as a stream of named tensors (an inference engine's way)
+    and notes in ``log`` each candidate written and each scoring call."""
+
+    def __init__(self, log: str):
+        super().__init__()
+        self.log = log
+        self.w = torch.zeros(4)
+
+    def _note(self, what: str) -> None:
+        with open(self.log, "a") as f:
+            f.write(what + "\n")
+
+    def param_layout(self):
+        return [("w", (4,))]
+
+    def load_tensors(self, pairs):
+        for _, t in pairs:
+            self.w = t.detach().clone().reshape(-1)
+        self._note("write")
+
+    def score_loaded(self, example_ids=None):
+        self._note("score")
+        x = self.x if example_ids is None else self.x[example_ids]
+        return (x @ self.w > 0).float()
