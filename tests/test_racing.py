@@ -313,3 +313,7 @@ def test_a_child_is_written_into_the_model_once_for_all_its_stages(space, tmp_pa
     assert calls > full_calls  # three stages a child: more scoring calls ...
     assert writes == full_writes  # ... but each child written once
     assert_same_archive(full, raced)
+    # order: stage (for a pool of workers) writes a child once a stage, the result the same
+    stage_writes, _, by_stage = run("stage", {**race, "order": "stage"})
+    assert stage_writes > 2 * full_writes
+    assert_same_archive(full, by_stage)

@@ -43,7 +43,10 @@ default: in a strong archive most children are settled only near the end, so lat
 must come often). Every candidate still running is scored on the same stage's examples in one
 evaluator call; in a space whose workers write one candidate into a model
 (``realises_singly``: lineage, recipe) each child goes through all its stages before the next
-instead, so it is written once (the worker keeps it written between calls), not once a stage.
+instead (``order: child``, the default there), so it is written once (the worker keeps it
+written between calls), not once a stage; a pool of several workers then scores one child at a
+time, and ``order: stage`` spreads each stage over them at the price of the writes. The order
+is the config's, never the evaluator's: local and Ray runs of one config stay identical.
 """
 
 from __future__ import annotations
@@ -137,7 +140,10 @@ class RaceSchedule(Schedule):
         self.bounds = mode(section, num_examples, (self.low, self.high), seed, checks)
         # a space whose workers write one candidate into a model: each child through its
         # stages before the next, so it is written once, not once a stage
-        self.by_child = bool(getattr(strategy.space, "realises_singly", False))
+        order = section.order
+        if order is None:
+            order = "child" if getattr(strategy.space, "realises_singly", False) else "stage"
+        self.by_child = order == "child"
 
     def _take(self, params, rows: list[int]):
         """The children in ``rows`` (a dense tensor, recipes, or the space's own batch)."""

@@ -44,7 +44,7 @@ BUILT_IN_SCHEDULES = frozenset({"full", "race", "subset"})
 #: Keys of the ``evaluation`` section that only one built-in schedule reads (``mode`` and
 #: ``delta`` are checked with their own messages).
 SCHEDULE_KEYS = {
-    "race": {"first_stage", "growth", "max_stage", "score_range"},
+    "race": {"first_stage", "growth", "max_stage", "score_range", "order"},
     "subset": {"size", "stratify", "fresh", "refresh_every"},
 }
 
@@ -108,6 +108,14 @@ class EvaluationSection(BaseModel):
         description="subset, fresh: true: candidate evaluations each subset serves (required "
         "there); each new subset costs the members' re-scoring, members x size example "
         "evaluations.",
+    )
+    order: Literal["stage", "child"] | None = Field(
+        None,
+        description="race: stage, every running child on one stage's examples in one call "
+        "(spread over a pool's workers); child, each child through all its stages before the "
+        "next (one worker at a time, but a candidate written once into a model, not once a "
+        "stage); none: child in spaces whose workers write one candidate into a model "
+        "(lineage, recipe), else stage.",
     )
     score_range: tuple[float, float] | None = Field(
         None,
