@@ -267,3 +267,25 @@ def test_composition_options_are_checked(lora_dir, tmp_path, monkeypatch, capsys
     assert main([*args, "--set", f"seeds.options={options}"]) == 2
     err = capsys.readouterr().err.strip()
     assert line in err and len(err.splitlines()) == 1 and not run.exists()
+
+
+@pytest.mark.parametrize(
+    "override,line",
+    [
+        ("seeds={kind: gaussian, count: 3, std: 0.01}",
+         "seeds.kind: gaussian, but space adapter starts from the fitness plug-in's models; "
+         "set seeds.kind: plugin"),
+        ("seeds.count=2", "seeds.count is 2 but fitness causal_lm.py:CausalLM names 3 adapters"),
+    ],
+)  # fmt: skip
+def test_seeds_that_disagree_with_the_adapters_are_refused(
+    lora_dir, tmp_path, monkeypatch, capsys, override, line
+):
+    """The adapters seed the search: gaussian seeds or another count are refused in one line,
+    not ignored."""
+    monkeypatch.chdir(lora_dir.parent.parent)
+    run = tmp_path / "run"
+    args = ["run", str(ROOT / "configs" / "adapter_tiny.yaml"), "--out", str(run), "-q"]
+    assert main([*args, "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert line in err and len(err.splitlines()) == 1 and not run.exists()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from evomerge.core.contracts import WorkerPool
-from evomerge.core.errors import EvomergeError, PluginError, RunDirError
+from evomerge.core.errors import ConfigError, EvomergeError, PluginError, RunDirError
 from evomerge.run import checkpoint
 from evomerge.run.config import RunConfig
 from evomerge.run.rundir import RunDir
@@ -285,7 +285,14 @@ def run_evaluator(cfg: RunConfig, run: RunDir):
 
 def open_space(cfg: RunConfig, evaluator, strategy):
     """The run's space on the driver (as the workers resolved it), given to the strategy."""
-    space = SPACES.get(evaluator.info["space"]).on_driver(space_spec(cfg), evaluator)
+    cls = SPACES.get(evaluator.info["space"])
+    kinds = getattr(cls, "seed_kinds", None)  # None: any kind the space's seeding reads
+    if kinds is not None and cfg.seeds.kind not in kinds:
+        raise ConfigError(
+            f"seeds.kind: {cfg.seeds.kind}, but space {cls.name} starts from the fitness "
+            f"plug-in's models; set seeds.kind: {' or '.join(kinds)}"
+        )
+    space = cls.on_driver(space_spec(cfg), evaluator)
     use_space(strategy, space)
     return space
 

@@ -98,6 +98,8 @@ class AdapterGeneSpace(VectorGenomes):
     """Genes: ``K x G`` coefficients (adapter-major); each adapter alone seeds the search."""
 
     name = "adapter"
+    #: the plug-in's adapters seed the search; gaussian genes are refused, not ignored
+    seed_kinds = ("plugin",)
 
     def __init__(self, adapters: int, groups: int, combination: str):
         self.adapters, self.groups, self.combination = adapters, groups, combination
@@ -151,6 +153,12 @@ class AdapterWorker:
             raise PluginError(
                 f"space adapter: fitness {host.name} has no resident model and seed folders; "
                 "use a causal-LM plug-in with seeds BASE+ADAPTER",
+                exit_code=2,
+            )
+        if len(folders) != spec["count"]:
+            raise PluginError(
+                f"seeds.count is {spec['count']} but fitness {host.name} names "
+                f"{len(folders)} adapters; make them agree",
                 exit_code=2,
             )
         try:
