@@ -249,8 +249,33 @@ def test_start_from_sets_the_weight_genes_to_the_learnt_coefficients(digits_trio
     assert torch.allclose(space.materialize(seeds, genes), pool.merged(coeffs.float()), atol=1e-5)
 
 
-@pytest.mark.parametrize("strategy", ["cmaes", "m2n2"])
-def test_a_search_starts_from_the_adamerging_weights(tmp_path, strategy):
+def test_a_worker_learns_the_start_only_when_asked(digits_trio):
+    """``info()`` (every worker, every start and resume) gives the recipe's init values; the
+    learnt start comes from ``seed_genes()``, which the driver asks one worker for, once."""
+    from evomerge.runtime.host import FitnessHost
+
+    cfg = digits_recipe_config(8, 30)
+    recipe = {
+        "method": "task_arithmetic",
+        "base": 0,
+        "genes": {"weight": {"low": 0.0, "high": 1.0}},
+        "statistics": {"examples": ["0-4", "5-9"], "limit": 64},
+        "start_from": {"method": "adamerging", "params": {"steps": 3, "layer_wise": False}},
+    }
+    spec = {"name": "recipe", "kind": "plugin", "count": 3, "seed": 0, "recipe": recipe,
+            "options": cfg["seeds"]["options"]}  # fmt: skip
+    host = FitnessHost(str(DIGITS), {}, space=spec)
+    section = RecipeSection.model_validate(recipe)
+    space = RecipeSpace(section, host.plugin.param_layout(), 3)
+    assert host.info()["initial"] == space.initial()  # the genes' mid-range: nothing learnt
+    seeds = host.plugin.make_seeds(3, 0, **cfg["seeds"]["options"])
+    learnt, _ = learned_initial(space, host.plugin, lambda i: seeds[i])
+    assert host.seed_genes() == pytest.approx(learnt, abs=1e-6) and learnt != space.initial()
+
+
+@pytest.mark.parametrize("strategy,evaluator", [("cmaes", "local"), ("m2n2", "local"),
+                                                ("cmaes", "ray")])  # fmt: skip
+def test_a_search_starts_from_the_adamerging_weights(tmp_path, strategy, evaluator, request):
     recipe = {
         "method": "task_arithmetic",
         "base": 0,
@@ -261,6 +286,9 @@ def test_a_search_starts_from_the_adamerging_weights(tmp_path, strategy):
     cfg = digits_recipe_config(8, 30, recipe=recipe)
     if strategy == "m2n2":
         cfg["strategy"] = {"name": "m2n2"}
+    if evaluator == "ray":
+        request.getfixturevalue("ray_local")
+        cfg["evaluator"] = {"kind": "ray", "workers": 2, "num_cpus": 1}
     cfg["checkpoint_every"] = 8
     cfg["history_every"] = 8
     path = tmp_path / "c.yaml"

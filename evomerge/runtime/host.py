@@ -192,6 +192,13 @@ class FitnessHost:
             **self.worker.info(),
         }
 
+    def seed_genes(self) -> list[float]:
+        """The first candidate a space's worker computes (a recipe's learnt start)."""
+        seed_genes = getattr(self.worker, "seed_genes", None)
+        if seed_genes is None:
+            raise PluginError(f"space {self.space_name} computes no seed genes on a worker")
+        return seed_genes()
+
     def _groups(self) -> dict[str, list[int]]:
         groups = self.call("example_groups")
         try:

@@ -57,6 +57,9 @@ class LocalEvaluator:
     def make_seeds(self, count: int, seed: int, options: dict) -> torch.Tensor:
         return torch.from_numpy(self.host.make_seeds(count, seed, options))
 
+    def seed_genes(self) -> list[float]:
+        return self.host.seed_genes()
+
     def describe(self) -> str:
         return f"local evaluator on {self.host.device}"
 

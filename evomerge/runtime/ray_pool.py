@@ -103,6 +103,9 @@ class _Worker:
     def make_seeds(self, count, seed, options):
         return self.host.make_seeds(count, seed, options)
 
+    def seed_genes(self):
+        return self.host.seed_genes()
+
     def seeds_shared(self) -> bool:
         """True when this worker's lineage seeds are shared (object store or mapped files)."""
         seeds = self.host.lineage_seeds
@@ -309,6 +312,10 @@ class RayEvaluator:
     def make_seeds(self, count: int, seed: int, options: dict) -> torch.Tensor:
         seeds = self._get(self._first().make_seeds.remote(count, seed, options))
         return torch.from_numpy(np.array(seeds))  # a writable copy of Ray's read-only array
+
+    def seed_genes(self) -> list[float]:
+        """One worker's (the first's) seed genes: a learnt start is learnt once a run."""
+        return list(self._get(self._first().seed_genes.remote()))
 
     def nodes(self) -> list[str | None]:
         """Each worker's node now (None: the worker waits for one)."""

@@ -55,6 +55,11 @@ class RecipeGeneSpace(VectorGenomes):
         return RecipeWorker(host, spec)
 
     def seed_genomes(self, evaluator, progress) -> torch.Tensor:
+        """The recipe's initial genes, or (``recipe.start_from``) the genes one worker learns
+        by a gradient merge: asked for only here, when a run starts, never on a resume."""
+        if self.section.start_from is not None:
+            progress.message(f"learning the start with {self.section.start_from.method}")
+            self.initial = list(evaluator.seed_genes())
         return torch.tensor([self.initial], dtype=torch.float32)
 
     def decoded(self, genes) -> dict:
@@ -122,9 +127,9 @@ class RecipeWorker:
         flats = [flat(m) for m in space.models]
         space.attach_statistics(per_seed(self.host.plugin, kind, space.section.statistics, flats))
 
-    def initial(self) -> list[float]:
+    def seed_genes(self) -> list[float]:
         """The search's first genes: the recipe's ``init`` values, or learnt
-        (``recipe.start_from``), once per worker."""
+        (``recipe.start_from``; the driver asks one worker, once, when a run starts)."""
         space = self.loader.space
         if space.section.start_from is None:
             return space.initial()
@@ -148,7 +153,7 @@ class RecipeWorker:
         space = self.loader.space
         return {
             "num_params": space.dim,
-            "initial": self.initial(),
+            "initial": self.loader.space.initial(),  # the init values: nothing learnt here
             "layout": space.layout,
             "num_seeds": len(space.models) + (space.section.base is not None),
         }

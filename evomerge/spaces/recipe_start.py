@@ -4,8 +4,9 @@ AdaMerging or FW-Merging runs once over the recipe's own layer groups on the see
 recipe's base and merged seeds, in ``param_layout()`` order) and the examples of
 ``recipe.statistics``; each merged seed's coefficient in a group becomes its ``weight`` gene
 there, so CMA-ES's initial mean (or M2N2's first archive member) is the learnt merge and the
-search refines it by the fitness itself. Every worker that is asked for the search's
-``initial`` genes learns the same start (the learner is seeded), so nothing is sent around.
+search refines it by the fitness itself. The driver asks one worker for it, once, when a run
+starts (``seed_genes``); the other workers and a resume never learn it (on an LLM it takes
+minutes of the device), since the first candidate and the checkpoints carry it.
 """
 
 from __future__ import annotations
