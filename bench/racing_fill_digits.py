@@ -15,6 +15,14 @@ per child), with its unscored examples' box set to:
   fitness, ``sum_j s_j / z_j`` (each example's share, in [0, 1], sampled like its score), with
   the members' fitness taken at the child's true scores (kinder to the racer than any real
   one): what a strategy that bounded its weighted sum itself would get.
+* ``paired normal``: not a box either: the child against each member on the *same* examples.
+  The child stays out iff, for every member ``m``, ``D_m = sum_j (s_j - S_mj) / z_j < 0``
+  (``z_j`` with the child in it, known on the scored examples); ``D_m`` is estimated from the
+  scored examples' terms (their mean times ``N``), with a normal-approximation bound at
+  ``delta / K`` per check and the finite-population factor. Pairing removes what child and
+  member share (the examples both solve), the variance a bound on the child alone carries.
+* ``paired estimate``: the same with no margin at all (stop as soon as every estimated
+  ``D_m`` is below zero): the least any rule built on these estimates can score.
 
 It prints the mean and median fraction of a child's examples scored before the strategy's
 ``race`` says it cannot matter (1: never), and how many children the archive kept.
@@ -25,6 +33,7 @@ It prints the mean and median fraction of a child's examples scored before the s
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -42,7 +51,7 @@ from evomerge.search.racing import stage_sizes
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs/racing_digits_approximate.yaml"
 FILLS = ("exact", "approximate", "rest mean", "true scores")
-ROWS = (*FILLS, "weighted interval")
+ROWS = (*FILLS, "weighted interval", "paired normal", "paired estimate")
 
 
 def box(fill: str, scores: torch.Tensor, seen: torch.Tensor, rest: torch.Tensor, failure):
@@ -72,6 +81,22 @@ def weighted_stop(state, scores: torch.Tensor, order, ends, failure, alpha: floa
         radius = float(mean_radius(seen[None], num, 1.0, failure)[0]) * num / (num - n)
         rest = min(1.0, float(seen.mean()) + radius)
         if float(seen.sum()) + (num - n) * rest < worst:
+            return n / num
+    return 1.0
+
+
+def paired_stop(state, scores: torch.Tensor, order, ends, z: float, alpha: float) -> float:
+    """The fraction of examples after which, for every member, the estimated ``D_m`` plus
+    ``z`` standard errors is below zero (1: never)."""
+    members = state.scores.double()[state.filled]
+    s = scores.double()
+    zinv = competition.inverse_z(members.sum(dim=0) + s, alpha)
+    terms = (s[None] - members) * zinv[None]  # (P, N): child minus member, example by example
+    num = len(s)
+    for n in ends:
+        seen = terms[:, order[:n]]
+        se = seen.std(dim=1) / math.sqrt(n) * math.sqrt((num - n) / (num - 1))
+        if bool((seen.mean(dim=1) + z * se < 0).all()):
             return n / num
     return 1.0
 
@@ -116,6 +141,13 @@ def main() -> None:
                 alpha = cfg.strategy.alpha
                 stops["weighted interval"].append(
                     weighted_stop(search.state, scores[0], order, ends, failure, alpha)
+                )
+                z = statistics.NormalDist().inv_cdf(1.0 - failure)
+                stops["paired normal"].append(
+                    paired_stop(search.state, scores[0], order, ends, z, alpha)
+                )
+                stops["paired estimate"].append(
+                    paired_stop(search.state, scores[0], order, ends, 0.0, alpha)
                 )
             before = search.state
             search.state = strategy.tell(search.state, children, scores)

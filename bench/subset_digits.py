@@ -11,6 +11,7 @@ full scoring's (the issue's goal, at <= 25 % of the example evaluations).
     python bench/subset_digits.py --seeds 5 --evals 10000
     python bench/subset_digits.py --seeds 5 --evals 10000 --size 288
     python bench/subset_digits.py --seeds 10 --evals 10000 --size 320 --fresh 200
+    python bench/subset_digits.py --seeds 10 --evals 400 --config cmaes_digits_recipe
 
 ``--fresh R``: a new subset every R evaluations, the archive's members re-scored on each
 (``fresh: true, refresh_every: R``); its example evaluations count the re-scoring.
@@ -47,9 +48,10 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return m, se
 
 
-def bench(seeds: int, evals: int, size: int | None, first: int = 0, fresh=None) -> None:
-    base = yaml.safe_load(CONFIG.read_text())
+def bench(seeds: int, evals: int, size: int | None, first: int = 0, fresh=None, config=CONFIG):
+    base = yaml.safe_load(config.read_text())
     base["fitness"]["plugin"] = str(ROOT / "fitness/digits.py") + ":Digits"
+    base.setdefault("evaluation", {"schedule": "subset", "size": 359, "stratify": "task"})
     base["budget"] = {"evaluations": evals}
     base["checkpoint_every"] = evals
     base["history_every"] = evals
@@ -92,6 +94,13 @@ if __name__ == "__main__":
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fresh", type=int, default=None, help="refresh_every (fresh subsets)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="another configs/ name (no .yaml), its evaluation "
+        "section set to a subset of 359 by task where it has none",
+    )
     args = parser.parse_args()
+    config = CONFIG if args.config is None else ROOT / "configs" / f"{args.config}.yaml"
     torch.set_num_threads(args.threads)
-    bench(args.seeds, args.evals, args.size, args.first_seed, args.fresh)
+    bench(args.seeds, args.evals, args.size, args.first_seed, args.fresh, config)
