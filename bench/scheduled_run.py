@@ -13,11 +13,17 @@ from evomerge.run.rundir import RunDir
 
 
 def run_scheduled(
-    config: Path, seed: int, evals: int, evaluation: dict | None, out: Path, root: Path
+    config: Path,
+    seed: int,
+    evals: int,
+    evaluation: dict | None,
+    out: Path,
+    root: Path,
+    sets: list[str] = (),
 ) -> tuple[dict, float]:
-    """Run ``config`` (seed ``seed``, ``evals`` evaluations) into ``out`` under
-    ``evaluation``; its summary and wall seconds (start included)."""
-    raw = apply_overrides(read_yaml(config), [f"seed={seed}"])
+    """Run ``config`` (seed ``seed``, ``evals`` evaluations, ``sets`` as ``--set`` gives
+    them) into ``out`` under ``evaluation``; its summary and wall seconds (start included)."""
+    raw = apply_overrides(read_yaml(config), [f"seed={seed}", *sets])
     raw["budget"] = {"evaluations": evals}
     raw["checkpoint_every"] = evals
     raw["history_every"] = evals

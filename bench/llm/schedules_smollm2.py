@@ -19,8 +19,13 @@ reverse (50 test examples each, greedy decoding). Run from the repository root::
 
     python bench/llm/schedules_smollm2.py --out populations/llm-schedules       # 64 evaluations
     python bench/llm/schedules_smollm2.py --out populations/llm-schedules --schedules race
+    python bench/llm/schedules_smollm2.py --config bench/llm/cmaes_ties.yaml --threads 1 \
+        --out populations/llm-cmaes-0 --schedules full     # and --schedules subset beside it
 
-Each run is ``evaluator.kind: local`` at torch's default threads, as the config says.
+Each run is ``evaluator.kind: local`` at torch's default threads, as the config says, unless
+``--threads`` sets ``evaluator.threads`` (two runs side by side want one thread each). A run
+of ``full`` made earlier into the same ``--out`` (or beside this one) is what the other
+schedules are compared with; the table leaves the comparison out until it is there.
 """
 
 from __future__ import annotations
@@ -65,7 +70,10 @@ def run_one(name: str, args) -> dict:
     out = args.out / name
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
-    summary, wall = run_scheduled(CONFIG, args.seed, args.evals, section(name, args), out, ROOT)
+    sets = [] if args.threads is None else [f"evaluator.threads={args.threads}"]
+    summary, wall = run_scheduled(
+        args.config, args.seed, args.evals, section(name, args), out, ROOT, sets
+    )
     print(f"{name}: {wall:.0f} s", flush=True)
     return summary
 
@@ -96,11 +104,16 @@ def main() -> None:
     parser.add_argument("--growth", type=float, default=2.0)
     parser.add_argument("--max-stage", type=int, default=24)
     parser.add_argument("--size", type=int, default=24, help="subset: examples (of 96)")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the search (a recipe config)")
+    parser.add_argument("--threads", type=int, default=None, help="evaluator.threads")
     args = parser.parse_args()
     for name in args.schedules:
         section(name, args)  # refuse a bad name before hours of runs
-    runs = {name: run_one(name, args) for name in ["full", *args.schedules]}
-    full = runs["full"]
+    runs = {name: run_one(name, args) for name in args.schedules}
+    made = args.out / "full" / "summary.json"
+    if "full" not in runs and made.is_file():  # full scoring made earlier, or beside this run
+        runs = {"full": json.loads(made.read_text()), **runs}
+    full = runs.get("full")
     print(
         "\n| schedule | example evals | of full | wall s | best train (SE) | "
         "add exact match | reverse exact match | same result as full |"
@@ -110,14 +123,17 @@ def main() -> None:
         m = s["metrics"]
         train = next(v for k, v in m.items() if k.startswith("train_"))
         se = f" ({s['best_train_score_se']:.3f})" if "best_train_score_se" in s else ""
-        same = "–" if name == "full" else ("yes" if identical("full", name, args) else "no")
+        same, fraction = "–", "–"
+        if full is not None and name != "full":
+            same = "yes" if identical("full", name, args) else "no"
+        if full is not None:
+            fraction = f"{s['example_evaluations'] / full['example_evaluations']:.3f}"
         print(
-            f"| {name} | {s['example_evaluations']} | "
-            f"{s['example_evaluations'] / full['example_evaluations']:.3f} | "
+            f"| {name} | {s['example_evaluations']} | {fraction} | "
             f"{s['wall_seconds']:.0f} | {train:.3f}{se} | "
             f"{m['test_add_exact_match']:.2f} | {m['test_reverse_exact_match']:.2f} | {same} |"
         )
-    if "race" in runs and not identical("full", "race", args):
+    if "race" in runs and full is not None and not identical("full", "race", args):
         raise SystemExit("exact racing changed the result")
 
 
