@@ -249,19 +249,23 @@ def test_start_from_sets_the_weight_genes_to_the_learnt_coefficients(digits_trio
     assert torch.allclose(space.materialize(seeds, genes), pool.merged(coeffs.float()), atol=1e-5)
 
 
+# a task-arithmetic recipe search whose weight genes start at AdaMerging's coefficients
+ADAMERGING_START = {
+    "method": "task_arithmetic",
+    "base": 0,
+    "genes": {"weight": {"low": 0.0, "high": 1.0}},
+    "statistics": {"examples": ["0-4", "5-9"], "limit": 64},
+    "start_from": {"method": "adamerging", "params": {"steps": 3, "layer_wise": False}},
+}
+
+
 def test_a_worker_learns_the_start_only_when_asked(digits_trio):
     """``info()`` (every worker, every start and resume) gives the recipe's init values; the
     learnt start comes from ``seed_genes()``, which the driver asks one worker for, once."""
     from evomerge.runtime.host import FitnessHost
 
     cfg = digits_recipe_config(8, 30)
-    recipe = {
-        "method": "task_arithmetic",
-        "base": 0,
-        "genes": {"weight": {"low": 0.0, "high": 1.0}},
-        "statistics": {"examples": ["0-4", "5-9"], "limit": 64},
-        "start_from": {"method": "adamerging", "params": {"steps": 3, "layer_wise": False}},
-    }
+    recipe = ADAMERGING_START
     spec = {"name": "recipe", "kind": "plugin", "count": 3, "seed": 0, "recipe": recipe,
             "options": cfg["seeds"]["options"]}  # fmt: skip
     host = FitnessHost(str(DIGITS), {}, space=spec)
@@ -276,13 +280,7 @@ def test_a_worker_learns_the_start_only_when_asked(digits_trio):
 @pytest.mark.parametrize("strategy,evaluator", [("cmaes", "local"), ("m2n2", "local"),
                                                 ("cmaes", "ray")])  # fmt: skip
 def test_a_search_starts_from_the_adamerging_weights(tmp_path, strategy, evaluator, request):
-    recipe = {
-        "method": "task_arithmetic",
-        "base": 0,
-        "genes": {"weight": {"low": 0.0, "high": 1.0}},
-        "statistics": {"examples": ["0-4", "5-9"], "limit": 64},
-        "start_from": {"method": "adamerging", "params": {"steps": 3, "layer_wise": False}},
-    }
+    recipe = ADAMERGING_START
     cfg = digits_recipe_config(8, 30, recipe=recipe)
     if strategy == "m2n2":
         cfg["strategy"] = {"name": "m2n2"}
