@@ -146,16 +146,22 @@ class FitnessHost:
     def lineage_store(self, spec: dict):
         """The plug-in's seed folders, mapped, or the seeds it makes (``spec``: count, seed,
         options)."""
-        folders = self.call("seed_folders")
+        folders = self.seed_folders(spec["count"])
         if folders is None:
             return DenseSeeds(self.make_seeds(spec["count"], spec["seed"], spec["options"]))
-        if len(folders) != spec["count"]:
+        return MappedSeeds(folders, self.call("param_layout"))
+
+    def seed_folders(self, count: int, what: str = "seed folders") -> list | None:
+        """The plug-in's seed folders (None: it makes its seeds), refused in one line unless
+        there are ``count`` (``seeds.count``) of them."""
+        folders = self.call("seed_folders")
+        if folders is not None and len(folders) != count:
             raise PluginError(
-                f"seeds.count is {spec['count']} but fitness {self.name} names "
-                f"{len(folders)} seed folders; make them agree",
+                f"seeds.count is {count} but fitness {self.name} names {len(folders)} "
+                f"{what}; make them agree",
                 exit_code=2,
             )
-        return MappedSeeds(folders, self.call("param_layout"))
+        return folders
 
     @property
     def lineage_seeds(self):

@@ -147,18 +147,12 @@ class AdapterWorker:
         self.composition = COMPOSITIONS.get(self.kind)
         self.density, self.sign_method = opts["density"], opts["sign_method"]
         self.mask_seed = int(spec.get("seed", 0))
-        folders = host.call("seed_folders")
+        folders = host.seed_folders(spec["count"], "adapters")
         tensors = host.resident()
         if not folders or tensors is None:
             raise PluginError(
                 f"space adapter: fitness {host.name} has no resident model and seed folders; "
                 "use a causal-LM plug-in with seeds BASE+ADAPTER",
-                exit_code=2,
-            )
-        if len(folders) != spec["count"]:
-            raise PluginError(
-                f"seeds.count is {spec['count']} but fitness {host.name} names "
-                f"{len(folders)} adapters; make them agree",
                 exit_code=2,
             )
         try:

@@ -57,10 +57,11 @@ class RecipeGeneSpace(VectorGenomes):
     def seed_genomes(self, evaluator, progress) -> torch.Tensor:
         """The recipe's initial genes, or (``recipe.start_from``) the genes one worker learns
         by a gradient merge: asked for only here, when a run starts, never on a resume."""
+        genes = self.initial
         if self.section.start_from is not None:
             progress.message(f"learning the start with {self.section.start_from.method}")
-            self.initial = list(evaluator.seed_genes())
-        return torch.tensor([self.initial], dtype=torch.float32)
+            genes = evaluator.seed_genes()
+        return torch.tensor([genes], dtype=torch.float32)
 
     def decoded(self, genes) -> dict:
         return self.recipe.decode(torch.as_tensor(genes).double().tolist())
@@ -153,7 +154,7 @@ class RecipeWorker:
         space = self.loader.space
         return {
             "num_params": space.dim,
-            "initial": self.loader.space.initial(),  # the init values: nothing learnt here
+            "initial": space.initial(),  # the init values: nothing learnt here
             "layout": space.layout,
             "num_seeds": len(space.models) + (space.section.base is not None),
         }
